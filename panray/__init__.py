@@ -1,0 +1,1 @@
+"""panray: workload management for huge scientific DAG workflows on Ray."""

@@ -1,0 +1,64 @@
+"""All errors panray raises to its users. Each names the offending things."""
+
+from __future__ import annotations
+
+
+class PanrayError(Exception):
+    """Base of every panray error; catch this to handle any of them."""
+
+
+class WorkflowValidationError(PanrayError):
+    """A workflow is malformed; nothing of it was stored."""
+
+
+class CycleError(WorkflowValidationError):
+    """The job graph has a cycle; ``cycle`` lists its nodes in order."""
+
+    def __init__(self, cycle: list[str]):
+        self.cycle = cycle
+        super().__init__("cycle in job graph: " + " -> ".join(cycle + cycle[:1]))
+
+
+class DanglingParentError(WorkflowValidationError):
+    """A job names a parent that is not in the workflow."""
+
+    def __init__(self, job: str, parent: str):
+        self.job, self.parent = job, parent
+        super().__init__(f"job {job!r} names parent {parent!r}, which is not in the workflow")
+
+
+class DuplicateJobError(WorkflowValidationError):
+    """Two or more jobs share a name."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+        super().__init__(f"duplicate job names: {shown}")
+
+
+class UnknownSiteError(PanrayError):
+    """A site name that the catalog does not know."""
+
+    def __init__(self, site: str, known: list[str]):
+        self.site, self.known = site, known
+        super().__init__(f"unknown site {site!r}; known sites: {', '.join(sorted(known))}")
+
+
+class SiteConfigError(PanrayError):
+    """The site catalog file is invalid; the message names the file and the field."""
+
+
+class IllegalTransitionError(PanrayError):
+    """A status change that the transition table does not allow."""
+
+    def __init__(self, entity: str, old: str, new: str):
+        self.entity, self.old, self.new = entity, old, new
+        super().__init__(f"illegal {entity} transition {old} -> {new}")
+
+
+class NotFoundError(PanrayError):
+    """A campaign, workflow, task or job id that the state store does not hold."""
+
+
+class ConfigError(PanrayError):
+    """panray's own settings (config file or environment) are invalid."""

@@ -1,0 +1,108 @@
+"""Pydantic models at panray's boundary: what users submit (campaign > workflow > job).
+
+Inside the control plane jobs become compact tuples and arrays; these models are only for
+input, validation and files.
+
+Examples:
+    >>> wf = Workflow(name="w", jobs=[Job(name="a", label="isr", command=["true"]),
+    ...                               Job(name="b", label="calibrate", parents=["a"])])
+    >>> [j.name for j in wf.jobs]
+    ['a', 'b']
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from panray.exceptions import WorkflowValidationError
+
+DEFAULT_RETRY_UNLESS_EXIT = (1, 2)
+
+
+class Job(BaseModel):
+    """One job: a quantum (or a cluster of quanta) with its command and resource request."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    label: str = Field(min_length=1, description="pipeline-task label; one task per label")
+    command: list[str] | str | None = Field(
+        default=None, description="argv list, or a shell line run as bash -c (encoded); None = no-op"
+    )
+    parents: list[str] = Field(default_factory=list)
+    environment: dict[str, str] = Field(default_factory=dict)
+    request_memory: int = Field(default=2048, gt=0, description="MB")
+    request_cpus: int = Field(default=1, gt=0)
+    memory_multiplier: float | None = Field(default=None, ge=1.0)
+    request_memory_max: int | None = Field(default=None, gt=0, description="MB")
+    max_attempts: int = Field(default=3, ge=1)
+    retry_unless_exit: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_UNLESS_EXIT))
+    site: str | None = Field(default=None, description="pin to this site")
+    queue: str | None = None
+    priority: int = 0
+    inputs: list[str] = Field(default_factory=list, description="input dataset names")
+    outputs: list[str] = Field(default_factory=list, description="output dataset names")
+    tags: dict[str, Any] = Field(default_factory=dict, description="e.g. the data ID")
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(v, list) and not v:
+            raise ValueError("command argv is empty (use null for a no-op job)")
+        return v
+
+
+class Workflow(BaseModel):
+    """A DAG of jobs (an iDDS request), with an optional init job and final job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    owner: str = Field(default_factory=getpass.getuser)
+    home_site: str = "USDF"
+    jobs: list[Job]
+    init_job: Job | None = Field(default=None, description="runs before every root job")
+    final_job: Job | None = Field(default=None, description="runs after all jobs, even failed ones")
+    task_chunk_size: int = Field(default=10_000, gt=0)
+
+
+class Campaign(BaseModel):
+    """A set of workflows submitted and followed together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    owner: str = Field(default_factory=getpass.getuser)
+    workflows: list[Workflow] = Field(min_length=1)
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {where}: {first['msg']}{more}"
+
+
+def load_campaign_file(path: str | Path) -> Campaign:
+    """Load a campaign or a single workflow from YAML or JSON; errors name the file and field."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise WorkflowValidationError(f"{path}: cannot read: {exc}".splitlines()[0]) from None
+    if not isinstance(data, dict):
+        raise WorkflowValidationError(f"{path}: expected a mapping with 'workflows' or 'jobs'")
+    try:
+        if "workflows" in data:
+            return Campaign.model_validate(data)
+        wf = Workflow.model_validate(data)
+    except ValidationError as err:
+        raise WorkflowValidationError(_one_line(err, str(path))) from None
+    return Campaign(name=wf.name, owner=wf.owner, workflows=[wf])
