@@ -1,0 +1,434 @@
+"""panray's tables and the SQL over them, written once for SQLite and PostgreSQL.
+
+Both backends share the DDL, the statements and the shaping of rows; a :class:`Dialect` fills in
+the few words that differ. :class:`SQLStore` implements the whole :class:`StateStore` interface on
+three bulk hooks, so a backend supplies only its connection handling and its fastest way to move
+many rows (``executemany`` on SQLite, ``COPY`` on PostgreSQL).
+
+Foreign keys guard only the small tables: jobs, edges, attempts and history are written by the
+store itself with ids it has just allocated or checked, and a per-row reference check would cost
+more than the write.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, Protocol, TypeVar
+
+from panray.exceptions import NotFoundError, PanrayError, WorkflowValidationError
+from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, WorkflowStatus
+from panray.store.base import (
+    SCHEMA_VERSION,
+    AttemptRow,
+    ChangeBatch,
+    HistoryRow,
+    JobRow,
+    JobState,
+    NewCampaign,
+    NewWorkflow,
+    StateStore,
+    SubmittedCampaign,
+    SubmittedWorkflow,
+    TaskRow,
+    WorkflowRow,
+    WorkflowSnapshot,
+)
+
+FIRST_ATTEMPT = 1
+JOB_KINDS = ("job", "init", "final")
+COUNTERS = ("campaign", "workflow", "task", "job")
+
+
+def _one_of(column: str, values: Iterable[str]) -> str:
+    """A membership test spelled as ORs: SQLite rebuilds an ``IN (...)`` list for every row that
+    ``executemany`` inserts, which doubles the cost of a bulk insert."""
+    return "(" + " OR ".join(f"{column} = '{v}'" for v in values) + ")"
+
+
+_DDL = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value {id} NOT NULL)",
+    """CREATE TABLE campaigns (
+        campaign_id {id} PRIMARY KEY, name TEXT NOT NULL, owner TEXT NOT NULL, created {float} NOT NULL)""",
+    """CREATE TABLE workflows (
+        workflow_id {id} PRIMARY KEY,
+        campaign_id {id} NOT NULL REFERENCES campaigns (campaign_id),
+        name TEXT NOT NULL, owner TEXT NOT NULL, home_site TEXT NOT NULL,
+        status TEXT NOT NULL CHECK {workflow_status},
+        cancelled {bool} NOT NULL,
+        created {float} NOT NULL, modified {float} NOT NULL, ended {float},
+        settings TEXT NOT NULL)""",
+    "CREATE INDEX workflows_campaign ON workflows (campaign_id)",
+    """CREATE TABLE tasks (
+        task_id {id} PRIMARY KEY,
+        workflow_id {id} NOT NULL REFERENCES workflows (workflow_id),
+        label TEXT NOT NULL, chunk INTEGER NOT NULL, n_jobs INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK {task_status})""",
+    "CREATE INDEX tasks_workflow ON tasks (workflow_id)",
+    """CREATE TABLE jobs (
+        job_id {id} PRIMARY KEY, workflow_id {id} NOT NULL, task_id {id} NOT NULL, idx INTEGER NOT NULL,
+        name TEXT NOT NULL, label TEXT NOT NULL, kind TEXT NOT NULL CHECK {job_kind},
+        status TEXT NOT NULL CHECK {job_status},
+        attempt_nr INTEGER NOT NULL, max_attempts INTEGER NOT NULL, site TEXT, pilot TEXT,
+        payload TEXT NOT NULL, environment TEXT NOT NULL,
+        request_memory INTEGER NOT NULL, request_cpus INTEGER NOT NULL,
+        site_pin TEXT, queue TEXT, priority INTEGER NOT NULL,
+        inputs TEXT NOT NULL, outputs TEXT NOT NULL, tags TEXT NOT NULL, retry TEXT NOT NULL,
+        start_time {float}, end_time {float}, exit_code INTEGER, error_class TEXT, diag TEXT,
+        creation_time {float} NOT NULL, modification_time {float} NOT NULL)""",
+    "CREATE UNIQUE INDEX jobs_workflow_idx ON jobs (workflow_id, idx)",
+    "CREATE INDEX jobs_workflow_status ON jobs (workflow_id, status)",
+    "CREATE TABLE edges (workflow_id {id} NOT NULL, child_idx INTEGER NOT NULL, parent_idx INTEGER NOT NULL)",
+    "CREATE INDEX edges_workflow ON edges (workflow_id, child_idx)",
+    """CREATE TABLE attempts (
+        job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK {job_status},
+        site TEXT, pilot TEXT, start_time {float}, end_time {float}, exit_code INTEGER,
+        error_class TEXT, diag TEXT, request_memory INTEGER NOT NULL, max_pss_kb {id}, log_url TEXT,
+        PRIMARY KEY (job_id, attempt_nr))""",
+    """CREATE TABLE job_history (
+        seq {serial}, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
+        status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL)""",
+    "CREATE INDEX job_history_job ON job_history (job_id)",
+)
+_CHECKS = {
+    "job_status": _one_of("status", (s.value for s in JobStatus)),
+    "task_status": _one_of("status", (s.value for s in TaskStatus)),
+    "workflow_status": _one_of("status", (s.value for s in WorkflowStatus)),
+    "job_kind": _one_of("kind", JOB_KINDS),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """The words in which SQLite and PostgreSQL differ; everything else is shared text."""
+
+    types: dict[str, str]  #: {id}, {float}, {bool}, {serial} in the DDL
+    param: str  #: the driver's placeholder; shared statements are written with "?"
+    table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
+    schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
+
+    def ddl(self) -> list[str]:
+        return [s.format(**self.types, **_CHECKS) for s in _DDL]
+
+    def sql(self, text: str) -> str:
+        return text if self.param == "?" else text.replace("?", self.param)
+
+
+def _cols(fields: Sequence[str], prefix: str = "") -> str:
+    return ", ".join(prefix + f for f in fields)
+
+
+WORKFLOW_SELECT = f"SELECT {_cols(WorkflowRow._fields)} FROM workflows"
+TASK_SELECT = f"SELECT {_cols(TaskRow._fields)} FROM tasks WHERE workflow_id = ? ORDER BY task_id"
+JOB_SELECT = f"SELECT {_cols(JobRow._fields)} FROM jobs"
+JOB_INSERT_COLUMNS = (*JobRow._fields, "creation_time", "modification_time")
+HISTORY_COLUMNS = HistoryRow._fields
+EDGE_COLUMNS = ("workflow_id", "child_idx", "parent_idx")
+TASK_COLUMNS = TaskRow._fields
+#: How a re-sent attempt record replaces the stored one; the same clause on both backends.
+ATTEMPT_ON_CONFLICT = "ON CONFLICT (job_id, attempt_nr) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in AttemptRow._fields[2:]
+)
+_ACTIVE = " NOT " + _one_of("status", (s.value for s in FINAL_WORKFLOW_STATES))
+_MISSING_CHUNK = 500
+
+
+class Cursor(Protocol):
+    """The DB-API subset both drivers' cursors share."""
+
+    rowcount: int
+
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+    def executemany(self, query: Any, params_seq: Any, /) -> Any: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def rejected(url: str, exc: Exception) -> PanrayError:
+    """The error for a batch the database refused (a CHECK, NOT NULL or key violation)."""
+    return PanrayError(f"state store {url} rejected the batch, nothing of it was stored: {exc}")
+
+
+_K = TypeVar("_K", bound=Hashable)
+_R = TypeVar("_R")
+
+
+def _last_wins(rows: Sequence[_R], key: Callable[[_R], _K]) -> list[_R]:
+    """One row per key, the latest: a flush may carry a job twice, and a set-based UPDATE or
+    upsert must see each key once."""
+    latest = {key(r): r for r in rows}
+    return rows if len(latest) == len(rows) else list(latest.values())  # type: ignore[return-value]
+
+
+def _job_rows(wf: NewWorkflow, workflow_id: int, first_job: int, first_task: int, now: float) -> Iterator[tuple]:
+    """Rows for ``jobs`` in JOB_INSERT_COLUMNS order; a job starts pending in its first attempt."""
+    n_jobs, n_tasks, pending = len(wf.jobs), len(wf.tasks), JobStatus.PENDING.value
+    for j in wf.jobs:
+        if not (0 <= j.idx < n_jobs and 0 <= j.task_idx < n_tasks):
+            raise WorkflowValidationError(
+                f"workflow {wf.name!r}: job {j.name!r} has idx {j.idx} / task_idx {j.task_idx} "
+                f"outside 0..{n_jobs - 1} / 0..{n_tasks - 1}"
+            )
+        yield (
+            first_job + j.idx, workflow_id, first_task + j.task_idx, j.idx, j.name, j.label, j.kind,
+            pending, FIRST_ATTEMPT, j.max_attempts, None, None, j.payload, j.environment,
+            j.request_memory, j.request_cpus, j.site_pin, j.queue, j.priority,
+            j.inputs, j.outputs, j.tags, j.retry, None, None, None, None, None, now, now,
+        )  # fmt: skip
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Materialising 10^5 row tuples otherwise sets off repeated full collections that cost
+    several times the fetch itself; the rows hold only scalars, so they form no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _edge_rows(workflow_id: int, edges: Iterable[tuple[int, int]]) -> Iterator[tuple]:
+    return ((workflow_id, child, parent) for child, parent in edges)
+
+
+def _workflow_row(r: Sequence[Any]) -> WorkflowRow:
+    """SQLite keeps booleans as 0/1."""
+    return WorkflowRow(*r[:6], bool(r[6]), *r[7:])
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A campaign laid out as rows, ids already assigned."""
+
+    result: SubmittedCampaign
+    workflows: list[tuple] = field(default_factory=list)
+    tasks: list[tuple] = field(default_factory=list)
+    jobs: list[Iterator[tuple]] = field(default_factory=list)
+    edges: list[Iterator[tuple]] = field(default_factory=list)
+
+
+class SQLStore(StateStore):
+    """A :class:`StateStore` over any SQL database that :class:`Dialect` can describe.
+
+    Subclasses provide a transaction (``_transaction``) and the bulk moves; every other method,
+    and all SQL text outside the bulk moves, lives here.
+    """
+
+    dialect: Dialect
+
+    @abstractmethod
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
+        """One transaction on the store's connection, committed on success, else rolled back.
+        ``write`` transactions take the write lock up front (ids are allocated inside them)."""
+
+    @abstractmethod
+    def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+        """Insert many rows given in ``columns`` order."""
+
+    @abstractmethod
+    def _bulk_update_jobs(self, cur: Cursor, states: Sequence[JobState]) -> int:
+        """Write JobState columns over the jobs' rows (unique job ids); return rows changed."""
+
+    @abstractmethod
+    def _bulk_upsert_attempts(self, cur: Cursor, rows: Sequence[AttemptRow]) -> None:
+        """Insert attempts (unique keys), replacing any stored with the same (job_id, attempt_nr)."""
+
+    # -- schema -------------------------------------------------------------------------------
+
+    def _ensure_schema(self) -> None:
+        """Create the tables on first open; refuse a database made by another schema version."""
+        d = self.dialect
+        with self._transaction(write=True) as cur:
+            if d.schema_lock:
+                cur.execute(d.schema_lock)
+            cur.execute(d.sql(d.table_exists), ("schema_version",))
+            if cur.fetchone() is None:
+                for statement in d.ddl():
+                    cur.execute(statement)
+                cur.execute(d.sql("INSERT INTO schema_version (version) VALUES (?)"), (SCHEMA_VERSION,))
+                cur.executemany(d.sql("INSERT INTO counters (name, value) VALUES (?, 0)"), [(c,) for c in COUNTERS])
+                return
+            cur.execute("SELECT version FROM schema_version")
+            found = [r[0] for r in cur.fetchall()]
+        if found != [SCHEMA_VERSION]:
+            raise PanrayError(
+                f"state store {self.url} has schema version {found}, this panray needs {SCHEMA_VERSION}; "
+                "use a matching panray or a new database"
+            )
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _allocate(self, cur: Cursor, counter: str, n: int) -> int:
+        """The first of ``n`` fresh ids; the counter row is locked until the transaction ends."""
+        cur.execute(self.dialect.sql("UPDATE counters SET value = value + ? WHERE name = ? RETURNING value"), (n, counter))
+        return int(cur.fetchone()[0]) - n + 1
+
+    def _plan(self, cur: Cursor, campaign: NewCampaign, now: float) -> _Plan:
+        wfs = campaign.workflows
+        campaign_id = self._allocate(cur, "campaign", 1)
+        workflow_id = self._allocate(cur, "workflow", len(wfs))
+        task_id = self._allocate(cur, "task", sum(len(w.tasks) for w in wfs))
+        job_id = self._allocate(cur, "job", sum(len(w.jobs) for w in wfs))
+        plan = _Plan(SubmittedCampaign(campaign_id, []))
+        for wf in wfs:
+            plan.result.workflows.append(SubmittedWorkflow(workflow_id, job_id, task_id))
+            plan.workflows.append((
+                workflow_id, campaign_id, wf.name, wf.owner, wf.home_site, WorkflowStatus.NEW.value,
+                False, now, now, None, wf.settings,
+            ))  # fmt: skip
+            plan.tasks.extend(
+                (task_id + i, workflow_id, t.label, t.chunk, t.n_jobs, TaskStatus.REGISTERED.value)
+                for i, t in enumerate(wf.tasks)
+            )
+            plan.jobs.append(_job_rows(wf, workflow_id, job_id, task_id, now))
+            plan.edges.append(_edge_rows(workflow_id, wf.edges))
+            workflow_id, task_id, job_id = workflow_id + 1, task_id + len(wf.tasks), job_id + len(wf.jobs)
+        return plan
+
+    def submit(self, campaign: NewCampaign) -> SubmittedCampaign:
+        now = time.time()
+        with self._transaction(write=True) as cur:
+            plan = self._plan(cur, campaign, now)
+            cur.execute(
+                self.dialect.sql("INSERT INTO campaigns (campaign_id, name, owner, created) VALUES (?, ?, ?, ?)"),
+                (plan.result.campaign_id, campaign.name, campaign.owner, now),
+            )
+            self._bulk_insert(cur, "workflows", WorkflowRow._fields, plan.workflows)
+            self._bulk_insert(cur, "tasks", TASK_COLUMNS, plan.tasks)
+            self._bulk_insert(cur, "jobs", JOB_INSERT_COLUMNS, chain.from_iterable(plan.jobs))
+            self._bulk_insert(cur, "edges", EDGE_COLUMNS, chain.from_iterable(plan.edges))
+        return plan.result
+
+    def apply(self, changes: ChangeBatch) -> None:
+        if not changes:
+            return
+        sql, now = self.dialect.sql, time.time()
+        with self._transaction(write=True) as cur:
+            if changes.jobs:
+                states = _last_wins(changes.jobs, lambda s: s[0])
+                if self._bulk_update_jobs(cur, states) != len(states):
+                    self._raise_missing(cur, "jobs", "job_id", [s[0] for s in states])
+            if changes.history:
+                self._bulk_insert(cur, "job_history", HISTORY_COLUMNS, changes.history)
+            if changes.attempts:
+                self._bulk_upsert_attempts(cur, _last_wins(changes.attempts, lambda a: (a[0], a[1])))
+            if changes.tasks:
+                tasks = _last_wins(changes.tasks, lambda t: t[0])
+                cur.executemany(sql("UPDATE tasks SET status = ? WHERE task_id = ?"), [(s, i) for i, s in tasks])
+                if cur.rowcount != len(tasks):
+                    self._raise_missing(cur, "tasks", "task_id", [t[0] for t in tasks])
+            if changes.workflows:
+                wfs = _last_wins(changes.workflows, lambda w: w[0])
+                cur.executemany(
+                    sql("UPDATE workflows SET status = ?, ended = ?, modified = ? WHERE workflow_id = ?"),
+                    [(s, end, now, i) for i, s, end in wfs],
+                )
+                if cur.rowcount != len(wfs):
+                    self._raise_missing(cur, "workflows", "workflow_id", [w[0] for w in wfs])
+
+    def set_cancelled(self, workflow_id: int, cancelled: bool) -> None:
+        with self._transaction(write=True) as cur:
+            cur.execute(
+                self.dialect.sql("UPDATE workflows SET cancelled = ?, modified = ? WHERE workflow_id = ?"),
+                (cancelled, time.time(), workflow_id),
+            )
+            if cur.rowcount != 1:
+                raise NotFoundError(f"workflow {workflow_id} is not in state store {self.url}")
+
+    def _raise_missing(self, cur: Cursor, table: str, key: str, ids: list[int]) -> None:
+        """Name the ids of a batch that the store does not hold (the batch is rolled back)."""
+        found: set[int] = set()
+        for i in range(0, len(ids), _MISSING_CHUNK):
+            chunk = ids[i : i + _MISSING_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            cur.execute(self.dialect.sql(f"SELECT {key} FROM {table} WHERE {key} IN ({marks})"), chunk)
+            found.update(r[0] for r in cur.fetchall())
+        missing = [i for i in ids if i not in found]
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        raise NotFoundError(f"{len(missing)} {table} not in state store {self.url}: {shown}; nothing was stored")
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def load_workflow(self, workflow_id: int) -> WorkflowSnapshot:
+        sql = self.dialect.sql
+        with self._transaction(write=False) as cur, _gc_paused():
+            workflow = self._one(cur, sql(WORKFLOW_SELECT + " WHERE workflow_id = ?"), workflow_id, "workflow")
+            cur.execute(sql(TASK_SELECT), (workflow_id,))
+            tasks = list(map(TaskRow._make, cur.fetchall()))
+            cur.execute(sql(JOB_SELECT + " WHERE workflow_id = ? ORDER BY idx"), (workflow_id,))
+            jobs = list(map(JobRow._make, cur.fetchall()))
+            cur.execute(sql("SELECT child_idx, parent_idx FROM edges WHERE workflow_id = ?"), (workflow_id,))
+            edges = cur.fetchall()
+        return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges)
+
+    def workflows(self, *, campaign_id: int | None = None, active_only: bool = False) -> list[WorkflowRow]:
+        where = [" campaign_id = ?"] if campaign_id is not None else []
+        if active_only:
+            where.append(_ACTIVE)
+        text = WORKFLOW_SELECT + (" WHERE" + " AND".join(where) if where else "") + " ORDER BY workflow_id DESC"
+        rows = self._fetch(text, () if campaign_id is None else (campaign_id,))
+        return [_workflow_row(r) for r in rows]
+
+    def tasks(self, workflow_id: int) -> list[TaskRow]:
+        return list(map(TaskRow._make, self._fetch(TASK_SELECT, (workflow_id,))))
+
+    def job_counts(self, workflow_id: int) -> dict[int, dict[str, int]]:
+        counts: dict[int, dict[str, int]] = {}
+        text = "SELECT task_id, status, COUNT(*) FROM jobs WHERE workflow_id = ? GROUP BY task_id, status"
+        for task_id, status, n in self._fetch(text, (workflow_id,)):
+            counts.setdefault(task_id, {})[status] = n
+        return counts
+
+    def jobs(
+        self, workflow_id: int, *, status: Sequence[str] | None = None, limit: int | None = None
+    ) -> list[JobRow]:
+        text, params = JOB_SELECT + " WHERE workflow_id = ?", [workflow_id]
+        if status is not None:
+            statuses = [str(s) for s in status]
+            if not statuses:
+                return []
+            text += f" AND status IN ({', '.join('?' * len(statuses))})"
+            params.extend(statuses)
+        text += " ORDER BY idx"
+        if limit is not None:
+            text += " LIMIT ?"
+            params.append(limit)
+        with _gc_paused():
+            return list(map(JobRow._make, self._fetch(text, params)))
+
+    def job(self, job_id: int) -> JobRow:
+        with self._transaction(write=False) as cur:
+            return JobRow._make(self._one(cur, self.dialect.sql(JOB_SELECT + " WHERE job_id = ?"), job_id, "job"))
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        text = f"SELECT {_cols(AttemptRow._fields)} FROM attempts WHERE job_id = ? ORDER BY attempt_nr"
+        return list(map(AttemptRow._make, self._fetch(text, (job_id,))))
+
+    def history(self, job_id: int) -> list[HistoryRow]:
+        text = f"SELECT {_cols(HISTORY_COLUMNS)} FROM job_history WHERE job_id = ? ORDER BY seq"
+        return list(map(HistoryRow._make, self._fetch(text, (job_id,))))
+
+    def _fetch(self, text: str, params: Sequence[Any]) -> list[Any]:
+        with self._transaction(write=False) as cur:
+            cur.execute(self.dialect.sql(text), params)
+            return cur.fetchall()
+
+    def _one(self, cur: Cursor, text: str, key: int, what: str) -> Any:
+        cur.execute(text, (key,))
+        row = cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"{what} {key} is not in state store {self.url}")
+        return row

@@ -1,0 +1,59 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pgserver
+from panray.store import StateStore, open_store
+
+# ---------------------------------------------------------------------------------------------
+# State store fixtures: every store test runs on SQLite and on a throwaway PostgreSQL 15.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """One PostgreSQL cluster for the session. Fails (never skips): PostgreSQL is a supported backend."""
+    try:
+        server = pgserver.start()
+    except pgserver.PgServerError as exc:
+        pytest.fail(f"cannot start the test PostgreSQL server:\n{exc}", pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_server: pgserver.PgServer) -> str:
+    """``postgresql://postgres@127.0.0.1:PORT/panray_test`` on the session's cluster."""
+    return pg_server.create_database("panray_test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path}/state/panray.db"
+        return
+    server: pgserver.PgServer = request.getfixturevalue("pg_server")
+    name = f"panray_{uuid.uuid4().hex[:12]}"
+    yield server.create_database(name)
+    server.drop_database(name)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[StateStore]:
+    s = open_store(store_url)
+    yield s
+    s.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# (end of state store fixtures)
+# ---------------------------------------------------------------------------------------------
