@@ -1,0 +1,162 @@
+"""A prmon-like memory monitor: samples a payload's process tree with psutil.
+
+There is no prmon on PyPI, so this writes the same two files the monitor already understands:
+``prmon.txt`` (TSV time series, ``Time`` first, prmon's column names and units: kB, bytes, seconds)
+and ``prmon.json`` (``{"Max": {...}, "Avg": {...}}``). ``on_exceed`` fires once, from the monitor
+thread, the first time the tree's PSS goes over ``limit_kb``, so the pilot can act on a runaway job.
+
+Examples:
+    >>> monitor = MemoryMonitor(proc.pid, workdir, interval=1.0, ncores=4)   # doctest: +SKIP
+    >>> monitor.start(); proc.wait(); summary = monitor.stop()              # doctest: +SKIP
+    >>> summary["Max"]["pss"], monitor.max_pss_per_core_kb                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+COLUMNS = ("Time", "vmem", "pss", "rss", "swap", "rchar", "wchar", "read_bytes", "write_bytes",
+           "nprocs", "nthreads", "stime", "utime", "wtime")
+"""prmon's column order (without network and GPU columns)."""
+
+
+def _sample_tree(root: psutil.Process | None) -> dict[str, int] | None:
+    """Sum the counters over ``root`` and its live descendants; None once the root is gone."""
+    if root is None:
+        return None
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return None
+    totals = dict.fromkeys(COLUMNS[1:-1], 0)
+    cpu_user = cpu_system = 0.0
+    for proc in procs:
+        try:
+            with proc.oneshot():
+                mem = proc.memory_full_info()
+                io = proc.io_counters()
+                cpu = proc.cpu_times()
+                nthreads = proc.num_threads()
+        except psutil.Error:
+            continue
+        totals["vmem"] += mem.vms // 1024
+        totals["pss"] += mem.pss // 1024
+        totals["rss"] += mem.rss // 1024
+        totals["swap"] += mem.swap // 1024
+        totals["rchar"] += io.read_chars
+        totals["wchar"] += io.write_chars
+        totals["read_bytes"] += io.read_bytes
+        totals["write_bytes"] += io.write_bytes
+        totals["nprocs"] += 1
+        totals["nthreads"] += nthreads
+        cpu_user += cpu.user + cpu.children_user
+        cpu_system += cpu.system + cpu.children_system
+    if not totals["nprocs"]:
+        return None
+    totals["utime"], totals["stime"] = round(cpu_user), round(cpu_system)
+    return totals
+
+
+class MemoryMonitor:
+    """Samples every ``interval`` seconds from :meth:`start` (first sample at once) until :meth:`stop`."""
+
+    def __init__(
+        self,
+        pid: int,
+        out_dir: Path,
+        interval: float = 1.0,
+        ncores: int = 1,
+        limit_kb: int | None = None,
+        on_exceed: Callable[[int], None] | None = None,
+    ):
+        try:
+            self._root: psutil.Process | None = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            self._root = None  # the job already ended: the files get a header and no rows
+        self.out_dir = Path(out_dir)
+        self.interval = interval
+        self.ncores = max(1, ncores)
+        self.limit_kb = limit_kb
+        self._on_exceed = on_exceed
+        self._exceeded = False
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sampling = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._start = 0.0
+        self._max: dict[str, int] = {}
+        self._sums: dict[str, int] = {}
+        self._count = 0
+
+    @property
+    def txt_path(self) -> Path:
+        return self.out_dir / "prmon.txt"
+
+    @property
+    def json_path(self) -> Path:
+        return self.out_dir / "prmon.json"
+
+    @property
+    def max_pss_kb(self) -> int:
+        with self._lock:
+            return self._max.get("pss", 0)
+
+    @property
+    def max_pss_per_core_kb(self) -> float:
+        """What the monitor shows per job (as GB): memory per allocated core."""
+        return self.max_pss_kb / self.ncores
+
+    def start(self) -> None:
+        """Write the header, take the first sample now (short jobs get one too), then sample on."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._start = time.monotonic()
+        self.txt_path.write_text("\t".join(COLUMNS) + "\n")
+        self.sample()
+        self._thread = threading.Thread(target=self._loop, name="panray-memory-monitor", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.sample():
+                return
+
+    def sample(self) -> bool:
+        """Record one row now (the thread calls this); False when the process tree has gone."""
+        with self._sampling:
+            return self._record()
+
+    def _record(self) -> bool:
+        values = _sample_tree(self._root)
+        if values is None:
+            return False
+        row = {"Time": int(time.time()), **values, "wtime": round(time.monotonic() - self._start)}
+        with self._lock:
+            for column in COLUMNS[1:]:
+                self._max[column] = max(self._max.get(column, 0), row[column])
+                self._sums[column] = self._sums.get(column, 0) + row[column]
+            self._count += 1
+        with self.txt_path.open("a") as out:
+            out.write("\t".join(str(row[column]) for column in COLUMNS) + "\n")
+        if self.limit_kb is not None and row["pss"] > self.limit_kb and not self._exceeded:
+            self._exceeded = True
+            if self._on_exceed is not None:
+                self._on_exceed(row["pss"])
+        return True
+
+    def stop(self) -> dict[str, dict[str, float]]:
+        """Stop sampling, write ``prmon.json`` and return the same summary."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            count = max(self._count, 1)
+            summary = {"Max": dict(self._max),
+                       "Avg": {column: total / count for column, total in self._sums.items()}}
+        self.json_path.write_text(json.dumps(summary, indent=2))
+        return summary
