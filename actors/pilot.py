@@ -1,0 +1,180 @@
+"""A warm pilot: a long-lived actor on its site's node that pulls batches and runs payloads.
+
+Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
+payloads at once, completes no-op jobs in-process, and reports starts and ends in batches to
+each workflow's manager (``update_job`` in bulk) — never one actor call per job.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, manager_name, queue_name
+from panray.actors.payload_runner import PayloadProcess, RunnerServices
+
+REPORT_INTERVAL = 0.05
+
+
+class _Reports:
+    """Buffers starts and outcomes per workflow until the next flush."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: dict[int, list[Started]] = defaultdict(list)
+        self.ended: dict[int, list[Outcome]] = defaultdict(list)
+        self.n_ended = 0
+        self.wake = threading.Event()
+
+    def add_started(self, wf: int, s: Started) -> None:
+        with self.lock:
+            self.started[wf].append(s)
+        self.wake.set()
+
+    def add_ended(self, wf: int, outcomes: list[Outcome]) -> None:
+        with self.lock:
+            self.ended[wf].extend(outcomes)
+            self.n_ended += len(outcomes)
+        self.wake.set()
+
+    def take(self) -> tuple[dict[int, list[Started]], dict[int, list[Outcome]]]:
+        with self.lock:
+            started, ended = self.started, self.ended
+            self.started, self.ended = defaultdict(list), defaultdict(list)
+        return started, ended
+
+
+@ray.remote(num_cpus=0, max_concurrency=8)
+class Pilot:
+    """Pulls from ``site-queue:<site>`` and runs payloads; see the module docstring."""
+
+    def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
+        self.pilot_id, self.site, self.slots = pilot_id, site, slots
+        self._services = RunnerServices(work_dir=Path(work_dir))
+        if logging:
+            self._configure_logging(logging)
+        self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
+        self._managers: dict[int, Any] = {}
+        self._running: dict[int, PayloadProcess] = {}
+        self._free = threading.Semaphore(slots)
+        self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
+        self._reports = _Reports()
+        self._stop = threading.Event()
+        self._acked = 0
+        self._threads = [
+            threading.Thread(target=self._pull_loop, name="pull", daemon=True),
+            threading.Thread(target=self._report_loop, name="report", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _configure_logging(self, cfg: dict[str, Any]) -> None:
+        from panray.config import Settings
+        from panray.logging_bridge import make_object_store, make_sink
+
+        settings = Settings.model_validate(cfg)
+        self._services.sink = make_sink(settings)
+        self._services.object_store = make_object_store(settings)
+        self._services.log_interval = settings.log_interval
+        self._services.memory_tolerance = settings.memory_tolerance
+
+    def ready(self) -> str:
+        """Answers once the actor is up: where it runs."""
+        return ray.get_runtime_context().get_node_id()
+
+    def info(self) -> dict[str, Any]:
+        return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(self._running)}
+
+    def kill(self, job_ids: list[int]) -> int:
+        """Kill the payloads of these jobs (cancel); returns how many were running here."""
+        procs = [self._running.get(j) for j in job_ids]
+        for p in procs:
+            if p is not None:
+                p.kill("cancelled")
+        return sum(p is not None for p in procs)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for p in list(self._running.values()):
+            p.kill("cancelled")
+
+    # -- loops -------------------------------------------------------------------------------
+
+    def _pull_loop(self) -> None:
+        while not self._stop.is_set():
+            if not self._free.acquire(timeout=1.0):
+                continue
+            free = 1
+            while self._free.acquire(blocking=False):
+                free += 1
+            ended = self._reports.n_ended
+            try:
+                batch = ray.get(self._queue.acquire.remote(self.pilot_id, free, ended - self._acked, 1.0))
+            except Exception:  # the queue is being restarted or the cluster shuts down
+                batch = []
+                time.sleep(0.5)
+            self._acked = ended
+            used = self._start(batch)
+            for _ in range(free - used):
+                self._free.release()
+
+    def _start(self, batch: list[Dispatch]) -> int:
+        """Completes no-ops at once and hands real payloads to the slot pool; returns slots used."""
+        now = time.time()
+        noops: dict[int, list[Outcome]] = defaultdict(list)
+        used = 0
+        for d in batch:
+            if not d.payload:
+                noops[d.workflow_id].append(
+                    Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, now, now, now, 0, None, None, None, None)
+                )
+                continue
+            used += 1
+            proc = PayloadProcess(d, self.pilot_id, self._services)
+            self._running[d.job_id] = proc
+            self._pool.submit(self._run_one, proc, now)
+        for wf, outs in noops.items():
+            self._reports.add_ended(wf, outs)
+        return used
+
+    def _run_one(self, proc: PayloadProcess, sent: float) -> None:
+        d = proc.d
+        self._reports.add_started(d.workflow_id, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
+        try:
+            r = proc.run()
+            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
+                          r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url)
+        except Exception as exc:  # the pilot itself failed to run it: a system error
+            now = time.time()
+            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
+                          f"pilot error: {exc!r}"[:500], None, None)
+        finally:
+            self._running.pop(d.job_id, None)
+            self._free.release()
+        self._reports.add_ended(d.workflow_id, [out])
+
+    def _report_loop(self) -> None:
+        while not self._stop.is_set():
+            self._reports.wake.wait(1.0)
+            self._reports.wake.clear()
+            time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
+            started, ended = self._reports.take()
+            for wf in set(started) | set(ended):
+                mgr = self._manager(wf)
+                if mgr is not None:
+                    mgr.report.remote(started.get(wf, []), ended.get(wf, []))
+
+    def _manager(self, wf: int) -> Any:
+        mgr = self._managers.get(wf)
+        if mgr is None:
+            try:
+                mgr = self._managers[wf] = ray.get_actor(manager_name(wf), namespace=NAMESPACE)
+            except ValueError:
+                return None
+        return mgr

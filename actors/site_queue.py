@@ -1,0 +1,100 @@
+"""A site's queue of activated jobs, from which that site's pilots pull batches.
+
+The logic is the plain class :class:`SiteQueueCore` (tested without Ray); :class:`SiteQueue`
+is the thin async actor around it. Pilots pull with :meth:`SiteQueue.acquire`, which waits
+for work instead of polling. No-op jobs do not occupy a slot, so one pull can carry a large
+batch of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+
+import ray
+
+from panray.actors.dispatch import Dispatch
+
+
+class SiteQueueCore:
+    """FIFO of :class:`Dispatch` with the counters brokerage needs (queued, running)."""
+
+    def __init__(self, site: str, max_batch: int = 1000):
+        self.site = site
+        self.max_batch = max_batch
+        self._jobs: deque[Dispatch] = deque()
+        self._held: dict[str, int] = {}  # pilot -> jobs it holds (sent, not reported ended)
+        self.n_sent = 0
+
+    def put(self, jobs: Iterable[Dispatch]) -> int:
+        self._jobs.extend(jobs)
+        return len(self._jobs)
+
+    def take(self, pilot: str, slots: int, ended: int) -> list[Dispatch]:
+        """Pop jobs for ``pilot``: up to ``slots`` real payloads plus any no-ops met on the way."""
+        held = self._held.get(pilot, 0) - ended
+        out: list[Dispatch] = []
+        real = 0
+        jobs = self._jobs
+        while jobs and real < slots and len(out) < self.max_batch:
+            d = jobs.popleft()
+            out.append(d)
+            if d.payload:
+                real += 1
+        self._held[pilot] = max(held, 0) + len(out)
+        self.n_sent += len(out)
+        return out
+
+    def remove(self, *, workflow_id: int | None = None, job_ids: Iterable[int] | None = None) -> list[Dispatch]:
+        """Drop queued jobs of a workflow or with given ids (cancel, re-brokerage); return them."""
+        ids = set(job_ids) if job_ids is not None else None
+        keep: deque[Dispatch] = deque()
+        gone: list[Dispatch] = []
+        for d in self._jobs:
+            hit = (workflow_id is not None and d.workflow_id == workflow_id) or (ids is not None and d.job_id in ids)
+            (gone if hit else keep).append(d)
+        self._jobs = keep
+        return gone
+
+    def forget_pilot(self, pilot: str) -> None:
+        self._held.pop(pilot, None)
+
+    def stats(self) -> tuple[int, int, int]:
+        """(queued, running = held by pilots, live pilots)."""
+        return len(self._jobs), sum(self._held.values()), len(self._held)
+
+
+@ray.remote(num_cpus=0)
+class SiteQueue:
+    """Ray actor wrapping :class:`SiteQueueCore`; pilots block in ``acquire`` until work arrives."""
+
+    def __init__(self, site: str, max_batch: int = 1000):
+        self._core = SiteQueueCore(site, max_batch)
+        self._arrived = asyncio.Event()
+
+    async def put(self, jobs: list[Dispatch]) -> int:
+        n = self._core.put(jobs)
+        self._arrived.set()
+        return n
+
+    async def acquire(self, pilot: str, slots: int, ended: int = 0, timeout: float = 1.0) -> list[Dispatch]:
+        """Up to ``slots`` real jobs for ``pilot``; waits at most ``timeout`` s when empty."""
+        out = self._core.take(pilot, slots, ended)
+        if out or slots <= 0:
+            return out
+        self._arrived.clear()
+        try:
+            await asyncio.wait_for(self._arrived.wait(), timeout)
+        except asyncio.TimeoutError:
+            return []
+        return self._core.take(pilot, slots, 0)
+
+    async def remove(self, workflow_id: int | None = None, job_ids: list[int] | None = None) -> list[Dispatch]:
+        return self._core.remove(workflow_id=workflow_id, job_ids=job_ids)
+
+    async def forget_pilot(self, pilot: str) -> None:
+        self._core.forget_pilot(pilot)
+
+    async def stats(self) -> tuple[int, int, int]:
+        return self._core.stats()

@@ -1,0 +1,311 @@
+"""The workflow manager's logic, free of Ray: events in, jobs to dispatch and state changes out.
+
+It holds one workflow's jobs as compact arrays (a status byte, an attempt counter, ...), moves
+them only through :func:`panray.statuses.check_code_transition`, releases children through the
+in-degree counters of :class:`panray.dag.Releaser`, applies the retry rules of
+:mod:`panray.retry`, prunes descendants of jobs that failed for good, and releases the final
+job once everything else has ended. Every status change becomes a history row; state changes
+accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in one batch.
+
+Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
+failed as system errors and retried, jobs waiting in a queue are released again.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from panray.actors.dispatch import Dispatch, Outcome, Started
+from panray.dag import JobGraph, Releaser
+from panray.retry import SYSTEM, USER_CLASSES, RetrySpec, decide
+from panray.statuses import (
+    CODE_OF,
+    FINAL_CODES,
+    JOB_CODES,
+    JobStatus,
+    check_code_transition,
+    derive_task_status,
+    derive_workflow_status,
+)
+from panray.store.base import AttemptRow, ChangeBatch, HistoryRow, JobState, WorkflowSnapshot
+
+J = JobStatus
+PENDING, DEFINED, ASSIGNED, ACTIVATED = (CODE_OF[s] for s in (J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED))
+SENT, STARTING, RUNNING = (CODE_OF[s] for s in (J.SENT, J.STARTING, J.RUNNING))
+FINISHED, FAILED, CLOSED, CANCELLED = (CODE_OF[s] for s in (J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED))
+HELD = frozenset({SENT, STARTING, RUNNING})
+_STATUS_STR = [s.value for s in JOB_CODES]
+
+
+@dataclass(slots=True)
+class CoreSettings:
+    max_system_retries: int = 3
+
+
+class WorkflowCore:
+    """One workflow's jobs in memory; see the module docstring."""
+
+    def __init__(self, snap: WorkflowSnapshot, settings: CoreSettings | None = None, now: float | None = None):
+        self.settings = settings or CoreSettings()
+        wf = snap.workflow
+        self.workflow_id = wf.workflow_id
+        self.cancelled = bool(wf.cancelled)
+        self.workflow_status = wf.status
+        jobs = snap.jobs
+        self.rows = jobs
+        n = self.n = len(jobs)
+        self.first_id = jobs[0].job_id if jobs else 0
+        self.first_task = min((t.task_id for t in snap.tasks), default=0)
+        self.task_ids = [t.task_id for t in snap.tasks]
+        self.graph = JobGraph.from_edges(n, snap.edges, [j.name for j in jobs])
+        self.status = bytearray(CODE_OF[J(j.status)] for j in jobs)
+        self.attempt = array("i", (j.attempt_nr for j in jobs))
+        self.memory = array("i", (j.request_memory for j in jobs))
+        self.user_failures = array("i", bytes(4 * n))
+        self.system_failures = array("i", bytes(4 * n))
+        self.start_time = array("d", (j.start_time or 0.0 for j in jobs))
+        self.end_time = array("d", (j.end_time or 0.0 for j in jobs))
+        self.site: list[str | None] = [j.site for j in jobs]
+        self.pilot: list[str | None] = [j.pilot for j in jobs]
+        self.exit_code: list[int | None] = [j.exit_code for j in jobs]
+        self.error_class: list[str | None] = [j.error_class for j in jobs]
+        self.diag: list[str | None] = [j.diag for j in jobs]
+        self.task_of = array("i", (j.task_id - self.first_task for j in jobs))
+        self.final_idx = next((j.idx for j in jobs if j.kind == "final"), None)
+        self.task_counts = [[0] * len(JOB_CODES) for _ in snap.tasks]
+        for i in range(n):
+            self.task_counts[self.task_of[i]][self.status[i]] += 1
+        self.task_status = {t.task_id: t.status for t in snap.tasks}
+        self.n_final = sum(1 for c in self.status if c in FINAL_CODES)
+        self.releaser = Releaser(self.graph, done=(i for i in range(n) if self.status[i] == FINISHED))
+        self._history: list[HistoryRow] = []
+        self._attempts: list[AttemptRow] = []
+        self._dirty: set[int] = set()
+        self._dirty_tasks: set[int] = set()
+        self._now = now or time.time()
+
+    # -- the one path that changes a status --------------------------------------------------
+
+    def _move(self, i: int, new: int, t: float) -> None:
+        old = self.status[i]
+        check_code_transition(old, new)
+        self.status[i] = new
+        counts = self.task_counts[self.task_of[i]]
+        counts[old] -= 1
+        counts[new] += 1
+        if new in FINAL_CODES:
+            self.n_final += 1
+        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], _STATUS_STR[new], t))
+        self._dirty.add(i)
+        self._dirty_tasks.add(self.task_of[i])
+
+    # -- events ------------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[int]:
+        """Jobs to dispatch now: a fresh workflow's roots, or what a restarted manager must redo."""
+        ready: list[int] = []
+        for i in range(self.n):
+            c = self.status[i]
+            if c in HELD:
+                ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None))
+            elif c in (ASSIGNED, ACTIVATED):
+                self._move(i, DEFINED, now)
+                ready.append(i)
+            elif c == DEFINED:
+                ready.append(i)
+        if self.cancelled:
+            self.cancel(now)
+            return []
+        for i in self.releaser.ready():
+            if i != self.final_idx and self.status[i] == PENDING:
+                self._move(i, DEFINED, now)
+                ready.append(i)
+        return ready + self._final_if_due(now)
+
+    def queued(self, idxs: Iterable[int], sites: Iterable[str], now: float) -> list[int]:
+        """Brokerage chose these sites and the jobs went to their queues: assigned, activated."""
+        moved = []
+        for i, site in zip(idxs, sites):
+            if self.status[i] != DEFINED:
+                continue
+            self._move(i, ASSIGNED, now)
+            self.site[i] = site
+            self._move(i, ACTIVATED, now)
+            moved.append(i)
+        return moved
+
+    def started(self, events: Iterable[Started]) -> None:
+        for e in events:
+            i = e.job_id - self.first_id
+            if self.attempt[i] != e.attempt_nr or self.status[i] in FINAL_CODES or self.status[i] == RUNNING:
+                continue
+            self._to_running(i, e.pilot, e.sent_time, e.start_time)
+
+    def _to_running(self, i: int, pilot: str, sent: float, start: float) -> None:
+        c = self.status[i]
+        if c in (DEFINED, ASSIGNED):  # the pilot's report overtook the manager's own bookkeeping
+            if c == DEFINED:
+                self._move(i, ASSIGNED, sent)
+            self._move(i, ACTIVATED, sent)
+            c = ACTIVATED
+        if c == ACTIVATED:
+            self._move(i, SENT, sent)
+            c = SENT
+        if c == SENT:
+            self._move(i, STARTING, start)
+            self._move(i, RUNNING, start)
+        self.pilot[i] = pilot
+        self.start_time[i] = start
+
+    def ended(self, outcomes: Iterable[Outcome]) -> list[int]:
+        """Apply pilots' reports; returns the jobs that became ready (children, retries, final)."""
+        ready: list[int] = []
+        last = 0.0
+        for o in outcomes:
+            i = o.job_id - self.first_id
+            if self.attempt[i] != o.attempt_nr or self.status[i] in FINAL_CODES:
+                continue
+            if self.site[i] is None:
+                self.site[i] = o.site
+            self._to_running(i, o.pilot, o.sent_time, o.start_time)
+            self.end_time[i] = last = o.end_time
+            self.exit_code[i] = o.exit_code
+            if o.error_class is None:
+                self._move(i, FINISHED, o.end_time)
+                self._record_attempt(i, o.max_pss_kb, o.log_url)
+                for c in self.releaser.finish(i):
+                    if c != self.final_idx and self.status[c] == PENDING:
+                        self._move(c, DEFINED, o.end_time)
+                        ready.append(c)
+            else:
+                ready.extend(self._fail(i, o.error_class, o.exit_code, o.diag, o.end_time, o))
+        if last:
+            ready.extend(self._final_if_due(last))
+        return ready
+
+    def _fail(self, i: int, error_class: str, exit_code: int | None, diag: str | None, t: float,
+              o: Outcome | None) -> list[int]:
+        """End the attempt; start a new one if the retry rules allow, else prune descendants."""
+        self.error_class[i], self.diag[i], self.exit_code[i] = error_class, diag, exit_code
+        if error_class == "cancelled":
+            self._move(i, CANCELLED, t)
+            self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
+            return []
+        self._move(i, FAILED, t)
+        self.end_time[i] = t
+        self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
+        if error_class in USER_CLASSES:
+            self.user_failures[i] += 1
+        else:
+            self.system_failures[i] += 1
+        row = self.rows[i]
+        d = decide(
+            RetrySpec.from_json(row.max_attempts, row.retry), error_class=error_class, exit_code=exit_code,
+            user_failures=self.user_failures[i], system_failures=self.system_failures[i],
+            request_memory=self.memory[i], max_system_retries=self.settings.max_system_retries,
+        )
+        self.diag[i] = f"{diag}; {d.reason}" if diag else d.reason
+        self._dirty.add(i)
+        if d.retry and not self.cancelled:
+            self._new_attempt(i, d.request_memory, t)
+            return [i]
+        self._prune(i, t)
+        return self._final_if_due(t)
+
+    def _new_attempt(self, i: int, memory: int, t: float) -> None:
+        counts = self.task_counts[self.task_of[i]]
+        counts[self.status[i]] -= 1
+        counts[DEFINED] += 1
+        self.n_final -= 1
+        self.attempt[i] += 1
+        self.memory[i] = memory
+        self.status[i] = DEFINED
+        self.site[i] = self.pilot[i] = None
+        self.start_time[i] = self.end_time[i] = 0.0
+        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], J.DEFINED.value, t))
+        self._dirty.add(i)
+
+    def _prune(self, i: int, t: float) -> None:
+        for c in self.releaser.descendants([i]):
+            if c != self.final_idx and self.status[c] not in FINAL_CODES:
+                self.error_class[c] = "pruned"
+                self.diag[c] = f"ancestor {self.rows[i].name} failed for good"
+                self._move(c, CLOSED, t)
+
+    def _final_if_due(self, t: float) -> list[int]:
+        """The final job runs once every other job has ended, whatever their outcome."""
+        f = self.final_idx
+        if f is None or self.status[f] != PENDING or self.n_final < self.n - 1:
+            return []
+        self._move(f, DEFINED, t)
+        return [f]
+
+    def cancel(self, now: float) -> list[tuple[int, str | None]]:
+        """Cancel every job not final; returns (job_id, pilot) of jobs a pilot may be running."""
+        self.cancelled = True
+        held = []
+        for i in range(self.n):
+            c = self.status[i]
+            if c in FINAL_CODES:
+                continue
+            if c in HELD or c == ACTIVATED:
+                held.append((self.first_id + i, self.pilot[i]))
+            self.error_class[i] = "cancelled"
+            self._move(i, CANCELLED, now)
+            if c in HELD:
+                self._record_attempt(i, None, None)
+        return held
+
+    # -- outputs -----------------------------------------------------------------------------
+
+    def dispatch(self, i: int, site: str) -> Dispatch:
+        r = self.rows[i]
+        return Dispatch(self.first_id + i, self.attempt[i], self.workflow_id, r.task_id, r.label, r.payload,
+                        r.environment, self.memory[i], r.request_cpus, site)
+
+    def _record_attempt(self, i: int, max_pss: int | None, log_url: str | None) -> None:
+        self._attempts.append(AttemptRow(
+            self.first_id + i, self.attempt[i], _STATUS_STR[self.status[i]], self.site[i], self.pilot[i],
+            self.start_time[i] or None, self.end_time[i] or None, self.exit_code[i], self.error_class[i],
+            self.diag[i], self.memory[i], max_pss, log_url,
+        ))
+
+    @property
+    def done(self) -> bool:
+        return self.n_final == self.n
+
+    def counts(self) -> dict[str, int]:
+        total = [0] * len(JOB_CODES)
+        for counts in self.task_counts:
+            for k, v in enumerate(counts):
+                total[k] += v
+        return {_STATUS_STR[k]: v for k, v in enumerate(total) if v}
+
+    def drain_changes(self, now: float) -> ChangeBatch:
+        """Everything changed since the last drain, as one batch for the store."""
+        batch = ChangeBatch(history=self._history, attempts=self._attempts)
+        self._history, self._attempts = [], []
+        fid = self.first_id
+        batch.jobs = [
+            JobState(fid + i, _STATUS_STR[self.status[i]], self.attempt[i], self.site[i], self.pilot[i],
+                     self.start_time[i] or None, self.end_time[i] or None, self.exit_code[i], self.error_class[i],
+                     self.diag[i], self.memory[i], now)
+            for i in sorted(self._dirty)
+        ]
+        self._dirty.clear()
+        for t in sorted(self._dirty_tasks):
+            counts = {_STATUS_STR[k]: v for k, v in enumerate(self.task_counts[t]) if v}
+            status = derive_task_status(counts, cancelled=self.cancelled).value
+            tid = self.task_ids[t]
+            if self.task_status.get(tid) != status:
+                self.task_status[tid] = status
+                batch.tasks.append((tid, status))
+        self._dirty_tasks.clear()
+        wf_status = derive_workflow_status(self.counts(), cancelled=self.cancelled).value
+        if wf_status != self.workflow_status:
+            self.workflow_status = wf_status
+            batch.workflows.append((self.workflow_id, wf_status, now if self.done else None))
+        return batch

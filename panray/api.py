@@ -1,0 +1,199 @@
+"""panray's Python API: submit campaigns, follow them, cancel them.
+
+Examples:
+    >>> from panray import Panray, Workflow, Job          # doctest: +SKIP
+    >>> wf = Workflow(name="demo", jobs=[Job(name="a", label="isr", command=["true"])])
+    >>> with Panray() as pr:                              # embedded: local 3-site cluster
+    ...     [wf_id] = pr.submit(wf)
+    ...     pr.wait([wf_id], progress=True)
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from panray.config import Settings
+from panray.exceptions import NotFoundError
+from panray.models import Campaign, Workflow
+from panray.statuses import FINAL_WORKFLOW_STATES, derive_task_status
+from panray.store import StateStore, open_store
+from panray.store.base import JobRow, WorkflowRow
+from panray.submission import build_campaign
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowSummary:
+    """One line of the monitor table."""
+
+    workflow_id: int
+    name: str
+    owner: str
+    status: str
+    tasks: dict[str, int]  #: task status -> number of tasks
+    jobs: dict[str, int]  #: job status -> number of jobs
+    created: float
+
+    @property
+    def total(self) -> int:
+        return sum(self.jobs.values())
+
+
+class Panray:
+    """A panray session: the state store, and (lazily) the Ray cluster with panray's actors."""
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any):
+        base = settings or Settings.load()
+        self.settings = base.model_copy(update=overrides) if overrides else base
+        self.store: StateStore = open_store(self.settings.resolved_db_url)
+        self._runtime: Any = None
+        self._managers: dict[int, Any] = {}  # handles of managers this session started
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> Panray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            self._runtime.shutdown()
+            self._runtime = None
+        self.store.close()
+
+    @property
+    def runtime(self) -> Any:
+        """The Ray side, started (embedded) or joined on first use."""
+        return self._connect(start=True)
+
+    def _connect(self, start: bool) -> Any:
+        if self._runtime is None:
+            from panray.runtime import connect
+
+            self._runtime = connect(self.settings, start=start)
+        return self._runtime
+
+    # -- submit ------------------------------------------------------------------------------
+
+    def submit_campaign(self, campaign: Campaign) -> list[int]:
+        """Validate, persist and start every workflow of a campaign; returns workflow ids."""
+        new = build_campaign(campaign, self.runtime.catalog)
+        ids = [w.workflow_id for w in self.store.submit(new).workflows]
+        for wf_id in ids:
+            self._start_manager(wf_id)
+        return ids
+
+    def submit(self, workflow: Workflow) -> list[int]:
+        """Submit one workflow as its own campaign."""
+        return self.submit_campaign(Campaign(name=workflow.name, owner=workflow.owner, workflows=[workflow]))
+
+    def _start_manager(self, workflow_id: int) -> Any:
+        from panray.actors.dispatch import NAMESPACE, manager_name
+        from panray.actors.workflow_manager import WorkflowManager
+
+        self._connect(start=True)
+        handle = WorkflowManager.options(
+            name=manager_name(workflow_id), namespace=NAMESPACE, get_if_exists=True
+        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"))
+        self._managers[workflow_id] = handle
+        return handle
+
+    def _manager(self, workflow_id: int) -> Any:
+        import ray
+
+        from panray.actors.dispatch import NAMESPACE, manager_name
+
+        if workflow_id in self._managers:
+            return self._managers[workflow_id]
+        try:
+            self._connect(start=False)
+        except RuntimeError:
+            return None
+        try:
+            return ray.get_actor(manager_name(workflow_id), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+    # -- follow ------------------------------------------------------------------------------
+
+    def status(self, workflow_id: int | None = None) -> list[WorkflowSummary]:
+        """Monitor rows from the state store (the source of truth), newest first."""
+        rows = self.store.workflows()
+        if workflow_id is not None:
+            rows = [w for w in rows if w.workflow_id == workflow_id]
+            if not rows:
+                raise NotFoundError(f"no workflow {workflow_id}")
+        return [self._summary(w) for w in rows]
+
+    def _summary(self, w: WorkflowRow) -> WorkflowSummary:
+        per_task = self.store.job_counts(w.workflow_id)
+        jobs: dict[str, int] = {}
+        tasks: dict[str, int] = {}
+        for counts in per_task.values():
+            for s, n in counts.items():
+                jobs[s] = jobs.get(s, 0) + n
+            ts = derive_task_status(counts, cancelled=w.cancelled).value
+            tasks[ts] = tasks.get(ts, 0) + 1
+        return WorkflowSummary(w.workflow_id, w.name, w.owner, w.status, tasks, jobs, w.created)
+
+    def jobs(self, workflow_id: int, status: Sequence[str] | None = None) -> list[JobRow]:
+        return self.store.jobs(workflow_id, status=status)
+
+    def wait(self, workflow_ids: Sequence[int], *, progress: bool = False, timeout: float | None = None) -> dict[int, str]:
+        """Block until the workflows end; returns their final statuses.
+
+        Waits on each manager (no polling of the store); with ``progress`` a bar on stderr.
+        """
+        import ray
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out: dict[int, str] = {}
+        for wf_id in workflow_ids:
+            mgr = self._manager(wf_id)
+            while mgr is not None:
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                step = 0.5 if progress else left
+                if left is not None and step is not None:
+                    step = min(step, left)
+                status = ray.get(mgr.wait.remote(step))
+                if progress:
+                    self._draw(ray.get(mgr.progress.remote()), final=status is not None)
+                if status is not None:
+                    out[wf_id] = status
+                    break
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"workflow {wf_id} still running after {timeout} s")
+            if mgr is None:
+                out[wf_id] = self.status(wf_id)[0].status
+        return out
+
+    @staticmethod
+    def _draw(p: dict[str, Any], final: bool) -> None:
+        counts, total = p["counts"], max(p["total"], 1)
+        ended = sum(counts.get(s, 0) for s in ("finished", "failed", "closed", "cancelled"))
+        width = 40
+        fill = int(width * ended / total)
+        running = counts.get("running", 0)
+        line = (f"\rworkflow {p['workflow_id']} [{'#' * fill}{'.' * (width - fill)}] {ended}/{total} ended, "
+                f"{running} running, {counts.get('failed', 0)} failed  ")
+        sys.stderr.write(line + ("\n" if final else ""))
+        sys.stderr.flush()
+
+    # -- act ---------------------------------------------------------------------------------
+
+    def cancel(self, workflow_id: int) -> bool:
+        """Cancel a workflow: running payloads are killed, everything not final ends cancelled."""
+        self.store.set_cancelled(workflow_id, True)
+        mgr = self._manager(workflow_id)
+        if mgr is None:
+            return False
+        mgr.cancel.remote()
+        return True
+
+    def is_final(self, workflow_id: int) -> bool:
+        return self.status(workflow_id)[0].status in {s.value for s in FINAL_WORKFLOW_STATES}

@@ -1,0 +1,124 @@
+"""Brings up (or finds) the Ray side of panray: the cluster, brokerage, site queues and pilots.
+
+Embedded mode (no ``ray_address``) starts one raylet per site on 127.0.0.1 and records its
+address in ``PANRAY_HOME/cluster.json`` so that other panray commands (``panray cancel`` from a
+second shell) reach the same cluster while it runs. With ``ray_address`` set, panray joins an
+existing cluster whose nodes carry ``site:<NAME>`` resources.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from panray.config import Settings
+from panray.sites import SiteCatalog, load_catalog
+from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_local_cluster
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """A connection to panray's Ray cluster and its long-lived actors."""
+
+    settings: Settings
+    catalog: SiteCatalog
+    cluster: Any = None  #: the embedded Cluster this process owns, if any
+    brokerage: Any = None
+    queues: dict[str, Any] = field(default_factory=dict)
+    pilots: dict[str, list[Any]] = field(default_factory=dict)
+
+    def shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        if self.cluster is not None:
+            self.cluster.shutdown()
+            self.cluster = None
+            try:
+                os.unlink(self.settings.home / "cluster.json")
+            except FileNotFoundError:
+                pass
+
+
+def _cluster_file(settings: Settings) -> Any:
+    return settings.home / "cluster.json"
+
+
+def _running_embedded(settings: Settings) -> str | None:
+    """The address of an embedded cluster another panray process runs, if it is alive."""
+    path = _cluster_file(settings)
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(info["address"])
+
+
+def connect(settings: Settings, *, start: bool = True, detached: bool = False) -> Runtime:
+    """Connect to (or, embedded, start) the cluster and make sure panray's actors run.
+
+    ``start=False`` only joins a cluster that already runs (e.g. for ``panray cancel``).
+    """
+    loopback_env()
+    import ray
+
+    from panray.actors.dispatch import NAMESPACE
+
+    catalog = load_catalog(settings.sites_file)
+    rt = Runtime(settings, catalog)
+    address = settings.ray_address or _running_embedded(settings)
+    if ray.is_initialized():
+        pass
+    elif address:
+        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+    elif not start:
+        raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
+    else:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site)
+        ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
+                 log_to_driver=False)
+        _cluster_file(settings).write_text(json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
+    ensure_actors(rt, detached=detached)
+    return rt
+
+
+def ensure_actors(rt: Runtime, *, detached: bool = False) -> None:
+    """Get or create brokerage, one queue per site and the pilots of every site that has nodes."""
+    import ray
+
+    from panray.actors.brokerage import Brokerage
+    from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, pilot_name, queue_name
+    from panray.actors.pilot import Pilot
+    from panray.actors.site_queue import SiteQueue
+
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    rt.brokerage = Brokerage.options(name=BROKERAGE_NAME, **opts).remote(rt.catalog)
+    nodes = site_nodes()
+    logging_cfg = rt.settings.model_dump(mode="json")
+    pending = []
+    for site in rt.catalog:
+        res = {site.ray_resource or SITE_PREFIX + site.name: 1}
+        if site.name not in nodes:
+            log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, res)
+            continue
+        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
+        names = [pilot_name(site.name, k) for k in range(site.pilots)]
+        rt.pilots[site.name] = [
+            Pilot.options(name=n, resources=res, **opts).remote(
+                n, site.name, site.slots, str(rt.settings.work_dir), logging_cfg
+            )
+            for n in names
+        ]
+        pending.append(rt.brokerage.register_pilots.remote(site.name, names))
+        pending.extend(p.ready.remote() for p in rt.pilots[site.name])
+    ray.get(pending)

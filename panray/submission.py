@@ -1,0 +1,73 @@
+"""Turns submitted models into store rows: validate everything first, store nothing half.
+
+The DAG is validated (cycles, dangling parents, duplicates), pins are checked against the site
+catalog, commands are encoded, labels become tasks, and an init job becomes the parent of
+every root while the final job stays outside the graph (the manager releases it last).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from panray.dag import build_graph, partition_tasks
+from panray.exceptions import UnknownSiteError, WorkflowValidationError
+from panray.models import Campaign, Job, Workflow
+from panray.payload import encode_command
+from panray.sites import SiteCatalog
+from panray.store.base import NewCampaign, NewJob, NewTask, NewWorkflow
+
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def _check_sites(jobs: Iterable[Job], home_site: str, catalog: SiteCatalog) -> None:
+    known = catalog.names()
+    if home_site not in catalog:
+        raise UnknownSiteError(home_site, known)
+    for j in jobs:
+        if j.site is not None and j.site not in catalog:
+            raise UnknownSiteError(j.site, known)
+
+
+def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
+    """Validate one workflow and shape its rows; raises a WorkflowValidationError naming the problem."""
+    jobs = list(wf.jobs)
+    if not jobs:
+        raise WorkflowValidationError(f"workflow {wf.name!r} has no jobs")
+    parents = [list(j.parents) for j in jobs]
+    if wf.init_job is not None:
+        for p in parents:
+            if not p:
+                p.append(wf.init_job.name)
+        jobs.insert(0, wf.init_job)
+        parents.insert(0, [])
+    graph = build_graph([j.name for j in jobs], parents)
+    if wf.final_job is not None:
+        if wf.final_job.name in graph.index:
+            raise WorkflowValidationError(f"final job name {wf.final_job.name!r} is also a job name")
+        jobs.append(wf.final_job.model_copy(update={"site": wf.final_job.site or wf.home_site}))
+    _check_sites(jobs, wf.home_site, catalog)
+    tasks, task_of = partition_tasks([j.label for j in jobs], wf.task_chunk_size)
+    n_init = 1 if wf.init_job is not None else 0
+    final_idx = len(jobs) - 1 if wf.final_job is not None else -1
+    rows = [
+        NewJob(
+            idx, j.name, j.label, task_of[idx],
+            "final" if idx == final_idx else ("init" if idx < n_init else "job"),
+            encode_command(j.command), _dumps(j.environment), j.request_memory, j.request_cpus,
+            j.max_attempts, j.site, j.queue, j.priority, _dumps(j.inputs), _dumps(j.outputs), _dumps(j.tags),
+            _dumps({"memory_multiplier": j.memory_multiplier, "request_memory_max": j.request_memory_max,
+                    "retry_unless_exit": j.retry_unless_exit}),
+        )
+        for idx, j in enumerate(jobs)
+    ]
+    return NewWorkflow(
+        name=wf.name, owner=wf.owner, home_site=wf.home_site,
+        tasks=[NewTask(label, chunk, n) for label, chunk, n in tasks],
+        jobs=rows, edges=list(graph.edges()),
+    )
+
+
+def build_campaign(campaign: Campaign, catalog: SiteCatalog) -> NewCampaign:
+    """All workflows validated before any is stored."""
+    return NewCampaign(campaign.name, campaign.owner, [build_workflow(w, catalog) for w in campaign.workflows])
