@@ -6,6 +6,7 @@ jobs pickles in well under a millisecond.
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 
@@ -22,6 +23,7 @@ class Dispatch(NamedTuple):
     request_memory: int  #: MB
     request_cpus: int
     site: str
+    manager: str  #: actor name of the workflow's manager, where the pilot reports
 
 
 class Started(NamedTuple):
@@ -51,9 +53,14 @@ class Outcome(NamedTuple):
     log_url: str | None
 
 
-def manager_name(workflow_id: int) -> str:
-    """The Ray actor name of a workflow's manager in the ``panray`` namespace."""
-    return f"workflow-manager:{workflow_id}"
+def manager_name(db_url: str, workflow_id: int) -> str:
+    """The Ray actor name of a workflow's manager in the ``panray`` namespace.
+
+    Ids are unique per state store only, so the name carries a short digest of the store URL:
+    one cluster may serve several stores (tests, staging and production catalogs).
+    """
+    digest = hashlib.sha1(db_url.encode()).hexdigest()[:8]
+    return f"workflow-manager:{digest}:{workflow_id}"
 
 
 def queue_name(site: str) -> str:

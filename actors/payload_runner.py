@@ -54,7 +54,7 @@ class PayloadProcess:
         self.d = dispatch
         self.pilot = pilot
         self.services = services
-        self.dir = services.work_dir / str(dispatch.workflow_id) / f"{dispatch.job_id}.{dispatch.attempt_nr}"
+        self.dir = services.work_dir / dispatch.manager.replace(":", "_") / f"{dispatch.job_id}.{dispatch.attempt_nr}"
         self._proc: subprocess.Popen[bytes] | None = None
         self._kill_reason: str | None = None
         self._lock = threading.Lock()

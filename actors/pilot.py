@@ -16,34 +16,34 @@ from typing import Any
 
 import ray
 
-from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, manager_name, queue_name
+from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, queue_name
 from panray.actors.payload_runner import PayloadProcess, RunnerServices
 
 REPORT_INTERVAL = 0.05
 
 
 class _Reports:
-    """Buffers starts and outcomes per workflow until the next flush."""
+    """Buffers starts and outcomes per workflow manager until the next flush."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.started: dict[int, list[Started]] = defaultdict(list)
-        self.ended: dict[int, list[Outcome]] = defaultdict(list)
+        self.started: dict[str, list[Started]] = defaultdict(list)
+        self.ended: dict[str, list[Outcome]] = defaultdict(list)
         self.n_ended = 0
         self.wake = threading.Event()
 
-    def add_started(self, wf: int, s: Started) -> None:
+    def add_started(self, wf: str, s: Started) -> None:
         with self.lock:
             self.started[wf].append(s)
         self.wake.set()
 
-    def add_ended(self, wf: int, outcomes: list[Outcome]) -> None:
+    def add_ended(self, wf: str, outcomes: list[Outcome]) -> None:
         with self.lock:
             self.ended[wf].extend(outcomes)
             self.n_ended += len(outcomes)
         self.wake.set()
 
-    def take(self) -> tuple[dict[int, list[Started]], dict[int, list[Outcome]]]:
+    def take(self) -> tuple[dict[str, list[Started]], dict[str, list[Outcome]]]:
         with self.lock:
             started, ended = self.started, self.ended
             self.started, self.ended = defaultdict(list), defaultdict(list)
@@ -60,7 +60,7 @@ class Pilot:
         if logging:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
-        self._managers: dict[int, Any] = {}
+        self._managers: dict[str, Any] = {}
         self._running: dict[int, PayloadProcess] = {}
         self._free = threading.Semaphore(slots)
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
@@ -127,11 +127,11 @@ class Pilot:
     def _start(self, batch: list[Dispatch]) -> int:
         """Completes no-ops at once and hands real payloads to the slot pool; returns slots used."""
         now = time.time()
-        noops: dict[int, list[Outcome]] = defaultdict(list)
+        noops: dict[str, list[Outcome]] = defaultdict(list)
         used = 0
         for d in batch:
             if not d.payload:
-                noops[d.workflow_id].append(
+                noops[d.manager].append(
                     Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, now, now, now, 0, None, None, None, None)
                 )
                 continue
@@ -145,7 +145,7 @@ class Pilot:
 
     def _run_one(self, proc: PayloadProcess, sent: float) -> None:
         d = proc.d
-        self._reports.add_started(d.workflow_id, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
+        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
         try:
             r = proc.run()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
@@ -157,7 +157,7 @@ class Pilot:
         finally:
             self._running.pop(d.job_id, None)
             self._free.release()
-        self._reports.add_ended(d.workflow_id, [out])
+        self._reports.add_ended(d.manager, [out])
 
     def _report_loop(self) -> None:
         while not self._stop.is_set():
@@ -170,11 +170,11 @@ class Pilot:
                 if mgr is not None:
                     mgr.report.remote(started.get(wf, []), ended.get(wf, []))
 
-    def _manager(self, wf: int) -> Any:
-        mgr = self._managers.get(wf)
+    def _manager(self, name: str) -> Any:
+        mgr = self._managers.get(name)
         if mgr is None:
             try:
-                mgr = self._managers[wf] = ray.get_actor(manager_name(wf), namespace=NAMESPACE)
+                mgr = self._managers[name] = ray.get_actor(name, namespace=NAMESPACE)
             except ValueError:
                 return None
         return mgr

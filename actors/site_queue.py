@@ -46,13 +46,13 @@ class SiteQueueCore:
         self.n_sent += len(out)
         return out
 
-    def remove(self, *, workflow_id: int | None = None, job_ids: Iterable[int] | None = None) -> list[Dispatch]:
-        """Drop queued jobs of a workflow or with given ids (cancel, re-brokerage); return them."""
+    def remove(self, *, manager: str | None = None, job_ids: Iterable[int] | None = None) -> list[Dispatch]:
+        """Drop queued jobs of a workflow (named by its manager) or with given ids; return them."""
         ids = set(job_ids) if job_ids is not None else None
         keep: deque[Dispatch] = deque()
         gone: list[Dispatch] = []
         for d in self._jobs:
-            hit = (workflow_id is not None and d.workflow_id == workflow_id) or (ids is not None and d.job_id in ids)
+            hit = (manager is not None and d.manager == manager) or (ids is not None and d.job_id in ids)
             (gone if hit else keep).append(d)
         self._jobs = keep
         return gone
@@ -90,8 +90,8 @@ class SiteQueue:
             return []
         return self._core.take(pilot, slots, 0)
 
-    async def remove(self, workflow_id: int | None = None, job_ids: list[int] | None = None) -> list[Dispatch]:
-        return self._core.remove(workflow_id=workflow_id, job_ids=job_ids)
+    async def remove(self, manager: str | None = None, job_ids: list[int] | None = None) -> list[Dispatch]:
+        return self._core.remove(manager=manager, job_ids=job_ids)
 
     async def forget_pilot(self, pilot: str) -> None:
         self._core.forget_pilot(pilot)

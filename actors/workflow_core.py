@@ -48,8 +48,10 @@ class CoreSettings:
 class WorkflowCore:
     """One workflow's jobs in memory; see the module docstring."""
 
-    def __init__(self, snap: WorkflowSnapshot, settings: CoreSettings | None = None, now: float | None = None):
+    def __init__(self, snap: WorkflowSnapshot, settings: CoreSettings | None = None, now: float | None = None,
+                 manager: str = ""):
         self.settings = settings or CoreSettings()
+        self.manager = manager
         wf = snap.workflow
         self.workflow_id = wf.workflow_id
         self.cancelled = bool(wf.cancelled)
@@ -224,6 +226,7 @@ class WorkflowCore:
         self.memory[i] = memory
         self.status[i] = DEFINED
         self.site[i] = self.pilot[i] = None
+        self.exit_code[i] = self.error_class[i] = self.diag[i] = None
         self.start_time[i] = self.end_time[i] = 0.0
         self._history.append(HistoryRow(self.first_id + i, self.attempt[i], J.DEFINED.value, t))
         self._dirty.add(i)
@@ -264,7 +267,7 @@ class WorkflowCore:
     def dispatch(self, i: int, site: str) -> Dispatch:
         r = self.rows[i]
         return Dispatch(self.first_id + i, self.attempt[i], self.workflow_id, r.task_id, r.label, r.payload,
-                        r.environment, self.memory[i], r.request_cpus, site)
+                        r.environment, self.memory[i], r.request_cpus, site, self.manager)
 
     def _record_attempt(self, i: int, max_pss: int | None, log_url: str | None) -> None:
         self._attempts.append(AttemptRow(

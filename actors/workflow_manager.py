@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, Outcome, Started, queue_name
+from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, Outcome, Started, manager_name, queue_name
 from panray.actors.workflow_core import CoreSettings, WorkflowCore
 from panray.store import open_store
 from panray.store.base import ChangeBatch
@@ -72,7 +72,8 @@ class WorkflowManager:
         self.release_batch = int(settings.get("release_batch", 500))
         self.store = open_store(db_url)
         snap = self.store.load_workflow(workflow_id)
-        self.core = WorkflowCore(snap, CoreSettings(max_system_retries=int(settings.get("max_system_retries", 3))))
+        self.core = WorkflowCore(snap, CoreSettings(max_system_retries=int(settings.get("max_system_retries", 3))),
+                                 manager=manager_name(db_url, workflow_id))
         self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
         self._queues: dict[str, Any] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -174,7 +175,7 @@ class WorkflowManager:
     def _kill(self, job_ids: list[int]) -> None:
         """Drop the workflow's queued jobs and kill its running payloads on every pilot."""
         for site in ray.get(self.brokerage.site_names.remote()):
-            self._queue(site).remove.remote(workflow_id=self.workflow_id)
+            self._queue(site).remove.remote(manager=self.core.manager)
         if not job_ids:
             return
         for name in ray.get(self.brokerage.pilot_names.remote()):

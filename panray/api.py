@@ -19,6 +19,7 @@ from typing import Any
 from panray.config import Settings
 from panray.exceptions import NotFoundError
 from panray.models import Campaign, Workflow
+from panray.sites import load_catalog
 from panray.statuses import FINAL_WORKFLOW_STATES, derive_task_status
 from panray.store import StateStore, open_store
 from panray.store.base import JobRow, WorkflowRow
@@ -49,6 +50,7 @@ class Panray:
         base = settings or Settings.load()
         self.settings = base.model_copy(update=overrides) if overrides else base
         self.store: StateStore = open_store(self.settings.resolved_db_url)
+        self.catalog = load_catalog(self.settings.sites_file)
         self._runtime: Any = None
         self._managers: dict[int, Any] = {}  # handles of managers this session started
 
@@ -82,7 +84,7 @@ class Panray:
 
     def submit_campaign(self, campaign: Campaign) -> list[int]:
         """Validate, persist and start every workflow of a campaign; returns workflow ids."""
-        new = build_campaign(campaign, self.runtime.catalog)
+        new = build_campaign(campaign, self.catalog)
         ids = [w.workflow_id for w in self.store.submit(new).workflows]
         for wf_id in ids:
             self._start_manager(wf_id)
@@ -98,7 +100,7 @@ class Panray:
 
         self._connect(start=True)
         handle = WorkflowManager.options(
-            name=manager_name(workflow_id), namespace=NAMESPACE, get_if_exists=True
+            name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True
         ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"))
         self._managers[workflow_id] = handle
         return handle
@@ -115,7 +117,7 @@ class Panray:
         except RuntimeError:
             return None
         try:
-            return ray.get_actor(manager_name(workflow_id), namespace=NAMESPACE)
+            return ray.get_actor(manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE)
         except ValueError:
             return None
 

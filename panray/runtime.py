@@ -28,6 +28,7 @@ class Runtime:
     settings: Settings
     catalog: SiteCatalog
     cluster: Any = None  #: the embedded Cluster this process owns, if any
+    owns_ray: bool = False  #: this runtime called ray.init and must shut it down
     brokerage: Any = None
     queues: dict[str, Any] = field(default_factory=dict)
     pilots: dict[str, list[Any]] = field(default_factory=dict)
@@ -35,7 +36,7 @@ class Runtime:
     def shutdown(self) -> None:
         import ray
 
-        if ray.is_initialized():
+        if self.owns_ray and ray.is_initialized():
             ray.shutdown()
         if self.cluster is not None:
             self.cluster.shutdown()
@@ -77,12 +78,14 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
     if ray.is_initialized():
         pass
     elif address:
+        rt.owns_ray = True
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     elif not start:
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
     else:
         settings.home.mkdir(parents=True, exist_ok=True)
         rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site)
+        rt.owns_ray = True
         ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
                  log_to_driver=False)
         _cluster_file(settings).write_text(json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))

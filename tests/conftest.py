@@ -57,3 +57,33 @@ def store(store_url: str) -> Iterator[StateStore]:
 # ---------------------------------------------------------------------------------------------
 # (end of state store fixtures)
 # ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray fixtures: one embedded three-site loopback cluster for the whole session.
+# ---------------------------------------------------------------------------------------------
+
+import panray  # noqa: E402  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before Ray is imported)
+from panray import Panray, Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def panray_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("panray-home")
+
+
+@pytest.fixture(scope="session")
+def cluster(panray_home: Path) -> Iterator[Panray]:
+    """The session's Panray on SQLite; it owns the three-site Ray cluster the other sessions join."""
+    pr = Panray(Settings(home=panray_home, flush_interval=0.05))
+    pr.runtime
+    yield pr
+    pr.close()
+
+
+@pytest.fixture
+def pr(store_url: str, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
+    """A Panray session on a fresh state store of each backend, sharing the session's cluster."""
+    session = Panray(Settings(home=panray_home, db_url=store_url, flush_interval=0.05))
+    yield session
+    session.close()

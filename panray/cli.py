@@ -1,0 +1,180 @@
+"""The ``panray`` command: demo, submit, status, jobs, job, cancel, logs, sites."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from panray import monitor
+from panray.api import Panray
+from panray.config import Settings
+from panray.exceptions import PanrayError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    s = Settings.load(args.config)
+    updates = {}
+    if args.db:
+        updates["db_url"] = args.db
+    if args.home:
+        updates["home"] = Path(args.home)
+    return s.model_copy(update=updates) if updates else s
+
+
+def _run_and_show(pr: Panray, ids: list[int], wait: bool) -> int:
+    if not wait:
+        print(" ".join(map(str, ids)))
+        return 0
+    statuses = pr.wait(ids, progress=True)
+    print(monitor.workflows_table([s for i in ids for s in pr.status(i)]))
+    return 0 if all(v == "Finished" for v in statuses.values()) else 1
+
+
+def cmd_demo(pr: Panray, args: argparse.Namespace) -> int:
+    from panray.demo import demo_workflow
+
+    wf = demo_workflow(visits=args.visits, detectors=args.detectors)
+    ids = pr.submit(wf)
+    print(f"submitted demo workflow {ids[0]}: {len(wf.jobs) + 1} jobs across {', '.join(pr.catalog.names())}")
+    code = _run_and_show(pr, ids, wait=True)
+    per_site: dict[str, int] = {}
+    for j in pr.jobs(ids[0]):
+        per_site[j.site or "-"] = per_site.get(j.site or "-", 0) + 1
+    print("\njobs per site: " + ", ".join(f"{k} {v}" for k, v in sorted(per_site.items())))
+    return code
+
+
+def cmd_submit(pr: Panray, args: argparse.Namespace) -> int:
+    from panray.models import load_campaign_file
+
+    campaign = load_campaign_file(args.file)
+    ids = pr.submit_campaign(campaign)
+    return _run_and_show(pr, ids, wait=not args.no_wait)
+
+
+def cmd_status(pr: Panray, args: argparse.Namespace) -> int:
+    rows = pr.status(args.workflow)
+    print(monitor.to_json(rows) if args.json else monitor.workflows_table(rows))
+    return 0
+
+
+def cmd_jobs(pr: Panray, args: argparse.Namespace) -> int:
+    rows = pr.jobs(args.workflow, status=args.status)
+    print(monitor.to_json(rows) if args.json else monitor.jobs_table(rows))
+    return 0
+
+
+def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
+    job = pr.store.job(args.job)
+    attempts = pr.store.attempts(args.job)
+    if args.json:
+        print(monitor.to_json([{"job": job._asdict(), "attempts": [a._asdict() for a in attempts]}]))
+        return 0
+    print(monitor.jobs_table([job]))
+    print()
+    print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
+    return 0
+
+
+def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
+    reached = pr.cancel(args.workflow)
+    print(f"workflow {args.workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
+    return 0
+
+
+def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
+    from panray.logging_bridge import make_object_store, make_sink
+
+    if args.files:
+        if args.job is None:
+            raise PanrayError("--files needs a JOB")
+        job = pr.store.job(args.job)
+        attempt = args.attempt or job.attempt_nr
+        from panray.logging_bridge import attempt_prefix
+
+        for key in make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt)):
+            print(key)
+        return 0
+    if args.job is None and args.task is None:
+        raise PanrayError("give a JOB or --task T")
+    sink = make_sink(pr.settings)
+    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
+        print(f"{e.get('pilotTimestamp', '')} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
+              f"{e.get('label', '')}: {e.get('message', '')}")
+    return 0
+
+
+def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
+    rows = [(s.name, s.status.value, f"{s.drp_share:.0%}", s.pilots, s.slots, s.prompt_pilots) for s in pr.catalog]
+    print(monitor.table(["site", "status", "DRP share", "pilots", "slots", "prompt pilots"], rows))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="panray", description=__doc__)
+    p.add_argument("--config", help="YAML settings file (default: $PANRAY_CONFIG)")
+    p.add_argument("--db", help="state store URL: sqlite:///path or postgresql://... (default: $PANRAY_DB)")
+    p.add_argument("--home", help="panray home directory (default: $PANRAY_HOME or ~/.panray)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="run a ci_hsc-shaped demo campaign across the three sites")
+    d.add_argument("--visits", type=int, default=11)
+    d.add_argument("--detectors", type=int, default=3)
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("submit", help="submit a campaign or workflow file (YAML or JSON)")
+    s.add_argument("file")
+    s.add_argument("--no-wait", action="store_true", help="return after submitting (needs a running cluster)")
+    s.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="workflows: status, tasks, jobs")
+    st.add_argument("workflow", nargs="?", type=int)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    j = sub.add_parser("jobs", help="jobs of a workflow")
+    j.add_argument("workflow", type=int)
+    j.add_argument("--status", action="append", help="only jobs in this status (repeatable)")
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=cmd_jobs)
+
+    jb = sub.add_parser("job", help="one job and its attempt history")
+    jb.add_argument("job", type=int)
+    jb.add_argument("--json", action="store_true")
+    jb.set_defaults(func=cmd_job)
+
+    c = sub.add_parser("cancel", help="cancel a workflow")
+    c.add_argument("workflow", type=int)
+    c.set_defaults(func=cmd_cancel)
+
+    lg = sub.add_parser("logs", help="payload log lines of a job or task; --files lists stored log files")
+    lg.add_argument("job", nargs="?", type=int)
+    lg.add_argument("--attempt", type=int)
+    lg.add_argument("--task", type=int)
+    lg.add_argument("--grep")
+    lg.add_argument("--files", action="store_true")
+    lg.set_defaults(func=cmd_logs)
+
+    si = sub.add_parser("site", help="site operations")
+    si_sub = si.add_subparsers(dest="site_command", required=True)
+    sl = si_sub.add_parser("list", help="the site catalog")
+    sl.set_defaults(func=cmd_site)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        with Panray(_settings(args)) as pr:
+            return int(args.func(pr, args))
+    except PanrayError as exc:
+        print(f"panray: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

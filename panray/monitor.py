@@ -1,0 +1,72 @@
+"""Plain-text tables for operators, in the spirit of the PanDA monitor."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from panray.api import WorkflowSummary
+from panray.store.base import AttemptRow, JobRow
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[k]) for r in cells]) for k, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(out)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else ""
+
+
+def _counts(d: dict[str, int]) -> str:
+    return " ".join(f"{k}:{v}" for k, v in sorted(d.items())) or "-"
+
+
+def workflows_table(rows: Sequence[WorkflowSummary]) -> str:
+    return table(
+        ["id", "name", "owner", "status", "tasks", "finished", "failed", "pruned", "total", "created"],
+        [(w.workflow_id, w.name, w.owner, w.status, _counts(w.tasks), w.jobs.get("finished", 0),
+          w.jobs.get("failed", 0), w.jobs.get("closed", 0), w.total, _when(w.created)) for w in rows],
+    )
+
+
+def _duration(j: JobRow | AttemptRow) -> str:
+    if j.start_time and j.end_time:
+        return f"{j.end_time - j.start_time:.2f}s"
+    return ""
+
+
+def jobs_table(rows: Sequence[JobRow]) -> str:
+    return table(
+        ["job", "attempt", "label", "name", "status", "site", "duration", "exit", "error", "diag"],
+        [(j.job_id, f"{j.attempt_nr} of {j.max_attempts}", j.label, j.name, j.status, j.site, _duration(j),
+          j.exit_code, j.error_class, (j.diag or "")[:60]) for j in rows],
+    )
+
+
+def attempts_table(rows: Sequence[AttemptRow]) -> str:
+    return table(
+        ["attempt", "status", "site", "pilot", "start", "duration", "exit", "error", "memory MB", "max PSS MB", "logs"],
+        [(a.attempt_nr, a.status, a.site, a.pilot, _when(a.start_time), _duration(a), a.exit_code, a.error_class,
+          a.request_memory, f"{a.max_pss_kb / 1024:.1f}" if a.max_pss_kb else "", a.log_url) for a in rows],
+    )
+
+
+def to_json(rows: Sequence[Any]) -> str:
+    def conv(r: Any) -> Any:
+        if hasattr(r, "_asdict"):
+            return r._asdict()
+        if hasattr(r, "__dataclass_fields__"):
+            d = {k: getattr(r, k) for k in r.__dataclass_fields__}
+            if hasattr(r, "total"):
+                d["total"] = r.total
+            return d
+        return r
+
+    return json.dumps([conv(r) for r in rows], indent=2, default=str)
