@@ -8,6 +8,7 @@ real, exit 137), and a cancel kills the group too.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -22,6 +23,13 @@ from panray.actors.dispatch import Dispatch
 from panray.payload import decode_command
 
 OOM_EXIT = 137
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_pilot() -> None:
+    """In the child: get SIGKILL when the pilot thread that started it dies (as on a lost node)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass(slots=True)
@@ -96,7 +104,7 @@ class PayloadProcess:
                         return PayloadResult(start, time.time(), 130, self._kill_reason, "killed before start")
                     self._proc = subprocess.Popen(
                         argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
-                        start_new_session=True,
+                        start_new_session=True, preexec_fn=_die_with_pilot,
                     )
             except OSError as exc:
                 return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")

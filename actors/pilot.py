@@ -57,6 +57,7 @@ class Pilot:
     def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
         self._services = RunnerServices(work_dir=Path(work_dir))
+        self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
         if logging:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
@@ -138,6 +139,7 @@ class Pilot:
             used += 1
             proc = PayloadProcess(d, self.pilot_id, self._services)
             self._running[d.job_id] = proc
+            self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
             self._pool.submit(self._run_one, proc, now)
         for wf, outs in noops.items():
             self._reports.add_ended(wf, outs)
@@ -160,15 +162,29 @@ class Pilot:
         self._reports.add_ended(d.manager, [out])
 
     def _report_loop(self) -> None:
+        next_beat = time.monotonic() + self._heartbeat_interval
         while not self._stop.is_set():
-            self._reports.wake.wait(1.0)
+            self._reports.wake.wait(min(1.0, self._heartbeat_interval))
             self._reports.wake.clear()
             time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
             started, ended = self._reports.take()
-            for wf in set(started) | set(ended):
-                mgr = self._manager(wf)
+            for name in set(started) | set(ended):
+                mgr = self._manager(name)
                 if mgr is not None:
-                    mgr.report.remote(started.get(wf, []), ended.get(wf, []))
+                    mgr.report.remote(started.get(name, []), ended.get(name, []))
+            if time.monotonic() >= next_beat:
+                self._heartbeat()
+                next_beat = time.monotonic() + self._heartbeat_interval
+
+    def _heartbeat(self) -> None:
+        """One batched heartbeat per manager for all payloads still running here."""
+        beats: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for proc in list(self._running.values()):
+            beats[proc.d.manager].append((proc.d.job_id, proc.d.attempt_nr))
+        for name, jobs in beats.items():
+            mgr = self._manager(name)
+            if mgr is not None:
+                mgr.heartbeat.remote(jobs)
 
     def _manager(self, name: str) -> Any:
         mgr = self._managers.get(name)

@@ -43,6 +43,8 @@ _STATUS_STR = [s.value for s in JOB_CODES]
 @dataclass(slots=True)
 class CoreSettings:
     max_system_retries: int = 3
+    heartbeat_timeout: float = 7200.0  #: a running job silent this long is lost
+    sent_timeout: float = 1800.0  #: a job sent to a pilot that has not started it by then is lost
 
 
 class WorkflowCore:
@@ -68,6 +70,10 @@ class WorkflowCore:
         self.memory = array("i", (j.request_memory for j in jobs))
         self.user_failures = array("i", bytes(4 * n))
         self.system_failures = array("i", bytes(4 * n))
+        for job_id, (user, system) in snap.failures.items():
+            self.user_failures[job_id - jobs[0].job_id] = user
+            self.system_failures[job_id - jobs[0].job_id] = system
+        self.last_beat = array("d", bytes(8 * n))  #: last sign of life from the pilot (sent, start, heartbeat)
         self.start_time = array("d", (j.start_time or 0.0 for j in jobs))
         self.end_time = array("d", (j.end_time or 0.0 for j in jobs))
         self.site: list[str | None] = [j.site for j in jobs]
@@ -106,9 +112,16 @@ class WorkflowCore:
 
     # -- events ------------------------------------------------------------------------------
 
-    def start(self, now: float) -> list[int]:
-        """Jobs to dispatch now: a fresh workflow's roots, or what a restarted manager must redo."""
+    def start(self, now: float, *, retry: bool = False) -> list[int]:
+        """Jobs to dispatch now: a fresh workflow's roots, or what a restarted manager must redo.
+
+        With ``retry`` (``panray retry``) failed, cancelled and pruned jobs get a new attempt with
+        a fresh budget, and so does the final job, which runs again after them; finished jobs
+        never run again.
+        """
         ready: list[int] = []
+        if retry:
+            self._reset_failed(now)
         for i in range(self.n):
             c = self.status[i]
             if c in HELD:
@@ -121,11 +134,23 @@ class WorkflowCore:
         if self.cancelled:
             self.cancel(now)
             return []
+        if retry:
+            self.releaser = Releaser(self.graph, done=(i for i in range(self.n) if self.status[i] == FINISHED))
         for i in self.releaser.ready():
             if i != self.final_idx and self.status[i] == PENDING:
                 self._move(i, DEFINED, now)
                 ready.append(i)
         return ready + self._final_if_due(now)
+
+    def _reset_failed(self, now: float) -> None:
+        again = [i for i in range(self.n) if self.status[i] in (FAILED, CANCELLED, CLOSED)]
+        f = self.final_idx
+        if again and f is not None and f not in again and self.status[f] in FINAL_CODES:
+            again.append(f)
+        self.cancelled = False
+        for i in again:
+            self.user_failures[i] = self.system_failures[i] = 0
+            self._new_attempt(i, self.memory[i], now, PENDING)
 
     def queued(self, idxs: Iterable[int], sites: Iterable[str], now: float) -> list[int]:
         """Brokerage chose these sites and the jobs went to their queues: assigned, activated."""
@@ -140,23 +165,52 @@ class WorkflowCore:
         return moved
 
     def started(self, events: Iterable[Started]) -> None:
+        """A pilot took (``start_time == 0``: sent only) or started these jobs."""
         for e in events:
             i = e.job_id - self.first_id
-            if self.attempt[i] != e.attempt_nr or self.status[i] in FINAL_CODES or self.status[i] == RUNNING:
+            c = self.status[i]
+            if self.attempt[i] != e.attempt_nr or c in FINAL_CODES or c == RUNNING:
                 continue
-            self._to_running(i, e.pilot, e.sent_time, e.start_time)
+            self.last_beat[i] = e.start_time or e.sent_time
+            if e.start_time:
+                self._to_running(i, e.pilot, e.sent_time, e.start_time)
+            elif c in (DEFINED, ASSIGNED, ACTIVATED):
+                self._to_sent(i, e.sent_time)
+                self.pilot[i] = e.pilot
 
-    def _to_running(self, i: int, pilot: str, sent: float, start: float) -> None:
+    def heartbeat(self, beats: Iterable[tuple[int, int]], now: float) -> None:
+        """Pilots' batched heartbeats: (job_id, attempt_nr) of payloads still running."""
+        for job_id, attempt in beats:
+            i = job_id - self.first_id
+            if self.attempt[i] == attempt:
+                self.last_beat[i] = now
+
+    def expire(self, now: float) -> list[int]:
+        """Fail as system errors the jobs whose pilot went silent; returns retries to dispatch."""
+        ready: list[int] = []
+        beat_limit, sent_limit = now - self.settings.heartbeat_timeout, now - self.settings.sent_timeout
+        for i in range(self.n):
+            c = self.status[i]
+            if c == SENT and self.last_beat[i] < sent_limit:
+                ready.extend(self._fail(i, SYSTEM, None, "sent to a pilot that never started it", now, None))
+            elif c in (STARTING, RUNNING) and self.last_beat[i] < beat_limit:
+                ready.extend(self._fail(i, SYSTEM, None, "lost heartbeat", now, None))
+        return ready
+
+    def _to_sent(self, i: int, sent: float) -> None:
         c = self.status[i]
-        if c in (DEFINED, ASSIGNED):  # the pilot's report overtook the manager's own bookkeeping
-            if c == DEFINED:
-                self._move(i, ASSIGNED, sent)
+        if c == DEFINED:  # the pilot's report overtook the manager's own bookkeeping
+            self._move(i, ASSIGNED, sent)
+            c = ASSIGNED
+        if c == ASSIGNED:
             self._move(i, ACTIVATED, sent)
             c = ACTIVATED
         if c == ACTIVATED:
             self._move(i, SENT, sent)
-            c = SENT
-        if c == SENT:
+
+    def _to_running(self, i: int, pilot: str, sent: float, start: float) -> None:
+        self._to_sent(i, sent)
+        if self.status[i] == SENT:
             self._move(i, STARTING, start)
             self._move(i, RUNNING, start)
         self.pilot[i] = pilot
@@ -217,19 +271,21 @@ class WorkflowCore:
         self._prune(i, t)
         return self._final_if_due(t)
 
-    def _new_attempt(self, i: int, memory: int, t: float) -> None:
+    def _new_attempt(self, i: int, memory: int, t: float, first: int = DEFINED) -> None:
+        """A retry is a new attempt starting at ``defined`` (``pending`` on a workflow retry)."""
         counts = self.task_counts[self.task_of[i]]
         counts[self.status[i]] -= 1
-        counts[DEFINED] += 1
+        counts[first] += 1
         self.n_final -= 1
         self.attempt[i] += 1
         self.memory[i] = memory
-        self.status[i] = DEFINED
+        self.status[i] = first
         self.site[i] = self.pilot[i] = None
         self.exit_code[i] = self.error_class[i] = self.diag[i] = None
         self.start_time[i] = self.end_time[i] = 0.0
-        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], J.DEFINED.value, t))
+        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], _STATUS_STR[first], t))
         self._dirty.add(i)
+        self._dirty_tasks.add(self.task_of[i])
 
     def _prune(self, i: int, t: float) -> None:
         for c in self.releaser.descendants([i]):

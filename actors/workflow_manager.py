@@ -66,14 +66,21 @@ class _Writer(threading.Thread):
 class WorkflowManager:
     """Drives one workflow; see the module docstring. Named ``workflow-manager:<id>``."""
 
-    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any]):
+    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any], retry: bool = False):
         self.workflow_id = workflow_id
         self.flush_interval = float(settings.get("flush_interval", 0.2))
         self.release_batch = int(settings.get("release_batch", 500))
         self.store = open_store(db_url)
         snap = self.store.load_workflow(workflow_id)
-        self.core = WorkflowCore(snap, CoreSettings(max_system_retries=int(settings.get("max_system_retries", 3))),
-                                 manager=manager_name(db_url, workflow_id))
+        core_settings = CoreSettings(
+            max_system_retries=int(settings.get("max_system_retries", 3)),
+            heartbeat_timeout=float(settings.get("heartbeat_timeout", 7200.0)),
+            sent_timeout=float(settings.get("sent_timeout", 1800.0)),
+        )
+        self.core = WorkflowCore(snap, core_settings, manager=manager_name(db_url, workflow_id))
+        self._retry = retry
+        self._restarting = False
+        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
         self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
         self._queues: dict[str, Any] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -91,8 +98,20 @@ class WorkflowManager:
         self._inbox.append(("report", started, ended))
         self._wake.set()
 
+    def heartbeat(self, beats: list[tuple[int, int]]) -> None:
+        """A pilot's batched heartbeat: (job_id, attempt_nr) of its running payloads."""
+        self._inbox.append(("heartbeat", beats))
+        self._wake.set()
+
     def cancel(self) -> None:
         self._inbox.append(("cancel",))
+        self._wake.set()
+
+    def retry(self) -> None:
+        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name)."""
+        self._restarting = True
+        self._done.clear()
+        self._inbox.append(("retry",))
         self._wake.set()
 
     def progress(self) -> dict[str, Any]:
@@ -111,14 +130,17 @@ class WorkflowManager:
 
     def _pump_loop(self) -> None:
         try:
-            self._ready.extend(self.core.start(time.time()))
-            last_flush = 0.0
+            self._ready.extend(self.core.start(time.time(), retry=self._retry))
+            last_flush = last_expire = time.time()
             while True:
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
                 now = time.time()
                 while self._inbox:
                     self._handle(self._inbox.popleft(), now)
+                if now - last_expire >= self._expire_every:
+                    self._ready.extend(self.core.expire(now))
+                    last_expire = now
                 if self._ready:
                     self._dispatch(now)
                 if now - last_flush >= self.flush_interval or self.core.done:
@@ -126,7 +148,7 @@ class WorkflowManager:
                     if batch:
                         self._writer.put(batch)
                     last_flush = now
-                if self.core.done and not self._inbox and not self._done.is_set():
+                if self.core.done and not self._inbox and not self._restarting and not self._done.is_set():
                     self._writer.wait_idle()
                     self._done.set()
         except BaseException:
@@ -138,6 +160,17 @@ class WorkflowManager:
         if kind == "report":
             self.core.started(msg[1])
             self._ready.extend(self.core.ended(msg[2]))
+        elif kind == "heartbeat":
+            self.core.heartbeat(msg[1], now)
+        elif kind == "retry":
+            batch = self.core.drain_changes(now)
+            if batch:
+                self._writer.put(batch)
+            self._writer.wait_idle()
+            snap = self.store.load_workflow(self.workflow_id)
+            self.core = WorkflowCore(snap, self.core.settings, manager=self.core.manager)
+            self._ready = self.core.start(now, retry=True)
+            self._restarting = False
         elif kind == "cancel":
             held = self.core.cancel(now)
             self._ready.clear()

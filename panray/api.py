@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from panray.config import Settings
-from panray.exceptions import NotFoundError
+from panray.exceptions import NotFoundError, PanrayError
 from panray.models import Campaign, Workflow
 from panray.sites import load_catalog
 from panray.statuses import FINAL_WORKFLOW_STATES, derive_task_status
@@ -94,15 +94,17 @@ class Panray:
         """Submit one workflow as its own campaign."""
         return self.submit_campaign(Campaign(name=workflow.name, owner=workflow.owner, workflows=[workflow]))
 
-    def _start_manager(self, workflow_id: int) -> Any:
+    def _start_manager(self, workflow_id: int, retry: bool = False) -> Any:
         from panray.actors.dispatch import NAMESPACE, manager_name
         from panray.actors.workflow_manager import WorkflowManager
+        from panray.runtime import _HANDLES
 
         self._connect(start=True)
         handle = WorkflowManager.options(
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True
-        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"))
+        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry)
         self._managers[workflow_id] = handle
+        _HANDLES.append(handle)
         return handle
 
     def _manager(self, workflow_id: int) -> Any:
@@ -196,6 +198,31 @@ class Panray:
             return False
         mgr.cancel.remote()
         return True
+
+    def retry(self, workflow_id: int) -> None:
+        """Rerun the failed, cancelled and pruned jobs of an ended workflow (never a finished one)."""
+        import ray
+
+        if not self.is_final(workflow_id):
+            raise PanrayError(f"workflow {workflow_id} is still {self.status(workflow_id)[0].status}; "
+                              "retry reruns ended workflows")
+        self.store.set_cancelled(workflow_id, False)
+        mgr = self._manager(workflow_id)
+        if mgr is not None:
+            ray.get(mgr.retry.remote())
+        else:
+            self._start_manager(workflow_id, retry=True)
+
+    def resume(self) -> list[int]:
+        """Start managers for every workflow not ended (after a crash); returns their ids.
+
+        Each manager reloads its workflow from the store: jobs that were running are retried as
+        system errors, queued jobs are brokered again, finished jobs stay finished.
+        """
+        ids = [w.workflow_id for w in self.store.workflows(active_only=True)]
+        for wf_id in ids:
+            self._start_manager(wf_id)
+        return ids
 
     def is_final(self, workflow_id: int) -> bool:
         return self.status(workflow_id)[0].status in {s.value for s in FINAL_WORKFLOW_STATES}

@@ -84,6 +84,21 @@ def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(pr: Panray, args: argparse.Namespace) -> int:
+    pr.retry(args.workflow)
+    print(f"workflow {args.workflow}: rerunning failed, cancelled and pruned jobs")
+    return _run_and_show(pr, [args.workflow], wait=not args.no_wait)
+
+
+def cmd_resume(pr: Panray, args: argparse.Namespace) -> int:
+    ids = pr.resume()
+    if not ids:
+        print("no workflow to resume")
+        return 0
+    print("resuming workflows " + " ".join(map(str, ids)))
+    return _run_and_show(pr, ids, wait=not args.no_wait)
+
+
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
     from panray.logging_bridge import make_object_store, make_sink
 
@@ -148,6 +163,15 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("cancel", help="cancel a workflow")
     c.add_argument("workflow", type=int)
     c.set_defaults(func=cmd_cancel)
+
+    r = sub.add_parser("retry", help="rerun the failed, cancelled and pruned jobs of a workflow")
+    r.add_argument("workflow", type=int)
+    r.add_argument("--no-wait", action="store_true")
+    r.set_defaults(func=cmd_retry)
+
+    rs = sub.add_parser("resume", help="restart the managers of unfinished workflows (after a crash)")
+    rs.add_argument("--no-wait", action="store_true")
+    rs.set_defaults(func=cmd_resume)
 
     lg = sub.add_parser("logs", help="payload log lines of a job or task; --files lists stored log files")
     lg.add_argument("job", nargs="?", type=int)

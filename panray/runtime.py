@@ -20,6 +20,11 @@ from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_l
 
 log = logging.getLogger(__name__)
 
+#: Every actor handle this process created or fetched. Ray destroys a non-detached actor once the
+#: handles of its creator are gone, so replacing a handle (e.g. after restarting a lost pilot)
+#: must not drop the old one.
+_HANDLES: list[Any] = []
+
 
 @dataclass
 class Runtime:
@@ -124,4 +129,5 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> None:
         ]
         pending.append(rt.brokerage.register_pilots.remote(site.name, names))
         pending.extend(p.ready.remote() for p in rt.pilots[site.name])
+    _HANDLES.extend([rt.brokerage, *rt.queues.values(), *(p for ps in rt.pilots.values() for p in ps)])
     ray.get(pending)

@@ -67,6 +67,10 @@ import panray  # noqa: E402  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before Ray 
 from panray import Panray, Settings  # noqa: E402
 
 
+#: Second-scale lifecycle timers so that lost pilots are noticed within a test.
+FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0, "sent_timeout": 10.0, "memory_tolerance": 1.0}
+
+
 @pytest.fixture(scope="session")
 def panray_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("panray-home")
@@ -75,7 +79,7 @@ def panray_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def cluster(panray_home: Path) -> Iterator[Panray]:
     """The session's Panray on SQLite; it owns the three-site Ray cluster the other sessions join."""
-    pr = Panray(Settings(home=panray_home, flush_interval=0.05))
+    pr = Panray(Settings(home=panray_home, flush_interval=0.05, **FAST))
     pr.runtime
     yield pr
     pr.close()
@@ -84,6 +88,6 @@ def cluster(panray_home: Path) -> Iterator[Panray]:
 @pytest.fixture
 def pr(store_url: str, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
     """A Panray session on a fresh state store of each backend, sharing the session's cluster."""
-    session = Panray(Settings(home=panray_home, db_url=store_url, flush_interval=0.05))
+    session = Panray(Settings(home=panray_home, db_url=store_url, flush_interval=0.05, **FAST))
     yield session
     session.close()

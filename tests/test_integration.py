@@ -69,12 +69,12 @@ def test_dag_runs_on_every_site_in_parent_order(pr: Panray, tmp_path: Path) -> N
 def test_cancel_kills_running_payloads(pr: Panray, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pids.mkdir()
-    script = 'echo $$ > "$1/$2"; exec sleep 300'
+    script = 'echo $$ > "$1/.$2"; mv "$1/.$2" "$1/$2"; exec sleep 300'
     jobs = [Job(name=f"sleep{k}", label="sleeper", command=["bash", "-c", script, "s", str(pids), f"p{k}"])
             for k in range(6)]
     jobs.append(Job(name="after", label="after", parents=["sleep0"], command=["true"]))
     [wf_id] = pr.submit(Workflow(name="to-cancel", jobs=jobs))
-    started = _wait_for(lambda: len(list(pids.iterdir())) >= 3 and list(pids.iterdir()), what="payloads to start")
+    started = _wait_for(lambda: len(list(pids.glob("p*"))) >= 3 and list(pids.glob("p*")), what="payloads to start")
     running = [int(p.read_text()) for p in started]
     for pid in running:
         os.kill(pid, 0)  # alive now

@@ -196,6 +196,7 @@ class WorkflowSnapshot:
     tasks: list[TaskRow]
     jobs: list[JobRow]  #: ordered by idx
     edges: list[tuple[int, int]]  #: (child idx, parent idx)
+    failures: dict[int, tuple[int, int]] = field(default_factory=dict)  #: job_id -> (user, system) failed attempts
 
 
 class StateStore(ABC):

@@ -220,6 +220,16 @@ class _Plan:
     edges: list[Iterator[tuple]] = field(default_factory=list)
 
 
+#: Failed attempts per job, split into the user's budget and the system's (see panray.retry).
+_FAILURES = (
+    "SELECT a.job_id,"
+    " SUM(CASE WHEN a.error_class IN ('payload', 'memory') THEN 1 ELSE 0 END),"
+    " SUM(CASE WHEN a.error_class = 'system' THEN 1 ELSE 0 END)"
+    " FROM attempts a JOIN jobs j ON j.job_id = a.job_id"
+    " WHERE j.workflow_id = ? AND a.status = 'failed' GROUP BY a.job_id"
+)
+
+
 class SQLStore(StateStore):
     """A :class:`StateStore` over any SQL database that :class:`Dialect` can describe.
 
@@ -372,7 +382,9 @@ class SQLStore(StateStore):
             jobs = list(map(JobRow._make, cur.fetchall()))
             cur.execute(sql("SELECT child_idx, parent_idx FROM edges WHERE workflow_id = ?"), (workflow_id,))
             edges = cur.fetchall()
-        return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges)
+            cur.execute(sql(_FAILURES), (workflow_id,))
+            failures = {job_id: (int(user), int(system)) for job_id, user, system in cur.fetchall()}
+        return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges, failures)
 
     def workflows(self, *, campaign_id: int | None = None, active_only: bool = False) -> list[WorkflowRow]:
         where = [" campaign_id = ?"] if campaign_id is not None else []
