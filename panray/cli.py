@@ -99,6 +99,27 @@ def cmd_resume(pr: Panray, args: argparse.Namespace) -> int:
     return _run_and_show(pr, ids, wait=not args.no_wait)
 
 
+def cmd_prompt_notify(pr: Panray, args: argparse.Namespace) -> int:
+    from panray import prompt
+
+    detectors = [int(d) for d in args.detectors.split(",")] if args.detectors else None
+    prompt.check_detectors(args.instrument, detectors or ())
+    prompt.start(pr.settings, catalog=pr.runtime.catalog)
+    for visit in range(args.visit, args.visit + args.visits):
+        print(prompt.format_report(prompt.notify(visit, detectors, args.instrument)))
+    prompt.flush(args.instrument)
+    print(prompt.format_stats(prompt.stats(args.instrument)))
+    return 0
+
+
+def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
+    from panray import prompt
+
+    pr._connect(start=False)
+    print(prompt.format_stats(prompt.stats(args.instrument)))
+    return 0
+
+
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
     from panray.logging_bridge import make_object_store, make_sink
 
@@ -180,6 +201,18 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--grep")
     lg.add_argument("--files", action="store_true")
     lg.set_defaults(func=cmd_logs)
+
+    pp = sub.add_parser("prompt", help="prompt processing at USDF: warm pilots, push, cache affinity")
+    pp_sub = pp.add_subparsers(dest="prompt_command", required=True)
+    pn = pp_sub.add_parser("notify", help="notify the standing task of new visits")
+    pn.add_argument("--visit", type=int, required=True)
+    pn.add_argument("--visits", type=int, default=1, help="this many visits back to back")
+    pn.add_argument("--detectors", help="comma-separated detector numbers (default: all)")
+    pn.add_argument("--instrument", default="LSSTCam")
+    pn.set_defaults(func=cmd_prompt_notify)
+    ps = pp_sub.add_parser("stats", help="latency percentiles and cache hit rate")
+    ps.add_argument("--instrument")
+    ps.set_defaults(func=cmd_prompt_stats)
 
     si = sub.add_parser("site", help="site operations")
     si_sub = si.add_subparsers(dest="site_command", required=True)

@@ -1,0 +1,567 @@
+"""Rubin BPS WMS plugin: ``bps submit/report/status/cancel/restart`` on panray.
+
+Users set ``wmsServiceClass: panray.bps.PanrayService`` and nothing else. The plugin turns the
+GenericWorkflow into one panray :class:`~panray.models.Workflow` (one job per GenericWorkflowJob,
+groups expanded, NOOP nodes as no-op jobs that only order, ``pipetaskInit`` as the init job and
+the bps final job as panray's always-run final job).
+
+How bps reaches panray. bps builds the service with an empty config for report, status, cancel,
+restart and ping, so the run id says where the workflow lives:
+
+* ``<workflow id>@<PANRAY_HOME>`` when the state store is the default SQLite file in the home;
+* ``<workflow id>@<db url without password>`` otherwise (the password comes from ``PANRAY_DB``);
+* a plain ``<workflow id>`` or the submit directory (its ``panray_run.json``) also work.
+
+Anything the id does not say (the Ray address, the password) comes from the ``PANRAY_*``
+variables, as for every panray command.
+
+When submit returns. With ``PANRAY_RAY_ADDRESS`` set (a cluster kept up by ``panray serve``),
+``bps submit`` submits and returns at once. Without it panray runs embedded: the cluster lives
+only as long as the ``bps submit`` process, so submit waits until the workflow has ended.
+
+State mapping (panray job status -> WmsStates): pending -> UNREADY (waits for parents: bps's own
+meaning of UNREADY); defined -> READY; assigned, activated -> PENDING (queued at a site);
+sent, starting, running -> RUNNING (a pilot holds the job and its slot from ``sent`` on);
+finished -> SUCCEEDED; failed -> FAILED; closed -> PRUNED; cancelled -> DELETED.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from lsst.ctrl.bps import (
+    BaseWmsService,
+    BaseWmsWorkflow,
+    BpsConfig,
+    GenericWorkflow,
+    GenericWorkflowGroup,
+    GenericWorkflowJob,
+    GenericWorkflowNodeType,
+    WmsJobReport,
+    WmsRunReport,
+    WmsStates,
+)
+
+from panray.api import Panray
+from panray.config import Settings
+from panray.exceptions import NotFoundError, PanrayError
+from panray.models import Job, Workflow
+from panray.sites import load_catalog
+from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, WorkflowStatus
+from panray.store.base import JobRow, WorkflowRow
+
+__all__ = ["PanrayService", "PanrayWorkflow", "RunRef", "job_state", "run_state"]
+
+log = logging.getLogger(__name__)
+
+INIT_NAME = "pipetaskInit"
+RUN_FILE = "panray_run.json"
+WORKFLOW_FILE = "panray_workflow.json"
+#: Exit code reported for a failure without one (lost pilot, pruned by the system).
+NO_EXIT_CODE = -1
+
+_JOB_STATES: dict[str, WmsStates] = {
+    JobStatus.PENDING.value: WmsStates.UNREADY,
+    JobStatus.DEFINED.value: WmsStates.READY,
+    JobStatus.ASSIGNED.value: WmsStates.PENDING,
+    JobStatus.ACTIVATED.value: WmsStates.PENDING,
+    JobStatus.SENT.value: WmsStates.RUNNING,
+    JobStatus.STARTING.value: WmsStates.RUNNING,
+    JobStatus.RUNNING.value: WmsStates.RUNNING,
+    JobStatus.FINISHED.value: WmsStates.SUCCEEDED,
+    JobStatus.FAILED.value: WmsStates.FAILED,
+    JobStatus.CLOSED.value: WmsStates.PRUNED,
+    JobStatus.CANCELLED.value: WmsStates.DELETED,
+}
+_RUN_STATES: dict[str, WmsStates] = {
+    WorkflowStatus.NEW.value: WmsStates.PENDING,
+    WorkflowStatus.TRANSFORMING.value: WmsStates.RUNNING,
+    WorkflowStatus.FINISHED.value: WmsStates.SUCCEEDED,
+    WorkflowStatus.SUBFINISHED.value: WmsStates.FAILED,  # bps calls a run with failed jobs failed
+    WorkflowStatus.FAILED.value: WmsStates.FAILED,
+    WorkflowStatus.CANCELLED.value: WmsStates.DELETED,
+}
+
+
+def job_state(status: str) -> WmsStates:
+    """The WmsStates of a panray job status (see the module docstring)."""
+    return _JOB_STATES.get(status, WmsStates.UNKNOWN)
+
+
+def run_state(status: str) -> WmsStates:
+    """The WmsStates of a panray workflow status; a partial success is FAILED, as on HTCondor."""
+    return _RUN_STATES.get(status, WmsStates.UNKNOWN)
+
+
+# -- where a run lives --------------------------------------------------------------------------
+
+
+def _redact(url: str) -> str:
+    """The URL without its password: run ids are printed and logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A workflow id and the settings that reach its state store and cluster."""
+
+    workflow_id: int
+    settings: Settings
+
+    @property
+    def run_id(self) -> str:
+        s = self.settings
+        if s.db_url is None:
+            return f"{self.workflow_id}@{s.home}"
+        return f"{self.workflow_id}@{_redact(s.db_url)}"
+
+    @classmethod
+    def parse(cls, wms_id: str | int, env: dict[str, str] | None = None) -> RunRef:
+        """Accepts ``ID``, ``ID@HOME``, ``ID@DB_URL`` or a submit directory; the rest from ``PANRAY_*``."""
+        base = Settings.load(env=env)
+        text = str(wms_id).strip()
+        run_file = Path(text) / RUN_FILE
+        if not text.isdigit() and run_file.is_file():
+            info = json.loads(run_file.read_text())
+            ref = cls.parse(info["run_id"], env)
+            if ref.settings.ray_address is None and info.get("ray_address"):
+                ref = cls(ref.workflow_id, ref.settings.model_copy(update={"ray_address": info["ray_address"]}))
+            return ref
+        wf_id, _, where = text.partition("@")
+        if not wf_id.isdigit():
+            raise PanrayError(f"not a panray run id: {text!r} (expected ID, ID@HOME, ID@DB_URL or a submit dir)")
+        if not where:
+            return cls(int(wf_id), base)
+        if "://" not in where:
+            return cls(int(wf_id), base.model_copy(update={"home": Path(where), "db_url": None}))
+        if base.db_url is not None and _redact(base.db_url) == where:
+            return cls(int(wf_id), base)  # the environment names the same store, with its password
+        return cls(int(wf_id), base.model_copy(update={"db_url": where}))
+
+
+# -- GenericWorkflow -> panray Workflow ----------------------------------------------------------
+
+_ENV = re.compile(r"<ENV:([^>]+)>")
+_FILE = re.compile(r"<FILE:([^>]+)>")
+_CMDVAL = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Resolver:
+    """Resolves bps command-line placeholders the way bps's shared-filesystem plugins do.
+
+    ``{key}`` takes ``cmdvals[key]`` (other braces are left alone: they may be shell or data
+    queries), ``<FILE:name>`` the file's full path (panray stages nothing: jobs see the submit
+    directory), ``<ENV:X>`` becomes ``${X}`` so that the job's own environment decides.
+    Values may hold placeholders themselves, hence the loop.
+    """
+
+    def __init__(self, gwf: GenericWorkflow, submit_dir: Path | None):
+        self.gwf = gwf
+        self.submit_dir = submit_dir
+
+    def _path(self, uri: str, transferred: bool) -> str:
+        if transferred and self.submit_dir is not None and not os.path.isabs(uri) and "://" not in uri:
+            return str(self.submit_dir / uri)
+        return uri
+
+    def file(self, container: GenericWorkflow, name: str) -> str:
+        for graph in (container, self.gwf):
+            try:
+                f = graph.get_file(name)
+            except KeyError:
+                continue
+            return self._path(f.src_uri or name, f.wms_transfer)
+        raise PanrayError(f"command line names <FILE:{name}> but the workflow has no such file")
+
+    def text(self, text: str, cmdvals: dict[str, Any], container: GenericWorkflow) -> str:
+        for _ in range(10):
+            before = text
+            text = _CMDVAL.sub(lambda m: str(cmdvals[m[1]]) if m[1] in cmdvals else m[0], text)
+            text = _FILE.sub(lambda m: self.file(container, m[1]), text)
+            text = _ENV.sub(r"${\1}", text)
+            if text == before:
+                return text
+        raise PanrayError(f"placeholders do not resolve (cycle?): {text!r}")
+
+    def command(self, job: GenericWorkflowJob, container: GenericWorkflow) -> str:
+        if job.executable is None:
+            raise PanrayError(f"bps job {job.name!r} has no executable")
+        exe = self._path(job.executable.src_uri or job.executable.name, job.executable.transfer_executable)
+        line = f"{exe} {job.arguments}" if job.arguments else exe
+        line = self.text(line, job.cmdvals, container)
+        exports = self.exports(job, container)
+        return f"{exports}{line}" if exports else line
+
+    def exports(self, job: GenericWorkflowJob, container: GenericWorkflow) -> str:
+        """``export`` lines for environment values with placeholders (evaluated in the job)."""
+        out = []
+        for key, value in job.environment.items():
+            text = str(value)
+            if _ENV.search(text) or _FILE.search(text) or _CMDVAL.search(text):
+                resolved = self.text(text, job.cmdvals, container)
+                quoted = re.sub(r'(["\\`])', r"\\\1", resolved)
+                out.append(f'export {key}="{quoted}"\n')
+        return "".join(out)
+
+    @staticmethod
+    def literal_env(job: GenericWorkflowJob) -> dict[str, str]:
+        return {k: str(v) for k, v in job.environment.items()
+                if not (_ENV.search(str(v)) or _FILE.search(str(v)) or _CMDVAL.search(str(v)))}
+
+
+def _flatten(graph: GenericWorkflow) -> tuple[list[tuple[Any, GenericWorkflow]], list[tuple[str, str]]]:
+    """Leaf nodes (payload and NOOP) with their containing graph, and parent->child edges.
+
+    A GROUP node is replaced by its inner graph: its parents point at the group's sources, the
+    group's sinks at its children. panray prunes the descendants of any failed job, so a group
+    behaves as a blocking one (see ``PanrayService`` for what non-blocking groups need).
+    """
+    nodes: list[tuple[Any, GenericWorkflow]] = []
+    edges: list[tuple[str, str]] = []
+    ends: dict[str, tuple[list[str], list[str]]] = {}
+    for name in graph:
+        node = graph.get_job(name)
+        if node.node_type == GenericWorkflowNodeType.GROUP:
+            assert isinstance(node, GenericWorkflowGroup)
+            inner_nodes, inner_edges = _flatten(node)
+            nodes.extend(inner_nodes)
+            edges.extend(inner_edges)
+            srcs = [n for n in node if node.in_degree(n) == 0]
+            sinks = [n for n in node if node.out_degree(n) == 0]
+            ends[name] = (_entries(node, srcs), _exits(node, sinks))
+        else:
+            nodes.append((node, graph))
+            ends[name] = ([name], [name])
+    for u, v in graph.edges():
+        edges.extend((p, c) for p in ends[u][1] for c in ends[v][0])
+    return nodes, edges
+
+
+def _entries(group: GenericWorkflow, names: Iterable[str]) -> list[str]:
+    """Leaf names a group's sources expand to (a source may itself be a group)."""
+    out: list[str] = []
+    for n in names:
+        node = group.get_job(n)
+        if node.node_type == GenericWorkflowNodeType.GROUP:
+            out.extend(_entries(node, [m for m in node if node.in_degree(m) == 0]))
+        else:
+            out.append(n)
+    return out
+
+
+def _exits(group: GenericWorkflow, names: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        node = group.get_job(n)
+        if node.node_type == GenericWorkflowNodeType.GROUP:
+            out.extend(_exits(node, [m for m in node if node.out_degree(m) == 0]))
+        else:
+            out.append(n)
+    return out
+
+
+def _priority(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _retry_unless_exit(value: int | list[int] | None) -> list[int] | None:
+    if value is None:
+        return None
+    return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+
+
+def _jsonable(tags: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(tags, default=str))
+
+
+def convert(gwf: GenericWorkflow, *, submit_dir: Path | None = None, sites: Iterable[str] = (),
+            owner: str | None = None, meta: dict[str, Any] | None = None) -> Workflow:
+    """The panray Workflow of a GenericWorkflow (see the module docstring)."""
+    resolver = _Resolver(gwf, submit_dir)
+    known_sites = set(sites)
+    nodes, edges = _flatten(gwf)
+    parents: dict[str, list[str]] = {}
+    for p, c in edges:
+        parents.setdefault(c, []).append(p)
+
+    def job(node: Any, container: GenericWorkflow, extra_tags: dict[str, Any] | None = None) -> Job:
+        if node.node_type == GenericWorkflowNodeType.NOOP:
+            return Job(name=node.name, label=node.label, command=None, parents=parents.get(node.name, []),
+                       request_memory=1, tags={"bps_node": "noop"})
+        g: GenericWorkflowJob = node
+        site = g.compute_site if g.compute_site in known_sites else None
+        if g.compute_site and site is None:
+            log.info("job %s: computeSite %r is not a panray site; brokerage chooses", g.name, g.compute_site)
+        fields: dict[str, Any] = {
+            "name": g.name, "label": g.label, "command": resolver.command(g, container),
+            "parents": parents.get(g.name, []), "environment": resolver.literal_env(g),
+            "request_memory": int(g.request_memory or 2048), "request_cpus": int(g.request_cpus or 1),
+            "max_attempts": int(g.number_of_retries or 0) + 1, "site": site, "queue": g.queue,
+            "priority": _priority(g.priority),
+            "tags": _jsonable({**g.tags, "quanta_counts": dict(g.quanta_counts), **(extra_tags or {})}),
+        }
+        if g.memory_multiplier and g.memory_multiplier > 1:
+            fields["memory_multiplier"] = float(g.memory_multiplier)
+        if g.request_memory_max:
+            fields["request_memory_max"] = int(g.request_memory_max)
+        codes = _retry_unless_exit(g.retry_unless_exit)
+        if codes is not None:
+            fields["retry_unless_exit"] = codes
+        return Job(**fields)
+
+    init = next(((n, c) for n, c in nodes if n.name == INIT_NAME), None)
+    ordered = ([init] if init else []) + [x for x in nodes if x[0].name != INIT_NAME]
+    # bps metadata rides on the workflow's first job (idx 0): panray workflows have no free fields
+    converted = [job(n, c, {"bps": meta} if meta and i == 0 else None) for i, (n, c) in enumerate(ordered)]
+    init_job = converted.pop(0) if init else None
+    jobs = converted
+    final = gwf.get_final()
+    if final is not None and not isinstance(final, GenericWorkflowJob):
+        raise PanrayError("a final GenericWorkflow (several final jobs) is not supported; use one final job")
+    final_job = job(final, gwf) if final is not None else None
+    return Workflow(name=gwf.name, jobs=jobs, init_job=init_job, final_job=final_job,
+                    **({"owner": owner} if owner else {}))
+
+
+# -- the plugin ----------------------------------------------------------------------------------
+
+
+class PanrayWorkflow(BaseWmsWorkflow):
+    """A GenericWorkflow converted to a panray Workflow, written to the submit directory."""
+
+    def __init__(self, name: str, config: BpsConfig):
+        super().__init__(name, config)
+        self.workflow: Workflow | None = None
+        self.run_ref: RunRef | None = None
+
+    @classmethod
+    def from_generic_workflow(cls, config: BpsConfig, generic_workflow: GenericWorkflow, out_prefix: str | None,
+                              service_class: str) -> PanrayWorkflow:
+        wf = cls(generic_workflow.name, config)
+        wf.service_class = service_class
+        wf.submit_path = out_prefix
+        settings = Settings.load()
+        meta = {key: str(config[key]) for key in ("project", "campaign", "payloadName", "operator")
+                if key in config}
+        if out_prefix:
+            meta["path"] = str(out_prefix)
+        wf.workflow = convert(
+            generic_workflow, submit_dir=Path(out_prefix) if out_prefix else None,
+            sites=load_catalog(settings.sites_file).names(), meta=meta,
+        )
+        return wf
+
+    def write(self, out_prefix: str) -> None:
+        """Saves the panray workflow: ``restart`` resubmits what did not finish from it."""
+        assert self.workflow is not None
+        path = Path(out_prefix)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / WORKFLOW_FILE).write_text(self.workflow.model_dump_json(indent=1))
+
+
+def _write_run_file(submit_path: str | None, ref: RunRef) -> None:
+    if not submit_path:
+        return
+    info = {"run_id": ref.run_id, "workflow_id": ref.workflow_id, "home": str(ref.settings.home),
+            "db_url": _redact(ref.settings.resolved_db_url), "ray_address": ref.settings.ray_address}
+    (Path(submit_path) / RUN_FILE).write_text(json.dumps(info, indent=1))
+
+
+class PanrayService(BaseWmsService):
+    """bps's entry point to panray (``wmsServiceClass: panray.bps.PanrayService``).
+
+    Groups run as blocking groups and ``restart`` resubmits the jobs that did not finish as a
+    new panray workflow; both follow from what panray's core offers today.
+    """
+
+    def _open(self, settings: Settings | None = None) -> Panray:
+        return Panray(settings or Settings.load())
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def prepare(self, config: BpsConfig, generic_workflow: GenericWorkflow,
+                out_prefix: str | None = None) -> PanrayWorkflow:
+        fqn = f"{type(self).__module__}.{type(self).__qualname__}"
+        wf = PanrayWorkflow.from_generic_workflow(config, generic_workflow, out_prefix, fqn)
+        if out_prefix:
+            wf.write(out_prefix)
+        return wf
+
+    def submit(self, workflow: PanrayWorkflow, **kwargs: Any) -> None:
+        """Submit; returns at once on a persistent cluster, waits on an embedded one."""
+        assert workflow.workflow is not None
+        settings = Settings.load()
+        with self._open(settings) as pr:
+            [wf_id] = pr.submit(workflow.workflow)
+            ref = RunRef(wf_id, settings)
+            workflow.run_id = ref.run_id
+            workflow.run_ref = ref
+            _write_run_file(workflow.submit_path, ref)
+            if settings.ray_address is None:
+                log.info("no PANRAY_RAY_ADDRESS: embedded cluster, waiting for workflow %s to end", wf_id)
+                pr.wait([wf_id])
+
+    def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
+        """Resubmit the jobs of a run that did not finish (failed, pruned, cancelled) and the final job."""
+        try:
+            ref = RunRef.parse(wms_workflow_id)
+        except PanrayError as exc:
+            return None, None, str(exc)
+        with self._open(ref.settings) as pr:
+            try:
+                row = pr.status(ref.workflow_id)[0]
+            except NotFoundError as exc:
+                return None, None, str(exc)
+            if row.status not in {s.value for s in FINAL_WORKFLOW_STATES}:
+                return None, None, f"run {ref.run_id} is still {row.status}; cancel it or wait before restarting"
+            meta = _bps_meta(pr, ref.workflow_id)
+            path = meta.get("path")
+            if not path or not (Path(path) / WORKFLOW_FILE).is_file():
+                return None, None, f"cannot restart {ref.run_id}: its submit directory ({path}) has no {WORKFLOW_FILE}"
+            original = Workflow.model_validate_json((Path(path) / WORKFLOW_FILE).read_text())
+            done = {j.name for j in pr.jobs(ref.workflow_id, status=[JobStatus.FINISHED.value])}
+            rerun = rerun_workflow(original, done)
+            if rerun is None:
+                return None, None, f"run {ref.run_id}: every job finished, nothing to restart"
+            [new_id] = pr.submit(rerun)
+            new_ref = RunRef(new_id, ref.settings)
+            _write_run_file(path, new_ref)
+            if ref.settings.ray_address is None:
+                pr.wait([new_id])
+        return new_ref.run_id, original.name, ""
+
+    # -- follow --------------------------------------------------------------------------------
+
+    def list_submitted_jobs(self, wms_id: str | None = None, user: str | None = None, require_bps: bool = True,
+                            pass_thru: str | None = None, is_global: bool = False) -> list[str]:
+        """Run ids of the active runs (the ones cancel can act on)."""
+        if wms_id is not None:
+            ref = RunRef.parse(wms_id)
+            with self._open(ref.settings) as pr:
+                rows = [w.workflow_id for w in pr.store.workflows(active_only=True)
+                        if w.workflow_id == ref.workflow_id]
+            return [RunRef(i, ref.settings).run_id for i in rows]
+        settings = Settings.load()
+        with self._open(settings) as pr:
+            return [RunRef(w.workflow_id, settings).run_id for w in pr.store.workflows(active_only=True)
+                    if user is None or w.owner == user]
+
+    def report(self, wms_workflow_id: str | None = None, user: str | None = None, hist: float = 0,
+               pass_thru: str | None = None, is_global: bool = False,
+               return_exit_codes: bool = False) -> tuple[list[WmsRunReport], str]:
+        if wms_workflow_id is not None:
+            try:
+                ref = RunRef.parse(wms_workflow_id)
+                with self._open(ref.settings) as pr:
+                    rows = [w for w in pr.store.workflows() if w.workflow_id == ref.workflow_id]
+                    if not rows:
+                        return [], f"no panray run {ref.run_id}"
+                    return [_run_report(pr, rows[0], ref, detailed=True)], ""
+            except (PanrayError, NotFoundError) as exc:
+                return [], str(exc)
+        settings = Settings.load()
+        since = time.time() - hist * 86400
+        with self._open(settings) as pr:
+            rows = [w for w in pr.store.workflows()
+                    if (user is None or w.owner == user) and (w.ended is None or w.ended >= since)]
+            return [_run_report(pr, w, RunRef(w.workflow_id, settings), detailed=False) for w in rows], ""
+
+    def get_status(self, wms_workflow_id: str, hist: float = 1, is_global: bool = False) -> tuple[WmsStates, str]:
+        try:
+            ref = RunRef.parse(wms_workflow_id)
+            with self._open(ref.settings) as pr:
+                return run_state(pr.status(ref.workflow_id)[0].status), ""
+        except (PanrayError, NotFoundError) as exc:
+            return WmsStates.UNKNOWN, str(exc)
+
+    def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
+        """Kills running payloads through the workflow's manager; needs its cluster to be up."""
+        try:
+            ref = RunRef.parse(wms_id)
+            with self._open(ref.settings) as pr:
+                if pr.is_final(ref.workflow_id):
+                    return False, f"run {ref.run_id} has already ended"
+                if pr.cancel(ref.workflow_id):
+                    return True, ""
+                return False, (f"run {ref.run_id} marked cancelled, but its manager is unreachable "
+                               "(is PANRAY_RAY_ADDRESS set to the panray cluster?)")
+        except (PanrayError, NotFoundError) as exc:
+            return False, str(exc)
+
+    def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
+        """The state store answers, and the cluster too when ``PANRAY_RAY_ADDRESS`` names one."""
+        settings = Settings.load()
+        try:
+            with self._open(settings) as pr:
+                pr.store.workflows(active_only=True)
+                if settings.ray_address is not None:
+                    pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
+        except Exception as exc:  # any failure to reach panray is ping's answer, not a crash
+            return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
+        where = settings.ray_address or "embedded (no PANRAY_RAY_ADDRESS: submit waits for each run)"
+        return 0, f"panray store {_redact(settings.resolved_db_url)}, cluster {where}"
+
+
+def rerun_workflow(original: Workflow, finished: set[str]) -> Workflow | None:
+    """The jobs of ``original`` that did not finish, with edges among them, and the final job."""
+    jobs = [j.model_copy(update={"parents": [p for p in j.parents if p not in finished]})
+            for j in original.jobs if j.name not in finished]
+    init = original.init_job if original.init_job and original.init_job.name not in finished else None
+    if not jobs and init is None:
+        return None
+    if not jobs:
+        jobs, init = [init], None
+    return original.model_copy(update={"jobs": jobs, "init_job": init})
+
+
+def _bps_meta(pr: Panray, workflow_id: int) -> dict[str, Any]:
+    """What prepare recorded about the bps run (in the tags of the workflow's first job)."""
+    first = pr.store.jobs(workflow_id, limit=1)
+    if not first:
+        return {}
+    return dict(json.loads(first[0].tags or "{}").get("bps", {}))
+
+
+def _run_report(pr: Panray, w: WorkflowRow, ref: RunRef, *, detailed: bool) -> WmsRunReport:
+    jobs: list[JobRow] = pr.jobs(w.workflow_id)
+    meta = dict(json.loads(jobs[0].tags or "{}").get("bps", {})) if jobs else {}
+    counts = dict.fromkeys(WmsStates, 0)
+    summary: dict[str, dict[WmsStates, int]] = {}
+    per_label: Counter[str] = Counter()
+    codes: dict[str, list[int]] = {}
+    reports = []
+    for j in jobs:
+        state = job_state(j.status)
+        counts[state] += 1
+        per_label[j.label] += 1
+        summary.setdefault(j.label, dict.fromkeys(WmsStates, 0))[state] += 1
+        if state == WmsStates.FAILED:
+            codes.setdefault(j.label, []).append(j.exit_code if j.exit_code is not None else NO_EXIT_CODE)
+        if detailed:
+            reports.append(WmsJobReport(wms_id=str(j.job_id), name=j.name, label=j.label, state=state))
+    return WmsRunReport(
+        wms_id=ref.run_id, global_wms_id=ref.run_id, path=meta.get("path"), label=w.name, run=w.name,
+        project=meta.get("project"), campaign=meta.get("campaign"), payload=meta.get("payloadName"),
+        operator=meta.get("operator", w.owner),
+        run_summary=";".join(f"{label}:{n}" for label, n in per_label.items()),
+        state=run_state(w.status), jobs=reports if detailed else None, total_number_jobs=len(jobs),
+        job_state_counts=counts, job_summary=summary,
+        exit_code_summary={label: codes.get(label, []) for label in per_label},
+    )

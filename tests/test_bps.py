@@ -1,0 +1,302 @@
+"""The BPS WMS plugin: GenericWorkflow conversion, state mapping, and runs on a real panray cluster.
+
+lsst-ctrl-bps is the ``bps`` extra; these tests are in the default suite and fail (never skip)
+when it is missing, because the plugin is a supported interface.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+try:
+    from lsst.ctrl.bps import (
+        GenericWorkflow,
+        GenericWorkflowExec,
+        GenericWorkflowFile,
+        GenericWorkflowJob,
+        WmsStates,
+    )
+    from lsst.ctrl.bps.tests.gw_test_utils import (
+        make_3_label_workflow,
+        make_3_label_workflow_groups_sort,
+        make_3_label_workflow_noop_sort,
+    )
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    pytest.fail(f"lsst-ctrl-bps is not installed (pip install 'panray[bps]'): {exc}", pytrace=False)
+
+from panray import Panray
+from panray.bps import PanrayService, RunRef, convert, job_state, rerun_workflow, run_state
+from panray.statuses import JobStatus, WorkflowStatus
+
+SITES = ["USDF", "FrDF", "UKDF"]
+
+
+# -- conversion ---------------------------------------------------------------------------------
+
+
+def _edges(wf) -> set[tuple[str, str]]:
+    return {(p, j.name) for j in wf.jobs for p in j.parents}
+
+
+def test_three_labels_init_first_final_apart() -> None:
+    wf = convert(make_3_label_workflow("w", final=True), submit_dir=Path("/sub"), sites=SITES)
+    assert wf.init_job is not None and wf.init_job.name == "pipetaskInit"
+    assert "pipetaskInit" not in {j.name for j in wf.jobs}
+    assert len(wf.jobs) == 18
+    assert ("pipetaskInit", "label1_301_10") in _edges(wf)
+    assert ("label1_301_10", "label2_301_10") in _edges(wf)
+    # the final job's executable is transferred by bps: it lives in the submit directory
+    assert wf.final_job is not None and wf.final_job.command == "/sub/finalJob.bash"
+    assert wf.final_job.parents == []
+    assert {j.label for j in wf.jobs} == {"label1", "label2", "label3"}
+    assert wf.jobs[0].tags["visit"] == 10001 and wf.jobs[0].tags["quanta_counts"] == {"label1": 1}
+
+
+def test_noop_jobs_only_order() -> None:
+    wf = convert(make_3_label_workflow_noop_sort("w", final=False), sites=SITES)
+    noops = {j.name: j for j in wf.jobs if j.command is None}
+    assert set(noops) == {"noop_order1_301", "noop_order1_10001"}
+    assert set(noops["noop_order1_301"].parents) == {"label2_301_10", "label2_301_11"}
+    edges = _edges(wf)
+    assert ("noop_order1_301", "label1_10001_10") in edges
+    assert ("noop_order1_10001", "label1_10002_11") in edges
+
+
+def test_groups_expanded_into_job_edges() -> None:
+    wf = convert(make_3_label_workflow_groups_sort("w", final=True), sites=SITES)
+    names = {j.name for j in wf.jobs}
+    assert not any(n.startswith("group_") for n in names)
+    assert len(names) == 18
+    edges = _edges(wf)
+    # group 301's sinks (label2) order group 10001's sources (label1) and the label3 jobs after it
+    assert {("label2_301_10", "label1_10001_10"), ("label2_301_11", "label1_10001_10")} <= edges
+    assert ("label2_301_10", "label3_301_10") in edges and ("label2_301_11", "label3_301_10") in edges
+    assert ("label1_301_10", "label2_301_10") in edges  # inside a group
+    assert ("pipetaskInit", "label1_10002_10") in edges
+
+
+def _one_job_workflow(job: GenericWorkflowJob, files: list[GenericWorkflowFile] = ()) -> GenericWorkflow:
+    gwf = GenericWorkflow("one")
+    gwf.add_job(job)
+    if files:
+        gwf.add_job_inputs(job.name, list(files))
+    return gwf
+
+
+def test_command_placeholders_and_resources() -> None:
+    exe = GenericWorkflowExec("pipetask", "<ENV:CTRL_MPEXEC_DIR>/bin/pipetask", False)
+    job = GenericWorkflowJob(
+        "isr_1", label="isr", executable=exe,
+        arguments="run-qbb {butlerConfig} <FILE:qg> --qgraph-node-id {qgraphNodeId} -d \"{x} in (1)\"",
+        cmdvals={"butlerConfig": "<ENV:REPO>/butler.yaml", "qgraphNodeId": "abc"},
+        request_memory=3000, request_memory_max=9000, memory_multiplier=2.0, request_cpus=2,
+        number_of_retries=4, retry_unless_exit=[1, 2, 3], compute_site="FrDF", queue="CC-IN2P3_DRP",
+        priority="7", environment={"A": "plain", "B": "<ENV:HOME>/x \"q\""},
+    )
+    qg = GenericWorkflowFile("qg", src_uri="/sub/run.qg", wms_transfer=True)
+    [j] = convert(_one_job_workflow(job, [qg]), sites=SITES).jobs
+    assert j.command == (
+        'export B="${HOME}/x \\"q\\""\n'
+        '${CTRL_MPEXEC_DIR}/bin/pipetask run-qbb ${REPO}/butler.yaml /sub/run.qg --qgraph-node-id abc '
+        '-d "{x} in (1)"'
+    )
+    assert j.environment == {"A": "plain"}
+    assert (j.request_memory, j.request_memory_max, j.memory_multiplier, j.request_cpus) == (3000, 9000, 2.0, 2)
+    assert (j.max_attempts, j.retry_unless_exit) == (5, [1, 2, 3])
+    assert (j.site, j.queue, j.priority) == ("FrDF", "CC-IN2P3_DRP", 7)
+
+
+def test_command_runs_in_bash_with_the_job_environment(tmp_path: Path) -> None:
+    exe = GenericWorkflowExec("echo", "/bin/echo", False)
+    job = GenericWorkflowJob("e", label="e", executable=exe, arguments="<ENV:GREETING> {who}",
+                             cmdvals={"who": "<ENV:WHO>"}, environment={"WHO": "<ENV:GREETING>-bps"})
+    [j] = convert(_one_job_workflow(job), sites=SITES).jobs
+    out = subprocess.run(["bash", "-c", j.command], env={**os.environ, "GREETING": "hi"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout == "hi hi-bps\n"
+
+
+def test_unknown_site_is_not_pinned_and_defaults_apply() -> None:
+    job = GenericWorkflowJob("a", label="a", executable=GenericWorkflowExec("t", "/bin/true", False),
+                             compute_site="ncsapool")
+    [j] = convert(_one_job_workflow(job), sites=SITES).jobs
+    assert (j.site, j.max_attempts, j.request_memory, j.request_cpus, j.memory_multiplier) == (
+        None, 1, 2048, 1, None)
+
+
+def test_rerun_keeps_unfinished_jobs_and_final() -> None:
+    wf = convert(make_3_label_workflow("w", final=True), sites=SITES)
+    finished = {"pipetaskInit"} | {j.name for j in wf.jobs if j.label == "label1"}
+    again = rerun_workflow(wf, finished)
+    assert again is not None and again.init_job is None and again.final_job == wf.final_job
+    assert {j.label for j in again.jobs} == {"label2", "label3"}
+    assert next(j for j in again.jobs if j.name == "label2_301_10").parents == []
+    assert rerun_workflow(wf, {j.name for j in wf.jobs} | {"pipetaskInit"}) is None
+
+
+# -- states and run ids -------------------------------------------------------------------------
+
+
+def test_every_panray_status_has_a_wms_state() -> None:
+    assert {s: job_state(s.value) for s in JobStatus} == {
+        JobStatus.PENDING: WmsStates.UNREADY, JobStatus.DEFINED: WmsStates.READY,
+        JobStatus.ASSIGNED: WmsStates.PENDING, JobStatus.ACTIVATED: WmsStates.PENDING,
+        JobStatus.SENT: WmsStates.RUNNING, JobStatus.STARTING: WmsStates.RUNNING,
+        JobStatus.RUNNING: WmsStates.RUNNING, JobStatus.FINISHED: WmsStates.SUCCEEDED,
+        JobStatus.FAILED: WmsStates.FAILED, JobStatus.CLOSED: WmsStates.PRUNED,
+        JobStatus.CANCELLED: WmsStates.DELETED,
+    }
+    assert all(run_state(s.value) != WmsStates.UNKNOWN for s in WorkflowStatus)
+    assert run_state(WorkflowStatus.SUBFINISHED.value) == WmsStates.FAILED
+
+
+def test_run_id_round_trip_hides_password(tmp_path: Path) -> None:
+    env = {"PANRAY_HOME": str(tmp_path)}
+    ref = RunRef.parse("12", env)
+    assert ref.run_id == f"12@{tmp_path}"
+    assert RunRef.parse(ref.run_id, {}).settings.resolved_db_url == f"sqlite:///{tmp_path}/panray.db"
+    pg = {"PANRAY_DB": "postgresql://u:secret@db:5432/panray"}
+    ref = RunRef.parse("3", pg)
+    assert ref.run_id == "3@postgresql://u@db:5432/panray"
+    assert RunRef.parse(ref.run_id, pg).settings.db_url == "postgresql://u:secret@db:5432/panray"
+
+
+# -- on a real cluster --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One embedded panray cluster for the module (its start is most of a round trip's time)."""
+    home = tmp_path_factory.mktemp("panray")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PANRAY_HOME", str(home))
+        for var in ("PANRAY_DB", "PANRAY_RAY_ADDRESS", "PANRAY_CONFIG"):
+            mp.delenv(var, raising=False)
+        with Panray() as pr:
+            yield pr.runtime.cluster.address
+
+
+@pytest.fixture
+def panray_env(cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The module's cluster reached as bps would: through ``PANRAY_*`` only."""
+    monkeypatch.delenv("PANRAY_RAY_ADDRESS", raising=False)
+    return cluster
+
+
+def _shell_workflow(fail: str | None) -> GenericWorkflow:
+    """init -> a1,a2 -> b1,b2 (b_i after a_i) + final; ``fail`` names a job that exits 1."""
+    gwf = GenericWorkflow("rt")
+    sh = GenericWorkflowExec("sh", "/bin/sh", False)
+    gwf.add_job(GenericWorkflowJob("pipetaskInit", label="pipetaskInit", executable=sh, arguments="-c true"))
+    for i in (1, 2):
+        for label, parent in (("a", "pipetaskInit"), ("b", f"a{i}")):
+            name = f"{label}{i}"
+            code = 1 if name == fail else 0
+            gwf.add_job(GenericWorkflowJob(name, label=label, executable=sh, arguments=f"-c 'exit {code}'",
+                                           number_of_retries=2, retry_unless_exit=[1, 2],
+                                           request_memory=100), [parent], None)
+    gwf.add_final(GenericWorkflowJob("finalJob", label="finalJob", executable=sh,
+                                     arguments="-c 'echo final > {out}'", cmdvals={"out": "<ENV:PANRAY_WORK_DIR>/f"},
+                                     request_memory=100))
+    return gwf
+
+
+@pytest.mark.slow
+def test_submit_report_restart_round_trip(panray_env: str, tmp_path: Path) -> None:
+    """Embedded (no PANRAY_RAY_ADDRESS): submit waits; a payload error prunes its child, the final job runs."""
+    submit_dir = tmp_path / "submit"
+    svc = PanrayService({})
+    wms = svc.prepare({}, _shell_workflow(fail="a2"), out_prefix=str(submit_dir))
+    svc.submit(wms)
+    state, _ = PanrayService({}).get_status(wms.run_id)
+    assert state == WmsStates.FAILED
+
+    [run], msg = PanrayService({}).report(wms.run_id, return_exit_codes=True)
+    assert msg == ""
+    assert run.path == str(submit_dir) and run.run == "rt"
+    c = run.job_state_counts
+    assert (c[WmsStates.SUCCEEDED], c[WmsStates.FAILED], c[WmsStates.PRUNED]) == (4, 1, 1)  # init,a1,b1,final
+    assert run.exit_code_summary["a"] == [1] and run.exit_code_summary["b"] == []
+    assert {j.name: j.state for j in run.jobs}["b2"] == WmsStates.PRUNED
+    assert run.run_summary.split(";")[0] == "pipetaskInit:1"
+    # the submit directory also identifies the run
+    assert PanrayService({}).get_status(str(submit_dir))[0] == WmsStates.FAILED
+
+    new_id, name, msg = PanrayService({}).restart(wms.run_id)
+    assert msg == "" and name == "rt" and new_id != wms.run_id
+    [rerun], _ = PanrayService({}).report(new_id)
+    assert sorted(j.name for j in rerun.jobs) == ["a2", "b2", "finalJob"]  # a2 still exits 1
+    assert rerun.state == WmsStates.FAILED
+    assert PanrayService({}).cancel(new_id) == (False, f"run {new_id} has already ended")
+    assert PanrayService({}).ping(None)[0] == 0
+
+
+@pytest.mark.slow
+def test_submit_returns_at_once_and_cancel_kills(panray_env: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With PANRAY_RAY_ADDRESS, submit returns while the run goes on; cancel kills the payload."""
+    monkeypatch.setenv("PANRAY_RAY_ADDRESS", panray_env)
+    gwf = GenericWorkflow("long")
+    gwf.add_job(GenericWorkflowJob("sleepy", label="sleep", request_memory=100,
+                                   executable=GenericWorkflowExec("sleep", "/bin/sleep", False), arguments="60"))
+    svc = PanrayService({})
+    wms = svc.prepare({}, gwf, out_prefix=str(tmp_path / "submit"))
+    started = time.monotonic()
+    svc.submit(wms)
+    assert time.monotonic() - started < 20
+    assert PanrayService({}).list_submitted_jobs() == [wms.run_id]
+    deadline = time.monotonic() + 30
+    while PanrayService({}).report(wms.run_id)[0][0].job_state_counts[WmsStates.RUNNING] == 0:
+        assert time.monotonic() < deadline, "the payload never started"
+        time.sleep(0.2)
+    assert PanrayService({}).cancel(wms.run_id) == (True, "")
+    deadline = time.monotonic() + 30
+    while (state := PanrayService({}).get_status(wms.run_id)[0]) not in (WmsStates.DELETED, WmsStates.FAILED):
+        assert time.monotonic() < deadline, f"still {state} after cancel"
+        time.sleep(0.2)
+    assert state == WmsStates.DELETED
+    assert time.monotonic() - started < 50  # the 60 s payload was killed
+    assert PanrayService({}).list_submitted_jobs() == []
+
+
+BPS_YAML = """\
+wmsServiceClass: panray.bps.PanrayService
+project: test
+campaign: panray
+payloadName: bps_e2e
+operator: tester
+submitPath: {submit}
+"""
+
+
+@pytest.mark.slow
+def test_bps_submitcmd_end_to_end(panray_env: str, tmp_path: Path) -> None:
+    """``bps submitcmd`` in its own process runs one command through the plugin; ``bps report`` sees it.
+
+    The process finds the module's cluster through PANRAY_HOME (no address set), so submit waits.
+    """
+    config = tmp_path / "cmd.yaml"
+    marker = tmp_path / "ran.txt"
+    config.write_text(BPS_YAML.format(submit=tmp_path / "submit") + textwrap.dedent(f"""\
+        customJob:
+          executable: /bin/sh
+          arguments: "-c 'echo hello > {marker}'"
+        """))
+    bps = [str(Path(sys.executable).parent / "bps")]
+    out = subprocess.run([*bps, "submitcmd", str(config)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert marker.read_text() == "hello\n"
+    run_id = next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("Run Id"))
+    # bps builds report's service from the environment, as users of any non-default plugin do
+    env = {**os.environ, "BPS_WMS_SERVICE_CLASS": "panray.bps.PanrayService"}
+    rep = subprocess.run([*bps, "report", "--id", run_id], capture_output=True, text=True, timeout=60, env=env)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "SUCCEEDED" in rep.stdout
