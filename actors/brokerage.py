@@ -17,6 +17,7 @@ from panray.actors.dispatch import NAMESPACE, queue_name
 from panray.sites import JobRequest, SiteCatalog, SiteLoad, broker
 
 STATS_TTL = 0.25
+_UNTHROTTLED = 1 << 40
 
 
 @ray.remote(num_cpus=0)
@@ -60,12 +61,17 @@ class Brokerage:
             ))
         return out
 
-    async def broker(self, requests: list[tuple[int, int, str | None]]) -> list[str | None]:
-        """Sites for ``(memory MB, cores, pinned site)`` requests; ``None`` = cannot place now."""
+    async def broker(self, requests: list[tuple[int, int, str | None]], noop: bool = False) -> list[str | None]:
+        """Sites for ``(memory MB, cores, pinned site)`` requests; ``None`` = cannot place now.
+
+        The throttle protects pilot slots; ``noop`` batches (completed in-process by pilots,
+        occupying no slot) are split by the same weights but not throttled.
+        """
         await self._refresh()
         jobs = [JobRequest(memory_mb=m, cores=c, pinned_site=p, input_sites={}) for m, c, p in requests]
         self.calls += 1
-        decisions = broker(jobs, self._site_loads(), seed=self.seed + self.calls, floor=self.floor)
+        floor = _UNTHROTTLED if noop else self.floor
+        decisions = broker(jobs, self._site_loads(), seed=self.seed + self.calls, floor=floor)
         out = [d.site for d in decisions]
         for s in out:
             if s is not None:

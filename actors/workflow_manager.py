@@ -181,11 +181,14 @@ class WorkflowManager:
         core = self.core
         ready, self._ready = self._ready, []
         deferred: list[int] = []
-        for k in range(0, len(ready), self.release_batch):
-            idxs = ready[k:k + self.release_batch]
-            rows = core.rows
+        rows = core.rows
+        noops = [i for i in ready if not rows[i].payload]
+        real = [i for i in ready if rows[i].payload] if noops else ready
+        batches = [(noops[k:k + self.release_batch], True) for k in range(0, len(noops), self.release_batch)]
+        batches += [(real[k:k + self.release_batch], False) for k in range(0, len(real), self.release_batch)]
+        for idxs, noop in batches:
             reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin) for i in idxs]
-            sites = ray.get(self.brokerage.broker.remote(reqs))
+            sites = ray.get(self.brokerage.broker.remote(reqs, noop))
             by_site: dict[str, list[int]] = defaultdict(list)
             for i, s in zip(idxs, sites):
                 if s is None:

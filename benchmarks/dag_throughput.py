@@ -1,0 +1,345 @@
+"""DAG throughput: one DRP-shaped DAG of no-op jobs through panray, raw Ray and Dask distributed.
+
+What is measured
+    The same graph, ``panray.dag.drp(n)`` (fan-out per detector, fan-in per visit, visits x patches,
+    coadds, cross-band merges, a second detector wave), run end to end by three systems:
+
+    * **panray** (``--backends sqlite,postgres``): the embedded default (a 3-node local Ray cluster,
+      brokerage, site queues, pilots) with a fresh PANRAY home and a fresh database per run. Jobs
+      have ``command=None`` (in-process no-op completed by the pilot) but *every state change is
+      persisted* as usual. Timed from ``Panray.submit`` (validate + build + store write + start the
+      manager) to the end of ``Panray.wait`` (workflow ended and its state written); the submit
+      part is also reported alone. Building the pydantic ``Workflow`` and starting the cluster are
+      not timed (reported as ``model_s`` / setup). After the run the store must say every job is
+      ``finished``, else the run is marked failed.
+    * **raw Ray**: a plain ``ray.init(num_cpus=2)`` on 127.0.0.1, one ``@ray.remote`` no-op task per
+      node, the parents' ObjectRefs passed as arguments, submitted in topological order, timed from
+      the first ``.remote()`` to ``ray.get`` of every ref.
+    * **Dask**: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host=127.0.0.1)``,
+      a task graph ``{name: (noop, *parent_names)}`` computed by ``client.get(dsk, sinks)``, timed
+      from ``client.get`` to its return (graph upload, scheduling and execution included).
+
+Why it is fair
+    Same graph, same machine, same run; each system runs in its own subprocess (no shared cluster,
+    memory or warm caches), started after the previous one has exited. Setup (cluster start) is
+    excluded for every system; what the user does to run a workflow is included. The peak RSS of
+    each subprocess tree (driver + cluster processes) is sampled from outside every 0.5 s.
+
+Usage
+    python -m benchmarks.dag_throughput --jobs 10000 --jobs 50000 \
+        [--backends sqlite,postgres] [--baselines ray,dask] [--json] [--profile DIR]
+
+``--profile DIR`` runs py-spy (raw collapsed stacks, sampled at 100 Hz) on the panray driver,
+WorkflowManager, Pilot, SiteQueue and Brokerage processes during each panray run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (  # noqa: E402
+    format_table,
+    machine_info,
+    postgres_server,
+    print_header,
+    tree_rss_mib,
+    versions,
+    write_json,
+)
+
+RESULT_TAG = "RESULT "
+PROFILED_ACTORS = ("WorkflowManager", "Pilot", "SiteQueue", "Brokerage")
+
+
+# -- the three systems, each run in its own subprocess ---------------------------------------
+
+
+def _topological(shape: Any) -> list[int]:
+    """Indices of the shape in an order where parents come first (drp() already is one)."""
+    pos = {name: i for i, name in enumerate(shape.names)}
+    if all(pos[p] < i for i, ps in enumerate(shape.parents) for p in ps):
+        return list(range(len(shape)))
+    from graphlib import TopologicalSorter
+
+    return [pos[n] for n in TopologicalSorter(dict(zip(shape.names, shape.parents))).static_order()]
+
+
+def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None) -> dict[str, Any]:
+    import panray  # noqa: F401  (first: keeps Ray on loopback)
+    from panray import Job, Panray, Settings, Workflow
+    from panray.dag import drp
+
+    shape = drp(n_jobs)
+    t0 = time.perf_counter()
+    jobs = [Job(name=n, label=lb, parents=ps, tags=tg)
+            for n, lb, ps, tg in zip(shape.names, shape.labels, shape.parents, shape.tags)]
+    wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs)
+    model_s = time.perf_counter() - t0
+    del jobs
+    home = Path(tempfile.mkdtemp(prefix="panray-bench-"))
+    with Panray(Settings(home=home, db_url=db_url)) as pr:
+        t_setup = time.perf_counter()
+        pr.runtime  # start the embedded cluster and actors outside the timing
+        setup_s = time.perf_counter() - t_setup
+        t1 = time.perf_counter()
+        ids = pr.submit(wf)
+        t2 = time.perf_counter()
+        profilers = _start_profilers(profile_dir, f"{len(shape)}-{'pg' if db_url else 'sqlite'}")
+        statuses = pr.wait(ids)
+        t3 = time.perf_counter()
+        _stop_profilers(profilers)
+        counts = pr.status(ids[0])[0].jobs
+    finished = counts.get("finished", 0)
+    return {
+        "jobs": len(shape), "seconds": t3 - t1, "submit_s": t2 - t1, "run_s": t3 - t2,
+        "model_s": model_s, "setup_s": setup_s, "status": statuses[ids[0]], "counts": counts,
+        "ok": finished == len(shape) and statuses[ids[0]] == "Finished",
+    }
+
+
+def run_ray(n_jobs: int) -> dict[str, Any]:
+    import panray  # noqa: F401  (loopback environment)
+    import ray
+    from panray.dag import drp
+    from panray.sites.topology import loopback_env
+
+    loopback_env()
+    shape = drp(n_jobs)
+    order = _topological(shape)
+    pos = {name: i for i, name in enumerate(shape.names)}
+    parents = [[pos[p] for p in ps] for ps in shape.parents]
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
+             log_to_driver=False)
+
+    @ray.remote
+    def noop(*_parents: Any) -> None:
+        return None
+
+    ray.get([noop.remote() for _ in range(200)])  # warm the worker pool, as panray's pilots are warm
+    t0 = time.perf_counter()
+    refs: list[Any] = [None] * len(shape)
+    for i in order:
+        refs[i] = noop.remote(*[refs[p] for p in parents[i]])
+    submit_s = time.perf_counter() - t0
+    ray.get(refs)
+    seconds = time.perf_counter() - t0
+    ray.shutdown()
+    return {"jobs": len(shape), "seconds": seconds, "submit_s": submit_s, "ok": True}
+
+
+def _noop(*_parents: Any) -> None:
+    return None
+
+
+def run_dask(n_jobs: int) -> dict[str, Any]:
+    from dask.distributed import Client, LocalCluster
+
+    from panray.dag import drp
+
+    shape = drp(n_jobs)
+    has_child = {p for ps in shape.parents for p in ps}
+    sinks = [n for n in shape.names if n not in has_child]
+    dsk = {n: (_noop, *ps) for n, ps in zip(shape.names, shape.parents)}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        client.submit(_noop).result()  # workers up and warm
+        t0 = time.perf_counter()
+        client.get(dsk, sinks)
+        seconds = time.perf_counter() - t0
+    return {"jobs": len(shape), "seconds": seconds, "ok": True}
+
+
+# -- py-spy around the panray actors ----------------------------------------------------------
+
+
+def _descendants(root: int) -> set[int]:
+    """pids of every process below ``root`` (this run's cluster only, not other Ray sessions)."""
+    out = subprocess.run(["ps", "-eo", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _actor_pids(timeout: float = 15.0) -> dict[str, int]:
+    """pid of each panray actor process of this run, by its Ray process title ``ray::<Class>...``."""
+    found: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = _descendants(os.getpid())
+        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            pid, _, args = line.strip().partition(" ")
+            for cls in PROFILED_ACTORS:
+                if args.startswith(f"ray::{cls}") and int(pid) in mine:
+                    found.setdefault(f"{cls}-{pid}", int(pid))
+        if any(k.startswith("WorkflowManager") for k in found):
+            break
+        time.sleep(0.2)
+    return found
+
+
+def _start_profilers(profile_dir: str | None, tag: str) -> list[subprocess.Popen]:
+    if not profile_dir:
+        return []
+    Path(profile_dir).mkdir(parents=True, exist_ok=True)
+    targets = _actor_pids()
+    targets[f"driver-{os.getpid()}"] = os.getpid()
+    spy = str(Path(sys.executable).with_name("py-spy"))
+    procs = []
+    for name, pid in targets.items():
+        out = Path(profile_dir) / f"{tag}-{name}.txt"
+        procs.append(subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "100", "--threads",
+             "--nonblocking", "--output", str(out)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def _stop_profilers(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+# -- the parent: one subprocess per run ------------------------------------------------------
+
+
+def _child(spec: dict[str, Any]) -> None:
+    system = spec["system"]
+    if system == "panray":
+        result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"))
+    elif system == "ray":
+        result = run_ray(spec["jobs"])
+    else:
+        result = run_dask(spec["jobs"])
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+def _sample_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
+    while not stop.wait(0.5):
+        peak[0] = max(peak[0], tree_rss_mib(pid))
+
+
+def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one measurement in a fresh interpreter; returns its result plus the tree's peak RSS."""
+    cmd = [sys.executable, "-m", "benchmarks.dag_throughput", "--child", json.dumps(spec)]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    stop, peak = threading.Event(), [0.0]
+    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, peak), daemon=True)
+    sampler.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        out = ""
+    stop.set()
+    sampler.join()
+    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_TAG)]
+    result = json.loads(lines[-1][len(RESULT_TAG):]) if lines else {"ok": False, "error": f"rc={proc.returncode}"}
+    result["peak_rss_mib"] = round(peak[0])
+    return result
+
+
+def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None) -> list[dict[str, Any]]:
+    specs: list[dict[str, Any]] = []
+    for backend in backends:
+        spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile}
+        if backend == "postgres":
+            spec["db_url"] = pg.create_database(f"bench_{n}_{int(time.time() * 1000)}")
+        specs.append(spec)
+    specs += [{"system": b, "backend": "-", "jobs": n} for b in baselines]
+    return specs
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    for n in {r["jobs_requested"] for r in rows}:
+        group = [r for r in rows if r["jobs_requested"] == n]
+        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in ("ray", "dask")}
+        for r in group:
+            rate = r.get("nodes_per_s")
+            r["vs_ray"] = rate / ref["ray"] if rate and ref.get("ray") else None
+            r["vs_dask"] = rate / ref["dask"] if rate and ref.get("dask") else None
+
+
+def measure(jobs: list[int], backends: list[str], baselines: list[str], profile: str | None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    pg_ctx = postgres_server() if "postgres" in backends else None
+    pg = pg_ctx.__enter__() if pg_ctx else None
+    try:
+        for n in jobs:
+            for spec in _specs(n, backends, baselines, pg, profile):
+                timeout = 300 + n / 50  # bounded: even a 50 nodes/s system ends
+                label = f"{spec['system']}/{spec['backend']}/{n}"
+                print(f"-- running {label} ...", file=sys.stderr, flush=True)
+                r = run_isolated({k: v for k, v in spec.items() if k != "backend"}, timeout)
+                r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n)
+                if r.get("seconds"):
+                    r["nodes_per_s"] = r["jobs"] / r["seconds"]
+                print(f"   {label}: {json.dumps({k: v for k, v in r.items() if k != 'counts'})}",
+                      file=sys.stderr, flush=True)
+                rows.append(r)
+    finally:
+        if pg_ctx:
+            pg_ctx.__exit__(None, None, None)
+    _add_ratios(rows)
+    return rows
+
+
+COLUMNS = ["system", "backend", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray", "vs_dask",
+           "peak_rss_mib", "ok"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--jobs", type=int, action="append", help="graph size (repeatable); default 10000")
+    ap.add_argument("--backends", default="sqlite,postgres", help="panray state stores; '' for none")
+    ap.add_argument("--baselines", default="ray,dask", help="comparison systems; '' for none")
+    ap.add_argument("--json", action="store_true", help="also print the result JSON on stdout")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy the panray processes into DIR")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        _child(json.loads(args.child))
+        return 0
+    backends = [b for b in args.backends.split(",") if b]
+    baselines = [b for b in args.baselines.split(",") if b]
+    info, vers = machine_info(), versions()
+    print_header("dag_throughput: DRP-shaped DAG of no-op jobs", info, vers)
+    rows = measure(args.jobs or [10_000], backends, baselines, args.profile)
+    print(format_table(rows, COLUMNS))
+    payload = {"benchmark": "dag_throughput", "machine": info, "versions": vers, "results": rows}
+    path = write_json("dag_throughput", payload)
+    print(f"results: {path}")
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
