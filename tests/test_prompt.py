@@ -145,6 +145,8 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 
     settings = Settings(home=tmp_path_factory.mktemp("prompt"))
     tests_dir = str(Path(__file__).parent)
+    if ray.is_initialized():  # the session's 3-site cluster: this module needs its own one-node Ray
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, resources={"site:USDF": 1000}, namespace="panray",
              include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": tests_dir}})
     try:
