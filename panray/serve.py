@@ -1,0 +1,147 @@
+"""``panray serve``: one long-lived panray system that separate processes share.
+
+An embedded cluster lives only as long as the process that started it, so ``bps submit`` or
+``panray submit`` has to wait for its run. ``panray serve`` keeps the cluster (its own embedded
+3-site cluster, or the one ``PANRAY_RAY_ADDRESS`` names) and panray's actors up, detached in the
+``panray`` namespace, until SIGTERM/SIGINT or ``panray serve --stop``. Clients find it through
+``PANRAY_HOME/cluster.json`` (or ``PANRAY_RAY_ADDRESS``); the workflow managers they start are
+detached too, so a submitting process may exit while its run goes on.
+
+``cluster.json`` holds ``address``, ``pid`` and, for a server, ``serve: true``, the process'
+start time (so a reused pid is not taken for the server) and whether it owns the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from panray.config import Settings
+from panray.exceptions import PanrayError
+
+CLUSTER_FILE = "cluster.json"
+
+
+def _cluster_file(settings: Settings) -> Path:
+    return settings.home / CLUSTER_FILE
+
+
+def _alive(pid: int, started: float | None = None) -> bool:
+    """The process runs (a zombie has ended) and, if ``started`` is given, is that same process."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(proc.create_time() - started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def _read(settings: Settings) -> dict[str, Any] | None:
+    try:
+        info = json.loads(_cluster_file(settings).read_text())
+        pid = int(info["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if _alive(pid, info.get("started")) else None
+
+
+def server_info(settings: Settings) -> dict[str, Any] | None:
+    """``cluster.json`` of a live ``panray serve`` in this home, else None."""
+    info = _read(settings)
+    return info if info and info.get("serve") else None
+
+
+def persistent(settings: Settings) -> bool:
+    """Runs submitted now outlive the submitting process (a server, or a cluster named by address)."""
+    return settings.ray_address is not None or server_info(settings) is not None
+
+
+def _cluster_address() -> str:
+    import ray
+
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _kill_panray_actors() -> None:
+    """Detached actors outlive their creator: on a cluster we do not own, stop panray's by name."""
+    import ray
+
+    from panray.actors.dispatch import NAMESPACE
+
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != NAMESPACE:
+            continue
+        try:
+            ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass  # already gone
+
+
+def serve(settings: Settings) -> int:
+    """Start (or join) the cluster with detached actors and block until told to stop."""
+    from panray.runtime import connect
+
+    existing = _read(settings)
+    if existing is not None:
+        what = "panray server" if existing.get("serve") else "panray process with an embedded cluster"
+        raise PanrayError(f"a {what} (pid {existing['pid']}, {existing['address']}) already runs in "
+                          f"{settings.home}; stop it first or use another PANRAY_HOME")
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}  # a stop while starting still cleans up
+    rt = connect(settings, start=True, detached=True)
+    owns = rt.cluster is not None
+    try:
+        for sig in signals:  # ray.init may have installed its own handlers
+            signal.signal(sig, on_signal)
+        address = _cluster_address()
+        me = psutil.Process()
+        _cluster_file(settings).write_text(json.dumps({
+            "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
+        }))
+        print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
+              f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
+              f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
+              "stop with `panray serve --stop` or SIGTERM", flush=True)
+        while not stop.wait(1.0):
+            pass
+        print("panray server stopping", flush=True)
+    finally:
+        if not owns:
+            _kill_panray_actors()
+        rt.shutdown()  # embedded: disconnects, stops every raylet and removes cluster.json
+        if not owns:
+            _cluster_file(settings).unlink(missing_ok=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def stop_server(settings: Settings, timeout: float = 120.0) -> int:
+    """SIGTERM the server of this home and wait until its process has ended."""
+    info = server_info(settings)
+    if info is None:
+        print(f"no panray server runs in {settings.home}", file=sys.stderr)
+        return 1
+    pid = int(info["pid"])
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid, info.get("started")):
+        if time.monotonic() > deadline:
+            raise PanrayError(f"panray server pid {pid} still runs {timeout:.0f} s after SIGTERM")
+        time.sleep(0.2)
+    print(f"panray server pid {pid} stopped")
+    return 0
