@@ -51,6 +51,7 @@ class Outcome(NamedTuple):
     diag: str | None
     max_pss_kb: int | None
     log_url: str | None
+    quanta: tuple[tuple[int, int, float, float], ...] | None = None  #: cluster jobs: (pos, exit, start, end) per quantum run
 
 
 def manager_name(db_url: str, workflow_id: int) -> str:

@@ -8,28 +8,36 @@ real, exit 137), and a cancel kills the group too.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from panray.actors import cluster_runner
 from panray.actors.dispatch import Dispatch
 from panray.payload import decode_command
 
 OOM_EXIT = 137
-_PR_SET_PDEATHSIG = 1
 
 
-def _die_with_pilot() -> None:
-    """In the child: get SIGKILL when the pilot thread that started it dies (as on a lost node)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+#: ``setpriv --pdeathsig KILL`` makes a payload die with its pilot (as on a lost node) while
+#: letting Python start it with vfork; a ``preexec_fn`` would force a full fork of the pilot,
+#: over ten times slower for a worker process of a few hundred MB.
+_SETPRIV = shutil.which("setpriv")
+
+
+def _dying_with_pilot(argv: list[str]) -> tuple[list[str], Any]:
+    """The argv and preexec_fn that give the payload SIGKILL when its pilot thread dies."""
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+    return argv, cluster_runner.die_with_parent
 
 
 @dataclass(slots=True)
@@ -41,6 +49,7 @@ class PayloadResult:
     diag: str | None
     max_pss_kb: int | None = None
     log_url: str | None = None
+    quanta: tuple[tuple[int, int, float, float], ...] | None = None  #: a cluster job's per-quantum results
 
 
 @dataclass(slots=True)
@@ -90,6 +99,9 @@ class PayloadProcess:
         argv = decode_command(self.d.payload)
         assert argv is not None, "no-op jobs are completed by the pilot, not run"
         self.dir.mkdir(parents=True, exist_ok=True)
+        if argv[0] == cluster_runner.CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
+            (self.dir / cluster_runner.SPEC_FILE).write_text(argv[1])
+            argv = [sys.executable, "-I", cluster_runner.__file__, cluster_runner.SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
         env = dict(os.environ)
         env.update(json.loads(self.d.environment or "{}"))
@@ -102,14 +114,16 @@ class PayloadProcess:
                 with self._lock:
                     if self._kill_reason is not None:
                         return PayloadResult(start, time.time(), 130, self._kill_reason, "killed before start")
+                    launch, preexec = _dying_with_pilot(argv)
                     self._proc = subprocess.Popen(
-                        argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
-                        start_new_session=True, preexec_fn=_die_with_pilot,
+                        launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
+                        start_new_session=True, preexec_fn=preexec,
                     )
             except OSError as exc:
                 return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
+
         end = time.time()
         summary = monitor.stop() if monitor else None
         if tailer:
@@ -118,6 +132,7 @@ class PayloadProcess:
         max_pss = int(summary["Max"]["pss"]) if summary else None
         result = self._classify(code, start, end, max_pss)
         result.log_url = self._upload([out_path, err_path, self.dir / "prmon.txt", self.dir / "prmon.json"])
+        result.quanta = cluster_runner.read_results(self.dir)
         return result
 
     def _classify(self, code: int, start: float, end: float, max_pss: int | None) -> PayloadResult:

@@ -7,6 +7,7 @@ each workflow's manager (``update_job`` in bulk) — never one actor call per jo
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections import defaultdict
@@ -18,6 +19,7 @@ import ray
 
 from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, queue_name
 from panray.actors.payload_runner import PayloadProcess, RunnerServices
+from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
 
@@ -50,6 +52,44 @@ class _Reports:
         return started, ended
 
 
+class _Sleepers:
+    """In-process sleep payloads held as timers: a heap of deadlines, no process, no slot."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._heap: list[tuple[float, tuple[str, int]]] = []
+        self._jobs: dict[tuple[str, int], tuple[Dispatch, float]] = {}
+
+    def add(self, d: Dispatch, start: float, seconds: float) -> None:
+        with self._cv:
+            key = (d.manager, d.job_id)
+            self._jobs[key] = (d, start)
+            heapq.heappush(self._heap, (time.monotonic() + seconds, key))
+            self._cv.notify()
+
+    def drop(self, manager: str, job_ids: list[int]) -> int:
+        with self._cv:
+            return sum(self._jobs.pop((manager, j), None) is not None for j in job_ids)
+
+    def held(self) -> list[Dispatch]:
+        with self._cv:
+            return [d for d, _ in self._jobs.values()]
+
+    def wait_due(self, timeout: float) -> list[tuple[Dispatch, float]]:
+        """The jobs whose time is up, waiting at most ``timeout`` s for the first one."""
+        with self._cv:
+            if not self._heap or self._heap[0][0] > time.monotonic():
+                delay = timeout if not self._heap else min(timeout, self._heap[0][0] - time.monotonic())
+                self._cv.wait(max(delay, 0.0))
+            now, due = time.monotonic(), []
+            while self._heap and self._heap[0][0] <= now:
+                _, key = heapq.heappop(self._heap)
+                entry = self._jobs.pop(key, None)
+                if entry is not None:
+                    due.append(entry)
+            return due
+
+
 @ray.remote(num_cpus=0, max_concurrency=8)
 class Pilot:
     """Pulls from ``site-queue:<site>`` and runs payloads; see the module docstring."""
@@ -62,7 +102,8 @@ class Pilot:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
         self._managers: dict[str, Any] = {}
-        self._running: dict[int, PayloadProcess] = {}
+        self._running: dict[tuple[str, int], PayloadProcess] = {}  # (manager, job_id): ids are per store
+        self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots)
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
         self._reports = _Reports()
@@ -71,6 +112,7 @@ class Pilot:
         self._threads = [
             threading.Thread(target=self._pull_loop, name="pull", daemon=True),
             threading.Thread(target=self._report_loop, name="report", daemon=True),
+            threading.Thread(target=self._wake_loop, name="sleepers", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -90,15 +132,16 @@ class Pilot:
         return ray.get_runtime_context().get_node_id()
 
     def info(self) -> dict[str, Any]:
-        return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(self._running)}
+        return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(j for _, j in self._running)}
 
-    def kill(self, job_ids: list[int]) -> int:
-        """Kill the payloads of these jobs (cancel); returns how many were running here."""
-        procs = [self._running.get(j) for j in job_ids]
+    def kill(self, job_ids: list[int], manager: str) -> int:
+        """Kill the payloads of these jobs of ``manager``'s workflow; returns how many ran here."""
+        dropped = self._sleeping.drop(manager, job_ids)
+        procs = [self._running.get((manager, j)) for j in job_ids]
         for p in procs:
             if p is not None:
                 p.kill("cancelled")
-        return sum(p is not None for p in procs)
+        return dropped + sum(p is not None for p in procs)
 
     def stop(self) -> None:
         self._stop.set()
@@ -136,9 +179,14 @@ class Pilot:
                     Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, now, now, now, 0, None, None, None, None)
                 )
                 continue
+            seconds = sleep_seconds(d.payload)
+            if seconds is not None:
+                self._sleeping.add(d, now, seconds)
+                self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
+                continue
             used += 1
             proc = PayloadProcess(d, self.pilot_id, self._services)
-            self._running[d.job_id] = proc
+            self._running[(d.manager, d.job_id)] = proc
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
             self._pool.submit(self._run_one, proc, now)
         for wf, outs in noops.items():
@@ -151,13 +199,13 @@ class Pilot:
         try:
             r = proc.run()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
-                          r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url)
+                          r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
         except Exception as exc:  # the pilot itself failed to run it: a system error
             now = time.time()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
                           f"pilot error: {exc!r}"[:500], None, None)
         finally:
-            self._running.pop(d.job_id, None)
+            self._running.pop((d.manager, d.job_id), None)
             self._free.release()
         self._reports.add_ended(d.manager, [out])
 
@@ -179,12 +227,25 @@ class Pilot:
     def _heartbeat(self) -> None:
         """One batched heartbeat per manager for all payloads still running here."""
         beats: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for proc in list(self._running.values()):
-            beats[proc.d.manager].append((proc.d.job_id, proc.d.attempt_nr))
+        for d in [p.d for p in list(self._running.values())] + self._sleeping.held():
+            beats[d.manager].append((d.job_id, d.attempt_nr))
+        sent_at = time.time()
         for name, jobs in beats.items():
             mgr = self._manager(name)
             if mgr is not None:
-                mgr.heartbeat.remote(jobs)
+                mgr.heartbeat.remote(jobs, sent_at)
+
+    def _wake_loop(self) -> None:
+        """Ends in-process sleep payloads when their time is up, in batches."""
+        while not self._stop.is_set():
+            due = self._sleeping.wait_due(1.0)
+            now = time.time()
+            ended: dict[str, list[Outcome]] = defaultdict(list)
+            for d, start in due:
+                ended[d.manager].append(Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, start, start, now,
+                                                0, None, None, None, None))
+            for name, outs in ended.items():
+                self._reports.add_ended(name, outs)
 
     def _manager(self, name: str) -> Any:
         mgr = self._managers.get(name)

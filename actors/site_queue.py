@@ -9,12 +9,16 @@ batch of them.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
+import logging
+from collections import defaultdict, deque
 from collections.abc import Iterable
 
 import ray
 
-from panray.actors.dispatch import Dispatch
+from panray.actors.dispatch import NAMESPACE, Dispatch
+from panray.payload import occupies_slot
+
+log = logging.getLogger(__name__)
 
 
 class SiteQueueCore:
@@ -40,19 +44,28 @@ class SiteQueueCore:
         while jobs and real < slots and len(out) < self.max_batch:
             d = jobs.popleft()
             out.append(d)
-            if d.payload:
+            if occupies_slot(d.payload):
                 real += 1
         self._held[pilot] = max(held, 0) + len(out)
         self.n_sent += len(out)
         return out
 
+    def drain(self) -> list[Dispatch]:
+        """Take every queued job out (the site goes offline)."""
+        gone, self._jobs = list(self._jobs), deque()
+        return gone
+
     def remove(self, *, manager: str | None = None, job_ids: Iterable[int] | None = None) -> list[Dispatch]:
-        """Drop queued jobs of a workflow (named by its manager) or with given ids; return them."""
+        """Drop queued jobs of a workflow (named by its manager), or only those with given ids.
+
+        Job ids are unique per state store only, so ids always match within their manager
+        when one is named (one cluster may serve several stores).
+        """
         ids = set(job_ids) if job_ids is not None else None
         keep: deque[Dispatch] = deque()
         gone: list[Dispatch] = []
         for d in self._jobs:
-            hit = (manager is not None and d.manager == manager) or (ids is not None and d.job_id in ids)
+            hit = (manager is None or d.manager == manager) and (ids is None or d.job_id in ids)
             (gone if hit else keep).append(d)
         self._jobs = keep
         return gone
@@ -72,11 +85,25 @@ class SiteQueue:
     def __init__(self, site: str, max_batch: int = 1000):
         self._core = SiteQueueCore(site, max_batch)
         self._arrived = asyncio.Event()
+        self._closed = False
 
     async def put(self, jobs: list[Dispatch]) -> int:
+        if self._closed:  # brokered just before the site went offline
+            _give_back(jobs)
+            return 0
         n = self._core.put(jobs)
         self._arrived.set()
         return n
+
+    async def close(self) -> int:
+        """The site went offline: give every queued job back to its manager; returns how many."""
+        self._closed = True
+        gone = self._core.drain()
+        _give_back(gone)
+        return len(gone)
+
+    async def open(self) -> None:
+        self._closed = False
 
     async def acquire(self, pilot: str, slots: int, ended: int = 0, timeout: float = 1.0) -> list[Dispatch]:
         """Up to ``slots`` real jobs for ``pilot``; waits at most ``timeout`` s when empty."""
@@ -98,3 +125,15 @@ class SiteQueue:
 
     async def stats(self) -> tuple[int, int, int]:
         return self._core.stats()
+
+
+def _give_back(jobs: Iterable[Dispatch]) -> None:
+    """Send jobs back to their workflows' managers, one call per manager, to be brokered again."""
+    by_manager: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for d in jobs:
+        by_manager[d.manager].append((d.job_id, d.attempt_nr))
+    for name, ids in by_manager.items():
+        try:
+            ray.get_actor(name, namespace=NAMESPACE).rebroker.remote(ids)
+        except ValueError:  # the manager is gone; a restarted one re-brokers from the store
+            log.warning("manager %s is gone; %d jobs wait for it to restart", name, len(ids))

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from panray.actors.dispatch import Dispatch, Outcome, Started
+from panray.actors.locality import DataLocality
 from panray.dag import JobGraph, Releaser
 from panray.retry import SYSTEM, USER_CLASSES, RetrySpec, decide
 from panray.statuses import (
@@ -30,7 +31,7 @@ from panray.statuses import (
     derive_task_status,
     derive_workflow_status,
 )
-from panray.store.base import AttemptRow, ChangeBatch, HistoryRow, JobState, WorkflowSnapshot
+from panray.store.base import AttemptRow, ChangeBatch, DecisionRow, HistoryRow, JobState, WorkflowSnapshot
 
 J = JobStatus
 PENDING, DEFINED, ASSIGNED, ACTIVATED = (CODE_OF[s] for s in (J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED))
@@ -91,6 +92,8 @@ class WorkflowCore:
         self.releaser = Releaser(self.graph, done=(i for i in range(n) if self.status[i] == FINISHED))
         self._history: list[HistoryRow] = []
         self._attempts: list[AttemptRow] = []
+        self._decisions: list[DecisionRow] = []
+        self.locality = DataLocality(self.workflow_id, (j for j in jobs if self.status[j.idx] == FINISHED))
         self._dirty: set[int] = set()
         self._dirty_tasks: set[int] = set()
         self._now = now or time.time()
@@ -161,15 +164,72 @@ class WorkflowCore:
             self._move(i, ASSIGNED, now)
             self.site[i] = site
             self._move(i, ACTIVATED, now)
+            self.locality.placed(self.first_id + i, self.attempt[i], self.rows[i].inputs, site, now)
             moved.append(i)
         return moved
 
-    def started(self, events: Iterable[Started]) -> None:
-        """A pilot took (``start_time == 0``: sent only) or started these jobs."""
+    def input_sites(self, i: int) -> dict[str, float]:
+        """Fraction of job ``i``'s inputs already at each site, for brokerage."""
+        return self.locality.fractions(self.rows[i].inputs)
+
+    def record_decisions(self, rows: Iterable[DecisionRow]) -> None:
+        """Brokerage's explained choices, written with the next flush."""
+        self._decisions.extend(rows)
+
+    def requeue(self, jobs: Iterable[tuple[int, int]], now: float) -> list[int]:
+        """(job_id, attempt_nr) taken back from a site queue: activated -> defined, to broker again."""
+        ready = []
+        for job_id, attempt in jobs:
+            i = job_id - self.first_id
+            if self.attempt[i] == attempt and self.status[i] == ACTIVATED:
+                self._move(i, DEFINED, now)
+                self.site[i] = None
+                ready.append(i)
+        return ready
+
+    def lost(self, pilots: set[str], sites: set[str], now: float) -> list[int]:
+        """Pilots or site queues died: fail what the pilots held, take back what the queues held."""
+        ready: list[int] = []
+        for i in range(self.n):
+            c = self.status[i]
+            if c in HELD and self.pilot[i] in pilots:
+                ready.extend(self._fail(i, SYSTEM, None, f"pilot {self.pilot[i]} lost", now, None))
+            elif c == ACTIVATED and self.site[i] in sites:
+                self._move(i, DEFINED, now)
+                self.site[i] = None
+                ready.append(i)
+        return ready
+
+    def placements(self) -> tuple[set[str], set[str]]:
+        """(pilots holding this workflow's jobs, sites whose queues hold its jobs), for liveness checks."""
+        pilots: set[str] = set()
+        sites: set[str] = set()
+        status, pilot, site = self.status, self.pilot, self.site
+        for i in range(self.n):
+            c = status[i]
+            if c in HELD:
+                p = pilot[i]
+                if p is not None:
+                    pilots.add(p)
+            elif c == ACTIVATED:
+                s = site[i]
+                if s is not None:
+                    sites.add(s)
+        return pilots, sites
+
+    def started(self, events: Iterable[Started]) -> list[tuple[int, str]]:
+        """A pilot took (``start_time == 0``: sent only) or started these jobs.
+
+        Returns (job_id, pilot) of attempts cancelled before the pilot got them: a cancel races
+        with the pilot's pull from the queue, so these must be killed again where they landed.
+        """
+        late: list[tuple[int, str]] = []
         for e in events:
             i = e.job_id - self.first_id
             c = self.status[i]
             if self.attempt[i] != e.attempt_nr or c in FINAL_CODES or c == RUNNING:
+                if c == CANCELLED and self.attempt[i] == e.attempt_nr:
+                    late.append((e.job_id, e.pilot))
                 continue
             self.last_beat[i] = e.start_time or e.sent_time
             if e.start_time:
@@ -177,6 +237,7 @@ class WorkflowCore:
             elif c in (DEFINED, ASSIGNED, ACTIVATED):
                 self._to_sent(i, e.sent_time)
                 self.pilot[i] = e.pilot
+        return late
 
     def heartbeat(self, beats: Iterable[tuple[int, int]], now: float) -> None:
         """Pilots' batched heartbeats: (job_id, attempt_nr) of payloads still running."""
@@ -232,6 +293,7 @@ class WorkflowCore:
             if o.error_class is None:
                 self._move(i, FINISHED, o.end_time)
                 self._record_attempt(i, o.max_pss_kb, o.log_url)
+                self.locality.produced(self.rows[i].outputs, o.site)
                 for c in self.releaser.finish(i):
                     if c != self.final_idx and self.status[c] == PENDING:
                         self._move(c, DEFINED, o.end_time)
@@ -249,7 +311,8 @@ class WorkflowCore:
         if error_class == "cancelled":
             self._move(i, CANCELLED, t)
             self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
-            return []
+            self._prune(i, t, "was cancelled")
+            return self._final_if_due(t)
         self._move(i, FAILED, t)
         self.end_time[i] = t
         self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
@@ -287,11 +350,12 @@ class WorkflowCore:
         self._dirty.add(i)
         self._dirty_tasks.add(self.task_of[i])
 
-    def _prune(self, i: int, t: float) -> None:
+    def _prune(self, i: int, t: float, why: str = "failed for good") -> None:
+        """Close the descendants of a job that will never finish: nothing would release them."""
         for c in self.releaser.descendants([i]):
             if c != self.final_idx and self.status[c] not in FINAL_CODES:
                 self.error_class[c] = "pruned"
-                self.diag[c] = f"ancestor {self.rows[i].name} failed for good"
+                self.diag[c] = f"ancestor {self.rows[i].name} {why}"
                 self._move(c, CLOSED, t)
 
     def _final_if_due(self, t: float) -> list[int]:
@@ -302,11 +366,19 @@ class WorkflowCore:
         self._move(f, DEFINED, t)
         return [f]
 
-    def cancel(self, now: float) -> list[tuple[int, str | None]]:
-        """Cancel every job not final; returns (job_id, pilot) of jobs a pilot may be running."""
-        self.cancelled = True
-        held = []
-        for i in range(self.n):
+    def cancel(self, now: float, idxs: Iterable[int] | None = None) -> tuple[list[tuple[int, str | None]], list[int]]:
+        """Cancel the given jobs not final, or (``idxs`` None) the whole workflow.
+
+        A partial cancel is a failure for good of those jobs: their descendants are pruned and
+        the final job still runs once everything else has ended. Returns (job_id, pilot) of
+        jobs a queue or a pilot may hold, to drop and kill, and the jobs that became ready.
+        """
+        if idxs is None:
+            self.cancelled = True
+            idxs = range(self.n)
+        held: list[tuple[int, str | None]] = []
+        gone: list[int] = []
+        for i in idxs:
             c = self.status[i]
             if c in FINAL_CODES:
                 continue
@@ -316,7 +388,20 @@ class WorkflowCore:
             self._move(i, CANCELLED, now)
             if c in HELD:
                 self._record_attempt(i, None, None)
-        return held
+            gone.append(i)
+        if self.cancelled:
+            return held, []
+        for i in gone:
+            self._prune(i, now, "was cancelled")
+        return held, self._final_if_due(now)
+
+    def select(self, task_id: int | None = None, job_ids: Iterable[int] = ()) -> list[int]:
+        """Indices of the jobs of a task and of the given job ids (ids not in this workflow are ignored)."""
+        idxs = [j - self.first_id for j in job_ids if 0 <= j - self.first_id < self.n]
+        if task_id is not None:
+            t = task_id - self.first_task
+            idxs += [i for i in range(self.n) if self.task_of[i] == t]
+        return idxs
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -345,8 +430,10 @@ class WorkflowCore:
 
     def drain_changes(self, now: float) -> ChangeBatch:
         """Everything changed since the last drain, as one batch for the store."""
-        batch = ChangeBatch(history=self._history, attempts=self._attempts)
-        self._history, self._attempts = [], []
+        locations, transfers = self.locality.drain()
+        batch = ChangeBatch(history=self._history, attempts=self._attempts, decisions=self._decisions,
+                            locations=locations, transfers=transfers)
+        self._history, self._attempts, self._decisions = [], [], []
         fid = self.first_id
         batch.jobs = [
             JobState(fid + i, _STATUS_STR[self.status[i]], self.attempt[i], self.site[i], self.pilot[i],

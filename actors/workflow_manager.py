@@ -16,12 +16,18 @@ from typing import Any
 
 import ray
 
+from panray.actors.cluster_core import make_core
 from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, Outcome, Started, manager_name, queue_name
-from panray.actors.workflow_core import CoreSettings, WorkflowCore
+from panray.actors.workflow_core import CoreSettings
+from panray.payload import occupies_slot
 from panray.store import open_store
-from panray.store.base import ChangeBatch
+from panray.store.base import ChangeBatch, DecisionRow
 
 log = logging.getLogger(__name__)
+
+LIVENESS_INTERVAL = 1.0
+"""Seconds between checks that the pilots and site queues holding this workflow's jobs are alive:
+a lost node is noticed within seconds instead of after the heartbeat timeout."""
 
 
 class _Writer(threading.Thread):
@@ -77,9 +83,11 @@ class WorkflowManager:
             heartbeat_timeout=float(settings.get("heartbeat_timeout", 7200.0)),
             sent_timeout=float(settings.get("sent_timeout", 1800.0)),
         )
-        self.core = WorkflowCore(snap, core_settings, manager=manager_name(db_url, workflow_id))
+        self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
         self._retry = retry
         self._restarting = False
+        self._beat_lags: deque[float] = deque(maxlen=100_000)
+        self._beats = 0
         self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
         self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
         self._queues: dict[str, Any] = {}
@@ -89,8 +97,11 @@ class WorkflowManager:
         self._writer = _Writer(self.store)
         self._writer.start()
         self._ready: list[int] = []
+        self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
+        self._pilots: dict[str, Any] = {}
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
+        threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
 
     # -- calls from pilots and clients (only enqueue) -----------------------------------------
 
@@ -98,13 +109,29 @@ class WorkflowManager:
         self._inbox.append(("report", started, ended))
         self._wake.set()
 
-    def heartbeat(self, beats: list[tuple[int, int]]) -> None:
-        """A pilot's batched heartbeat: (job_id, attempt_nr) of its running payloads."""
-        self._inbox.append(("heartbeat", beats))
+    def rebroker(self, jobs: list[tuple[int, int]]) -> None:
+        """A site queue gave back these (job_id, attempt_nr) (its site went offline): broker again."""
+        self._inbox.append(("rebroker", jobs))
         self._wake.set()
 
-    def cancel(self) -> None:
-        self._inbox.append(("cancel",))
+    def heartbeat(self, beats: list[tuple[int, int]], sent_at: float | None = None) -> None:
+        """A pilot's batched heartbeat: (job_id, attempt_nr) of its running payloads."""
+        self._inbox.append(("heartbeat", beats, sent_at or time.time()))
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        """Operational figures: heartbeat processing lag (s, pilot send -> applied) and memory."""
+        import psutil
+
+        lags = sorted(self._beat_lags)
+        pick = (lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]) if lags else (lambda q: None)
+        return {"heartbeats": len(lags), "beats": self._beats, "lag_p50": pick(0.5), "lag_p99": pick(0.99),
+                "lag_max": lags[-1] if lags else None, "rss_bytes": psutil.Process().memory_info().rss,
+                "pid": psutil.Process().pid}
+
+    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
+        """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs."""
+        self._inbox.append(("cancel", task_id, job_ids))
         self._wake.set()
 
     def retry(self) -> None:
@@ -158,23 +185,34 @@ class WorkflowManager:
     def _handle(self, msg: tuple[Any, ...], now: float) -> None:
         kind = msg[0]
         if kind == "report":
-            self.core.started(msg[1])
+            for job, pilot in self.core.started(msg[1]):
+                self._kill_payloads([job], [pilot])
             self._ready.extend(self.core.ended(msg[2]))
         elif kind == "heartbeat":
             self.core.heartbeat(msg[1], now)
+            self._beats += len(msg[1])
+            self._beat_lags.append(time.time() - msg[2])
+        elif kind == "rebroker":
+            self._ready.extend(self.core.requeue(msg[1], now))
+        elif kind == "lost":
+            self._ready.extend(self.core.lost(msg[1], msg[2], now))
         elif kind == "retry":
             batch = self.core.drain_changes(now)
             if batch:
                 self._writer.put(batch)
             self._writer.wait_idle()
             snap = self.store.load_workflow(self.workflow_id)
-            self.core = WorkflowCore(snap, self.core.settings, manager=self.core.manager)
+            self.core = make_core(snap, self.core.settings, manager=self.core.manager)
             self._ready = self.core.start(now, retry=True)
             self._restarting = False
         elif kind == "cancel":
-            held = self.core.cancel(now)
-            self._ready.clear()
-            self._kill([job for job, _pilot in held])
+            task_id, job_ids = msg[1], msg[2]
+            whole = task_id is None and job_ids is None
+            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()))
+            if whole:
+                self._ready.clear()
+            self._ready.extend(ready)
+            self._kill([job for job, _pilot in held], whole=whole)
 
     def _dispatch(self, now: float) -> None:
         """Broker ready jobs in batches and put them into their sites' queues."""
@@ -182,25 +220,84 @@ class WorkflowManager:
         ready, self._ready = self._ready, []
         deferred: list[int] = []
         rows = core.rows
-        noops = [i for i in ready if not rows[i].payload]
-        real = [i for i in ready if rows[i].payload] if noops else ready
+        noops = [i for i in ready if not occupies_slot(rows[i].payload)]
+        real = [i for i in ready if occupies_slot(rows[i].payload)] if noops else ready
         batches = [(noops[k:k + self.release_batch], True) for k in range(0, len(noops), self.release_batch)]
         batches += [(real[k:k + self.release_batch], False) for k in range(0, len(real), self.release_batch)]
+        first, attempt = core.first_id, core.attempt
         for idxs, noop in batches:
-            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin) for i in idxs]
-            sites = ray.get(self.brokerage.broker.remote(reqs, noop))
+            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i)) for i in idxs]
+            sites, records = ray.get(self.brokerage.broker_explained.remote(reqs, noop))
             by_site: dict[str, list[int]] = defaultdict(list)
-            for i, s in zip(idxs, sites):
+            explained: list[DecisionRow] = []
+            for i, s, record in zip(idxs, sites, records):
+                key = (first + i, attempt[i])
                 if s is None:
                     deferred.append(i)
+                    if key in self._unplaced:
+                        continue
+                    self._unplaced.add(key)
                 else:
                     by_site[s].append(i)
+                explained.append(DecisionRow(key[0], key[1], record, now))
+            core.record_decisions(explained)
             for site, group in by_site.items():
                 moved = core.queued(group, [site] * len(group), now)
-                if moved:
-                    self._queue(site).put.remote([core.dispatch(i, site) for i in moved])
+                q = self._queue_or_none(site)
+                if moved and q is not None:  # else the liveness check takes them back
+                    q.put.remote([core.dispatch(i, site) for i in moved])
         if deferred:  # throttled or no site can take them yet: try again on the next tick
             self._ready.extend(deferred)
+
+    def _watch_loop(self) -> None:
+        """Tell the pump which pilots and site queues holding this workflow's jobs have died."""
+        while True:
+            time.sleep(LIVENESS_INTERVAL)
+            if self._done.is_set():
+                continue
+            try:
+                pilots, sites = self.core.placements()
+                dead_pilots = self._dead({p: self._pilot(p) for p in pilots}, "ready", self._pilots)
+                dead_sites = self._dead({s: self._queue_or_none(s) for s in sites}, "stats", self._queues)
+            except Exception:  # the cluster is shutting down, or a name is not registered yet
+                log.debug("liveness check skipped", exc_info=True)
+                continue
+            if dead_pilots or dead_sites:
+                log.warning("workflow %s: lost pilots %s, lost site queues %s", self.workflow_id,
+                            sorted(dead_pilots), sorted(dead_sites))
+                self._inbox.append(("lost", dead_pilots, dead_sites))
+                self._wake.set()
+
+    @staticmethod
+    def _dead(handles: dict[str, Any], method: str, cache: dict[str, Any]) -> set[str]:
+        """Names whose actor answers ``method`` with an actor-died error; they leave ``cache``."""
+        refs = {getattr(h, method).remote(): name for name, h in handles.items() if h is not None}
+        dead = {name for name, h in handles.items() if h is None}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LIVENESS_INTERVAL)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError:
+                dead.add(refs[ref])
+        for name in dead:
+            cache.pop(name, None)
+        return dead
+
+    def _pilot(self, name: str) -> Any:
+        """A cached handle, so that a pilot restarted under the same name is not taken for the lost one."""
+        h = self._pilots.get(name)
+        if h is None:
+            try:
+                h = self._pilots[name] = ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                return None
+        return h
+
+    def _queue_or_none(self, site: str) -> Any:
+        try:
+            return self._queue(site)
+        except ValueError:  # the site's node is gone
+            return None
 
     def _queue(self, site: str) -> Any:
         q = self._queues.get(site)
@@ -208,14 +305,23 @@ class WorkflowManager:
             q = self._queues[site] = ray.get_actor(queue_name(site), namespace=NAMESPACE)
         return q
 
-    def _kill(self, job_ids: list[int]) -> None:
-        """Drop the workflow's queued jobs and kill its running payloads on every pilot."""
-        for site in ray.get(self.brokerage.site_names.remote()):
-            self._queue(site).remove.remote(manager=self.core.manager)
-        if not job_ids:
+    def _kill(self, job_ids: list[int], *, whole: bool = True) -> None:
+        """Drop queued jobs (all of the workflow's, or only these) and kill these payloads on every pilot."""
+        if not whole and not job_ids:
             return
-        for name in ray.get(self.brokerage.pilot_names.remote()):
+        for site in ray.get(self.brokerage.site_names.remote()):
+            q = self._queue(site)
+            if whole:
+                q.remove.remote(manager=self.core.manager)
+            else:
+                q.remove.remote(manager=self.core.manager, job_ids=job_ids)
+        if job_ids:
+            self._kill_payloads(job_ids, ray.get(self.brokerage.pilot_names.remote()))
+
+    def _kill_payloads(self, job_ids: list[int], pilots: list[str]) -> None:
+        """Ask these pilots to kill the payloads; a pilot that is gone took its payloads with it."""
+        for name in pilots:
             try:
-                ray.get_actor(name, namespace=NAMESPACE).kill.remote(job_ids)
+                ray.get_actor(name, namespace=NAMESPACE).kill.remote(job_ids, self.core.manager)
             except ValueError:
                 continue

@@ -27,7 +27,10 @@ Why it is fair
 
 Usage
     python -m benchmarks.dag_throughput --jobs 10000 --jobs 50000 \
-        [--backends sqlite,postgres] [--baselines ray,dask] [--json] [--profile DIR]
+        [--backends sqlite,postgres] [--baselines ray,dask] [--json] [--profile DIR] [--cluster RULES]
+
+``--cluster RULES`` runs panray a second time per backend with those clustering rules on the same graph
+(``panray.dag.parse_rules`` syntax); ``nodes_per_s`` counts quanta, ``vs_unclustered`` compares the two.
 
 ``--profile DIR`` runs py-spy (raw collapsed stacks, sampled at 100 Hz) on the panray driver,
 WorkflowManager, Pilot, SiteQueue and Brokerage processes during each panray run.
@@ -77,16 +80,19 @@ def _topological(shape: Any) -> list[int]:
     return [pos[n] for n in TopologicalSorter(dict(zip(shape.names, shape.parents))).static_order()]
 
 
-def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None) -> dict[str, Any]:
+def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster: str | None = None) -> dict[str, Any]:
     import panray  # noqa: F401  (first: keeps Ray on loopback)
     from panray import Job, Panray, Settings, Workflow
-    from panray.dag import drp
+    from panray.dag import drp, parse_rules
+    from panray.models import ClusterRule
 
     shape = drp(n_jobs)
     t0 = time.perf_counter()
     jobs = [Job(name=n, label=lb, parents=ps, tags=tg)
             for n, lb, ps, tg in zip(shape.names, shape.labels, shape.parents, shape.tags)]
-    wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs)
+    rules = [ClusterRule(name=r.name, labels=list(r.labels), dimensions=list(r.dimensions), max_size=r.max_size)
+             for r in parse_rules(cluster or "")]
+    wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs, clustering=rules)
     model_s = time.perf_counter() - t0
     del jobs
     home = Path(tempfile.mkdtemp(prefix="panray-bench-"))
@@ -101,11 +107,11 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None) -> dict
         statuses = pr.wait(ids)
         t3 = time.perf_counter()
         _stop_profilers(profilers)
-        counts = pr.status(ids[0])[0].jobs
-    finished = counts.get("finished", 0)
+        summary = pr.status(ids[0])[0]
+    finished = summary.quanta.get("finished", 0)  # a job unclustered is one quantum
     return {
-        "jobs": len(shape), "seconds": t3 - t1, "submit_s": t2 - t1, "run_s": t3 - t2,
-        "model_s": model_s, "setup_s": setup_s, "status": statuses[ids[0]], "counts": counts,
+        "jobs": summary.total, "quanta": len(shape), "seconds": t3 - t1, "submit_s": t2 - t1, "run_s": t3 - t2,
+        "model_s": model_s, "setup_s": setup_s, "status": statuses[ids[0]], "counts": summary.jobs,
         "ok": finished == len(shape) and statuses[ids[0]] == "Finished",
     }
 
@@ -231,7 +237,7 @@ def _stop_profilers(procs: list[subprocess.Popen]) -> None:
 def _child(spec: dict[str, Any]) -> None:
     system = spec["system"]
     if system == "panray":
-        result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"))
+        result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"), spec.get("cluster"))
     elif system == "ray":
         result = run_ray(spec["jobs"])
     else:
@@ -266,13 +272,15 @@ def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     return result
 
 
-def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None) -> list[dict[str, Any]]:
+def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None,
+           cluster: str | None = None) -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
     for backend in backends:
-        spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile}
-        if backend == "postgres":
-            spec["db_url"] = pg.create_database(f"bench_{n}_{int(time.time() * 1000)}")
-        specs.append(spec)
+        for rules in [None, cluster] if cluster else [None]:
+            spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile, "cluster": rules}
+            if backend == "postgres":
+                spec["db_url"] = pg.create_database(f"bench_{n}_{int(time.time() * 1000)}")
+            specs.append(spec)
     specs += [{"system": b, "backend": "-", "jobs": n} for b in baselines]
     return specs
 
@@ -285,22 +293,27 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             rate = r.get("nodes_per_s")
             r["vs_ray"] = rate / ref["ray"] if rate and ref.get("ray") else None
             r["vs_dask"] = rate / ref["dask"] if rate and ref.get("dask") else None
+        plain = {r["backend"]: r.get("nodes_per_s") for r in group if r["system"] == "panray" and not r.get("cluster")}
+        for r in group:
+            rate, ref_rate = r.get("nodes_per_s"), plain.get(r["backend"])
+            r["vs_unclustered"] = rate / ref_rate if r.get("cluster") and rate and ref_rate else None
 
 
-def measure(jobs: list[int], backends: list[str], baselines: list[str], profile: str | None) -> list[dict[str, Any]]:
+def measure(jobs: list[int], backends: list[str], baselines: list[str], profile: str | None,
+            cluster: str | None = None) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     pg_ctx = postgres_server() if "postgres" in backends else None
     pg = pg_ctx.__enter__() if pg_ctx else None
     try:
         for n in jobs:
-            for spec in _specs(n, backends, baselines, pg, profile):
+            for spec in _specs(n, backends, baselines, pg, profile, cluster):
                 timeout = 300 + n / 50  # bounded: even a 50 nodes/s system ends
-                label = f"{spec['system']}/{spec['backend']}/{n}"
+                label = f"{spec['system']}/{spec['backend']}/{n}" + ("/clustered" if spec.get("cluster") else "")
                 print(f"-- running {label} ...", file=sys.stderr, flush=True)
                 r = run_isolated({k: v for k, v in spec.items() if k != "backend"}, timeout)
-                r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n)
+                r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n, cluster=spec.get("cluster"))
                 if r.get("seconds"):
-                    r["nodes_per_s"] = r["jobs"] / r["seconds"]
+                    r["nodes_per_s"] = r.get("quanta", r["jobs"]) / r["seconds"]  # DAG nodes are quanta
                 print(f"   {label}: {json.dumps({k: v for k, v in r.items() if k != 'counts'})}",
                       file=sys.stderr, flush=True)
                 rows.append(r)
@@ -311,8 +324,8 @@ def measure(jobs: list[int], backends: list[str], baselines: list[str], profile:
     return rows
 
 
-COLUMNS = ["system", "backend", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray", "vs_dask",
-           "peak_rss_mib", "ok"]
+COLUMNS = ["system", "backend", "cluster", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
+           "vs_dask", "vs_unclustered", "peak_rss_mib", "ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baselines", default="ray,dask", help="comparison systems; '' for none")
     ap.add_argument("--json", action="store_true", help="also print the result JSON on stdout")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the panray processes into DIR")
+    ap.add_argument("--cluster", metavar="RULES", help="also run panray with these clustering rules, e.g. "
+                    "'single=isr+characterizeImage+calibrate@visit,detector;warp=makeWarp@visit' "
+                    "(NAME=LABEL[+LABEL][@DIM,DIM][:MAX], ';'-separated)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -331,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     baselines = [b for b in args.baselines.split(",") if b]
     info, vers = machine_info(), versions()
     print_header("dag_throughput: DRP-shaped DAG of no-op jobs", info, vers)
-    rows = measure(args.jobs or [10_000], backends, baselines, args.profile)
+    rows = measure(args.jobs or [10_000], backends, baselines, args.profile, args.cluster)
     print(format_table(rows, COLUMNS))
     payload = {"benchmark": "dag_throughput", "machine": info, "versions": vers, "results": rows}
     path = write_json("dag_throughput", payload)

@@ -11,7 +11,7 @@ _os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 from panray.api import Panray, WorkflowSummary  # noqa: E402
 from panray.config import Settings  # noqa: E402
 from panray.exceptions import PanrayError  # noqa: E402
-from panray.models import Campaign, Job, Workflow, load_campaign_file  # noqa: E402
+from panray.models import Campaign, ClusterRule, Job, Workflow, load_campaign_file  # noqa: E402
 
-__all__ = ["Campaign", "Job", "Panray", "PanrayError", "Settings", "Workflow", "WorkflowSummary",
+__all__ = ["Campaign", "ClusterRule", "Job", "Panray", "PanrayError", "Settings", "Workflow", "WorkflowSummary",
            "load_campaign_file"]

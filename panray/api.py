@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from panray.config import Settings
@@ -37,6 +37,7 @@ class WorkflowSummary:
     tasks: dict[str, int]  #: task status -> number of tasks
     jobs: dict[str, int]  #: job status -> number of jobs
     created: float
+    quanta: dict[str, int] = field(default_factory=dict)  #: quantum status -> n (a job unclustered is one quantum)
 
     @property
     def total(self) -> int:
@@ -76,8 +77,10 @@ class Panray:
     def _connect(self, start: bool) -> Any:
         if self._runtime is None:
             from panray.runtime import connect
+            from panray.site_ops import apply_stored_statuses
 
             self._runtime = connect(self.settings, start=start)
+            apply_stored_statuses(self.store, self._runtime)
         return self._runtime
 
     # -- submit ------------------------------------------------------------------------------
@@ -97,11 +100,15 @@ class Panray:
     def _start_manager(self, workflow_id: int, retry: bool = False) -> Any:
         from panray.actors.dispatch import NAMESPACE, manager_name
         from panray.actors.workflow_manager import WorkflowManager
-        from panray.runtime import _HANDLES
+        from panray.runtime import _HANDLES, control_plane
 
-        self._connect(start=True)
+        rt = self._connect(start=True)
+        # On a cluster this session does not own (``panray serve``, PANRAY_RAY_ADDRESS) the run
+        # must outlive the submitting process; on its own embedded cluster it dies with it anyway.
+        lifetime = "detached" if rt.cluster is None else None
         handle = WorkflowManager.options(
-            name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True
+            name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
+            lifetime=lifetime, scheduling_strategy=control_plane(),
         ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry)
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
@@ -143,7 +150,8 @@ class Panray:
                 jobs[s] = jobs.get(s, 0) + n
             ts = derive_task_status(counts, cancelled=w.cancelled).value
             tasks[ts] = tasks.get(ts, 0) + 1
-        return WorkflowSummary(w.workflow_id, w.name, w.owner, w.status, tasks, jobs, w.created)
+        quanta = self.store.quantum_counts(w.workflow_id) or dict(jobs)
+        return WorkflowSummary(w.workflow_id, w.name, w.owner, w.status, tasks, jobs, w.created, quanta)
 
     def jobs(self, workflow_id: int, status: Sequence[str] | None = None) -> list[JobRow]:
         return self.store.jobs(workflow_id, status=status)
@@ -190,14 +198,32 @@ class Panray:
 
     # -- act ---------------------------------------------------------------------------------
 
-    def cancel(self, workflow_id: int) -> bool:
-        """Cancel a workflow: running payloads are killed, everything not final ends cancelled."""
-        self.store.set_cancelled(workflow_id, True)
+    def cancel(self, workflow_id: int, *, task_id: int | None = None, job_ids: Sequence[int] | None = None) -> bool:
+        """Cancel a workflow, or only one task's jobs and/or some jobs; False if no manager got it.
+
+        Running payloads are killed and the jobs not final end cancelled. A whole-workflow cancel
+        is also recorded in the store, so a manager started later honours it; a partial cancel
+        is a failure for good of those jobs (descendants pruned, the final job still runs) and
+        needs the workflow's manager running.
+        """
+        partial = task_id is not None or job_ids is not None
+        if partial:
+            self._check_in_workflow(workflow_id, task_id, job_ids or ())
+        else:
+            self.store.set_cancelled(workflow_id, True)
         mgr = self._manager(workflow_id)
         if mgr is None:
             return False
-        mgr.cancel.remote()
+        mgr.cancel.remote(task_id, None if job_ids is None else list(job_ids))
         return True
+
+    def _check_in_workflow(self, workflow_id: int, task_id: int | None, job_ids: Sequence[int]) -> None:
+        """Refuse ids of another workflow: the manager would silently ignore them."""
+        if task_id is not None and task_id not in {t.task_id for t in self.store.tasks(workflow_id)}:
+            raise NotFoundError(f"workflow {workflow_id} has no task {task_id}")
+        strangers = [j for j in job_ids if self.store.job(j).workflow_id != workflow_id]
+        if strangers:
+            raise NotFoundError(f"workflow {workflow_id} has no job {', '.join(map(str, strangers))}")
 
     def retry(self, workflow_id: int) -> None:
         """Rerun the failed, cancelled and pruned jobs of an ended workflow (never a finished one)."""

@@ -15,9 +15,14 @@ restart and ping, so the run id says where the workflow lives:
 Anything the id does not say (the Ray address, the password) comes from the ``PANRAY_*``
 variables, as for every panray command.
 
-When submit returns. With ``PANRAY_RAY_ADDRESS`` set (a cluster kept up by ``panray serve``),
-``bps submit`` submits and returns at once. Without it panray runs embedded: the cluster lives
-only as long as the ``bps submit`` process, so submit waits until the workflow has ended.
+When submit returns. With a ``panray serve`` running for ``PANRAY_HOME`` (or
+``PANRAY_RAY_ADDRESS`` naming a cluster), ``bps submit`` submits and returns at once: the
+workflow's manager is a detached actor that outlives the bps process. Without one panray runs
+embedded: the cluster lives only as long as the ``bps submit`` process, so submit waits until
+the workflow has ended (and ``bps restart`` waits for the rerun).
+
+Restart is in place (``Panray.retry``): the same run id, the finished jobs stay finished, the
+failed, pruned and cancelled ones run again with a fresh retry budget, then the final job.
 
 State mapping (panray job status -> WmsStates): pending -> UNREADY (waits for parents: bps's own
 meaning of UNREADY); defined -> READY; assigned, activated -> PENDING (queued at a site);
@@ -56,8 +61,9 @@ from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import NotFoundError, PanrayError
 from panray.models import Job, Workflow
+from panray.serve import persistent
 from panray.sites import load_catalog
-from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, WorkflowStatus
+from panray.statuses import JobStatus, WorkflowStatus
 from panray.store.base import JobRow, WorkflowRow
 
 __all__ = ["PanrayService", "PanrayWorkflow", "RunRef", "job_state", "run_state"]
@@ -83,6 +89,9 @@ _JOB_STATES: dict[str, WmsStates] = {
     JobStatus.CLOSED.value: WmsStates.PRUNED,
     JobStatus.CANCELLED.value: WmsStates.DELETED,
 }
+#: What ``restart`` reruns (the final job reruns after them).
+_RERUN = frozenset({JobStatus.FAILED.value, JobStatus.CLOSED.value, JobStatus.CANCELLED.value})
+
 _RUN_STATES: dict[str, WmsStates] = {
     WorkflowStatus.NEW.value: WmsStates.PENDING,
     WorkflowStatus.TRANSFORMING.value: WmsStates.RUNNING,
@@ -369,7 +378,7 @@ class PanrayWorkflow(BaseWmsWorkflow):
         return wf
 
     def write(self, out_prefix: str) -> None:
-        """Saves the panray workflow: ``restart`` resubmits what did not finish from it."""
+        """Saves the panray workflow next to bps's own submit files, to see what was submitted."""
         assert self.workflow is not None
         path = Path(out_prefix)
         path.mkdir(parents=True, exist_ok=True)
@@ -387,8 +396,7 @@ def _write_run_file(submit_path: str | None, ref: RunRef) -> None:
 class PanrayService(BaseWmsService):
     """bps's entry point to panray (``wmsServiceClass: panray.bps.PanrayService``).
 
-    Groups run as blocking groups and ``restart`` resubmits the jobs that did not finish as a
-    new panray workflow; both follow from what panray's core offers today.
+    Groups run as blocking groups (panray prunes the descendants of any failed job).
     """
 
     def _open(self, settings: Settings | None = None) -> Panray:
@@ -414,12 +422,12 @@ class PanrayService(BaseWmsService):
             workflow.run_id = ref.run_id
             workflow.run_ref = ref
             _write_run_file(workflow.submit_path, ref)
-            if settings.ray_address is None:
-                log.info("no PANRAY_RAY_ADDRESS: embedded cluster, waiting for workflow %s to end", wf_id)
+            if not persistent(settings):
+                log.info("no panray server: embedded cluster, waiting for workflow %s to end", wf_id)
                 pr.wait([wf_id])
 
     def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
-        """Resubmit the jobs of a run that did not finish (failed, pruned, cancelled) and the final job."""
+        """Rerun the failed, pruned and cancelled jobs of an ended run in place, then its final job."""
         try:
             ref = RunRef.parse(wms_workflow_id)
         except PanrayError as exc:
@@ -427,25 +435,14 @@ class PanrayService(BaseWmsService):
         with self._open(ref.settings) as pr:
             try:
                 row = pr.status(ref.workflow_id)[0]
-            except NotFoundError as exc:
+                if not pr.jobs(ref.workflow_id, status=list(_RERUN)):
+                    return None, None, f"run {ref.run_id}: every job finished, nothing to restart"
+                pr.retry(ref.workflow_id)
+            except (PanrayError, NotFoundError) as exc:
                 return None, None, str(exc)
-            if row.status not in {s.value for s in FINAL_WORKFLOW_STATES}:
-                return None, None, f"run {ref.run_id} is still {row.status}; cancel it or wait before restarting"
-            meta = _bps_meta(pr, ref.workflow_id)
-            path = meta.get("path")
-            if not path or not (Path(path) / WORKFLOW_FILE).is_file():
-                return None, None, f"cannot restart {ref.run_id}: its submit directory ({path}) has no {WORKFLOW_FILE}"
-            original = Workflow.model_validate_json((Path(path) / WORKFLOW_FILE).read_text())
-            done = {j.name for j in pr.jobs(ref.workflow_id, status=[JobStatus.FINISHED.value])}
-            rerun = rerun_workflow(original, done)
-            if rerun is None:
-                return None, None, f"run {ref.run_id}: every job finished, nothing to restart"
-            [new_id] = pr.submit(rerun)
-            new_ref = RunRef(new_id, ref.settings)
-            _write_run_file(path, new_ref)
-            if ref.settings.ray_address is None:
-                pr.wait([new_id])
-        return new_ref.run_id, original.name, ""
+            if not persistent(ref.settings):
+                pr.wait([ref.workflow_id])
+        return ref.run_id, row.name, ""
 
     # -- follow --------------------------------------------------------------------------------
 
@@ -517,26 +514,6 @@ class PanrayService(BaseWmsService):
             return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
         where = settings.ray_address or "embedded (no PANRAY_RAY_ADDRESS: submit waits for each run)"
         return 0, f"panray store {_redact(settings.resolved_db_url)}, cluster {where}"
-
-
-def rerun_workflow(original: Workflow, finished: set[str]) -> Workflow | None:
-    """The jobs of ``original`` that did not finish, with edges among them, and the final job."""
-    jobs = [j.model_copy(update={"parents": [p for p in j.parents if p not in finished]})
-            for j in original.jobs if j.name not in finished]
-    init = original.init_job if original.init_job and original.init_job.name not in finished else None
-    if not jobs and init is None:
-        return None
-    if not jobs:
-        jobs, init = [init], None
-    return original.model_copy(update={"jobs": jobs, "init_job": init})
-
-
-def _bps_meta(pr: Panray, workflow_id: int) -> dict[str, Any]:
-    """What prepare recorded about the bps run (in the tags of the workflow's first job)."""
-    first = pr.store.jobs(workflow_id, limit=1)
-    if not first:
-        return {}
-    return dict(json.loads(first[0].tags or "{}").get("bps", {}))
 
 
 def _run_report(pr: Panray, w: WorkflowRow, ref: RunRef, *, detailed: bool) -> WmsRunReport:

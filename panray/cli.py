@@ -1,16 +1,24 @@
-"""The ``panray`` command: demo, submit, status, jobs, job, cancel, logs, sites."""
+"""The ``panray`` command: demo, submit, status, jobs, job, cancel, logs, sites, serve."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from panray import monitor
 from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import PanrayError
+from panray.statuses import FINAL_JOB_STATES
+
+if TYPE_CHECKING:  # the logging bridge pulls in the Google clients: imported only by `panray logs`
+    from panray.logging_bridge import LogSink
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -61,8 +69,13 @@ def cmd_status(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(pr: Panray, args: argparse.Namespace) -> int:
+    if args.quanta:
+        quanta = [q for q in pr.store.quanta(args.workflow) if not args.status or q.status in args.status]
+        print(monitor.to_json(quanta) if args.json else monitor.quanta_table(quanta))
+        return 0
     rows = pr.jobs(args.workflow, status=args.status)
-    print(monitor.to_json(rows) if args.json else monitor.jobs_table(rows))
+    pss = pr.store.max_pss(args.workflow)
+    print(monitor.to_json(monitor.job_records(rows, pss)) if args.json else monitor.jobs_table(rows, pss))
     return 0
 
 
@@ -72,15 +85,27 @@ def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
     if args.json:
         print(monitor.to_json([{"job": job._asdict(), "attempts": [a._asdict() for a in attempts]}]))
         return 0
-    print(monitor.jobs_table([job]))
+    print(monitor.jobs_table([job], {a.job_id: a.max_pss_kb for a in attempts[-1:] if a.max_pss_kb is not None}))
     print()
     print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
+    transfers = pr.store.transfers(args.job)
+    if transfers:
+        print("\ninputs transferred (the job ran away from them):")
+        print(monitor.table(["attempt", "dataset", "from", "to"],
+                            [(t.attempt_nr, t.dataset, t.source, t.destination) for t in transfers]))
     return 0
 
 
 def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
-    reached = pr.cancel(args.workflow)
-    print(f"workflow {args.workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
+    reached = pr.cancel(args.workflow, task_id=args.task, job_ids=args.job)
+    if args.task is None and args.job is None:
+        print(f"workflow {args.workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
+        return 0
+    if not reached:
+        print(f"workflow {args.workflow}: nothing cancelled, no manager running", file=sys.stderr)
+        return 1
+    parts = ([f"task {args.task}"] if args.task is not None else []) + [f"job {j}" for j in args.job or ()]
+    print(f"workflow {args.workflow}: cancel of {', '.join(parts) or 'no job'} sent to its manager")
     return 0
 
 
@@ -136,16 +161,91 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
     if args.job is None and args.task is None:
         raise PanrayError("give a JOB or --task T")
     sink = make_sink(pr.settings)
+    if args.follow:
+        if args.job is None:
+            raise PanrayError("--follow needs a JOB")
+        _follow_logs(pr, sink, args.job, args.attempt, args.grep)
+        return 0
     for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
-        print(f"{e.get('pilotTimestamp', '')} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
-              f"{e.get('label', '')}: {e.get('message', '')}")
+        _print_entry(e)
     return 0
+
+
+FOLLOW_INTERVAL = 0.25  #: seconds between polls of ``panray logs --follow``
+
+
+def _print_entry(e: dict[str, Any]) -> None:
+    print(f"{e.get('pilotTimestamp', '')} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
+          f"{e.get('label', '')}: {e.get('message', '')}", flush=True)
+
+
+def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None) -> None:
+    """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
+
+    The store is read before the sink: a pilot drains a payload's last lines into the sink
+    before it reports the end, so the query made after the end is seen holds every line.
+    """
+    final = {s.value for s in FINAL_JOB_STATES}
+    shown = 0
+    while True:
+        job = pr.store.job(job_id)
+        ended = job.status in final or (attempt is not None and job.attempt_nr > attempt)
+        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep)
+        for e in entries[shown:]:
+            _print_entry(e)
+        shown = len(entries)
+        if ended:
+            return
+        time.sleep(FOLLOW_INTERVAL)
 
 
 def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
-    rows = [(s.name, s.status.value, f"{s.drp_share:.0%}", s.pilots, s.slots, s.prompt_pilots) for s in pr.catalog]
-    print(monitor.table(["site", "status", "DRP share", "pilots", "slots", "prompt pilots"], rows))
+    from panray.site_ops import site_rows
+
+    rows = site_rows(pr)
+    if args.json:
+        print(monitor.to_json(rows))
+        return 0
+    shares = {s.name: f"{s.drp_share:.0%}" for s in pr.catalog}
+    print(monitor.table(
+        ["site", "status", "DRP share", "nodes", "pilots", "queued", "running", "finished", "failed"],
+        [(r["site"], r["status"], shares[r["site"]], "-" if r["nodes"] is None else r["nodes"] or "none",
+          *("-" if r[k] is None else r[k] for k in ("pilots", "queued", "running")), r["finished"], r["failed"])
+         for r in rows],
+    ))
     return 0
+
+
+def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
+    from panray.site_ops import set_site_status
+
+    applied = set_site_status(pr, args.site, args.status)
+    print(f"site {args.site}: {args.status}" + ("" if applied else " (recorded; applied when the cluster starts)"))
+    return 0
+
+
+def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
+    from panray.sites import Decision, format_explanation
+
+    rows = pr.store.decisions(args.job)
+    if args.json:
+        print(monitor.to_json([{**r._asdict(), "decision": json.loads(r.decision)} for r in rows]))
+        return 0
+    if not rows:
+        print(f"job {args.job}: no brokerage decision recorded (not brokered yet)")
+        return 0
+    for r in rows:
+        print(f"job {r.job_id} attempt {r.attempt_nr}, brokered {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.time))}")
+        print(format_explanation(Decision.from_dict(json.loads(r.decision))))
+    return 0
+
+
+def cmd_serve(pr: Panray, args: argparse.Namespace) -> int:
+    from panray import serve
+
+    if args.stop:
+        return serve.stop_server(pr.settings)
+    return serve.serve(pr.settings)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -174,6 +274,7 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("workflow", type=int)
     j.add_argument("--status", action="append", help="only jobs in this status (repeatable)")
     j.add_argument("--json", action="store_true")
+    j.add_argument("--quanta", action="store_true", help="the quanta inside cluster jobs, with their own outcomes")
     j.set_defaults(func=cmd_jobs)
 
     jb = sub.add_parser("job", help="one job and its attempt history")
@@ -181,8 +282,10 @@ def parser() -> argparse.ArgumentParser:
     jb.add_argument("--json", action="store_true")
     jb.set_defaults(func=cmd_job)
 
-    c = sub.add_parser("cancel", help="cancel a workflow")
+    c = sub.add_parser("cancel", help="cancel a workflow, or only a task or some jobs of it")
     c.add_argument("workflow", type=int)
+    c.add_argument("--task", type=int, help="cancel only this task's jobs")
+    c.add_argument("--job", type=int, nargs="+", action="extend", help="cancel only these jobs (repeatable)")
     c.set_defaults(func=cmd_cancel)
 
     r = sub.add_parser("retry", help="rerun the failed, cancelled and pruned jobs of a workflow")
@@ -200,6 +303,7 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--task", type=int)
     lg.add_argument("--grep")
     lg.add_argument("--files", action="store_true")
+    lg.add_argument("--follow", action="store_true", help="print new lines as they arrive until the job ends")
     lg.set_defaults(func=cmd_logs)
 
     pp = sub.add_parser("prompt", help="prompt processing at USDF: warm pilots, push, cache affinity")
@@ -214,10 +318,24 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--instrument")
     ps.set_defaults(func=cmd_prompt_stats)
 
+    sv = sub.add_parser("serve", help="keep the cluster and panray's actors up for other processes")
+    sv.add_argument("--stop", action="store_true", help="stop the server of this home and its cluster")
+    sv.set_defaults(func=cmd_serve)
+
     si = sub.add_parser("site", help="site operations")
     si_sub = si.add_subparsers(dest="site_command", required=True)
-    sl = si_sub.add_parser("list", help="the site catalog")
+    sl = si_sub.add_parser("list", help="per site: status, nodes, pilots, queued, running, finished")
+    sl.add_argument("--json", action="store_true")
     sl.set_defaults(func=cmd_site)
+    ss = si_sub.add_parser("set-status", help="online, brokeroff (only pinned work) or offline (re-brokers its queue)")
+    ss.add_argument("site")
+    ss.add_argument("status", choices=["online", "brokeroff", "offline"])
+    ss.set_defaults(func=cmd_site_status)
+
+    ex = sub.add_parser("explain", help="why brokerage sent a job where it did: candidates, weights, filtered sites")
+    ex.add_argument("job", type=int)
+    ex.add_argument("--json", action="store_true")
+    ex.set_defaults(func=cmd_explain)
     return p
 
 

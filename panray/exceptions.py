@@ -62,3 +62,19 @@ class NotFoundError(PanrayError):
 
 class ConfigError(PanrayError):
     """panray's own settings (config file or environment) are invalid."""
+
+
+class ClusterCycleError(WorkflowValidationError):
+    """Clustering rules would put quanta into jobs that depend on each other in a circle.
+
+    ``jobs`` are the cluster jobs along the cycle; ``links`` one (parent quantum, child quantum)
+    edge per step that makes a job depend on the previous one.
+    """
+
+    def __init__(self, jobs: list[str], links: list[tuple[str, str]]):
+        self.jobs, self.links = jobs, links
+        via = ", ".join(f"{p} -> {c}" for p, c in links)
+        super().__init__(
+            "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
+            + f" (quanta: {via}); put these quanta in the same cluster or in none"
+        )

@@ -58,6 +58,20 @@ class Job(BaseModel):
         return v
 
 
+class ClusterRule(BaseModel):
+    """Put quanta of ``labels`` sharing ``dimensions`` (tags keys) in one job, at most ``max_size`` each.
+
+    Without dimensions: ``max_size`` quanta of the labels per job. See :mod:`panray.dag.clustering`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, description="the cluster jobs' label")
+    labels: list[str] = Field(min_length=1)
+    dimensions: list[str] = Field(default_factory=list)
+    max_size: int | None = Field(default=None, gt=0)
+
+
 class Workflow(BaseModel):
     """A DAG of jobs (an iDDS request), with an optional init job and final job."""
 
@@ -70,6 +84,7 @@ class Workflow(BaseModel):
     init_job: Job | None = Field(default=None, description="runs before every root job")
     final_job: Job | None = Field(default=None, description="runs after all jobs, even failed ones")
     task_chunk_size: int = Field(default=10_000, gt=0)
+    clustering: list[ClusterRule] = Field(default_factory=list, description="first matching rule wins")
 
 
 class Campaign(BaseModel):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from panray.api import WorkflowSummary
-from panray.store.base import AttemptRow, JobRow
+from panray.store.base import AttemptRow, JobRow, QuantumRow
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -30,24 +30,64 @@ def _counts(d: dict[str, int]) -> str:
 
 def workflows_table(rows: Sequence[WorkflowSummary]) -> str:
     return table(
-        ["id", "name", "owner", "status", "tasks", "finished", "failed", "pruned", "total", "created"],
+        ["id", "name", "owner", "status", "tasks", "finished", "failed", "pruned", "total", "quanta", "created"],
         [(w.workflow_id, w.name, w.owner, w.status, _counts(w.tasks), w.jobs.get("finished", 0),
-          w.jobs.get("failed", 0), w.jobs.get("closed", 0), w.total, _when(w.created)) for w in rows],
+          w.jobs.get("failed", 0), w.jobs.get("closed", 0), w.total, _quanta(w.quanta), _when(w.created))
+         for w in rows],
     )
 
 
-def _duration(j: JobRow | AttemptRow) -> str:
+def _quanta(counts: dict[str, int]) -> str:
+    """``finished/failed/pruned/total`` quanta."""
+    return "/".join(str(counts.get(s, 0)) for s in ("finished", "failed", "closed")) + f"/{sum(counts.values())}"
+
+
+def quanta_table(rows: Sequence[QuantumRow]) -> str:
+    return table(
+        ["job", "quantum", "label", "status", "attempt", "duration", "exit", "diag"],
+        [(q.job_id, q.name, q.label, q.status, q.attempt_nr, _duration(q), q.exit_code, (q.diag or "")[:60])
+         for q in rows],
+    )
+
+
+def _duration(j: JobRow | AttemptRow | QuantumRow) -> str:
     if j.start_time and j.end_time:
         return f"{j.end_time - j.start_time:.2f}s"
     return ""
 
 
-def jobs_table(rows: Sequence[JobRow]) -> str:
+def max_pss_gb(j: JobRow, pss: Mapping[int, int]) -> tuple[float | None, float | None]:
+    """(max PSS, max PSS per requested core) in GB (2**20 kB): a multi-core job may use
+    proportionally more memory, so per core is what compares across jobs."""
+    kb = pss.get(j.job_id)
+    if kb is None:
+        return None, None
+    gb = kb / 2**20
+    return gb, gb / max(j.request_cpus, 1)
+
+
+def jobs_table(rows: Sequence[JobRow], pss: Mapping[int, int] | None = None) -> str:
+    """``pss``: ``{job_id: max PSS kB}`` of the latest ended attempt (``StateStore.max_pss``)."""
+    pss = pss or {}
+
+    def gb(v: float | None) -> str:
+        return "" if v is None else f"{v:.3f}"
+
     return table(
-        ["job", "attempt", "label", "name", "status", "site", "duration", "exit", "error", "diag"],
+        ["job", "attempt", "label", "name", "status", "site", "duration", "max PSS GB", "PSS/core GB", "exit",
+         "error", "diag"],
         [(j.job_id, f"{j.attempt_nr} of {j.max_attempts}", j.label, j.name, j.status, j.site, _duration(j),
-          j.exit_code, j.error_class, (j.diag or "")[:60]) for j in rows],
+          *map(gb, max_pss_gb(j, pss)), j.exit_code, j.error_class, (j.diag or "")[:60]) for j in rows],
     )
+
+
+def job_records(rows: Sequence[JobRow], pss: Mapping[int, int]) -> list[dict[str, Any]]:
+    """Jobs for ``--json``, with the max PSS (kB, GB, GB per core) of their latest ended attempt."""
+    out = []
+    for j in rows:
+        gb, per_core = max_pss_gb(j, pss)
+        out.append({**j._asdict(), "max_pss_kb": pss.get(j.job_id), "max_pss_gb": gb, "max_pss_per_core_gb": per_core})
+    return out
 
 
 def attempts_table(rows: Sequence[AttemptRow]) -> str:

@@ -16,12 +16,28 @@ from __future__ import annotations
 import json
 
 NOOP = ""
+#: ``["panray:sleep", SECONDS]`` is held by the pilot as a timer, without a process: the
+#: in-process payload for measuring the control plane with many jobs running at once.
+SLEEP = "panray:sleep"
+_SLEEP_PREFIX = "sleep:"
+
+
+def occupies_slot(encoded: str) -> bool:
+    """Whether a payload needs a pilot slot (a process); in-process no-ops and sleeps do not."""
+    return bool(encoded) and not encoded.startswith(_SLEEP_PREFIX)
+
+
+def sleep_seconds(encoded: str) -> float | None:
+    """The duration of an in-process sleep payload, else ``None``."""
+    return float(encoded[len(_SLEEP_PREFIX):]) if encoded.startswith(_SLEEP_PREFIX) else None
 
 
 def encode_command(command: list[str] | str | None) -> str:
     """Hex of the JSON argv; a shell line becomes ``["bash", "-c", line]``; ``None`` is a no-op."""
     if command is None:
         return NOOP
+    if not isinstance(command, str) and len(command) == 2 and command[0] == SLEEP:
+        return f"{_SLEEP_PREFIX}{float(command[1])}"
     argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
     return json.dumps(argv, separators=(",", ":")).encode().hex()
 

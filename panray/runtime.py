@@ -20,6 +20,8 @@ from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_l
 
 log = logging.getLogger(__name__)
 
+HEAD_RESOURCE = "node:__internal_head__"  #: the resource Ray puts on its head node
+
 #: Every actor handle this process created or fetched. Ray destroys a non-detached actor once the
 #: handles of its creator are gone, so replacing a handle (e.g. after restarting a lost pilot)
 #: must not drop the old one.
@@ -37,6 +39,7 @@ class Runtime:
     brokerage: Any = None
     queues: dict[str, Any] = field(default_factory=dict)
     pilots: dict[str, list[Any]] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  #: configured sites with no Ray node carrying their resource
 
     def shutdown(self) -> None:
         import ray
@@ -98,8 +101,23 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
     return rt
 
 
-def ensure_actors(rt: Runtime, *, detached: bool = False) -> None:
-    """Get or create brokerage, one queue per site and the pilots of every site that has nodes."""
+def control_plane() -> Any:
+    """Where brokerage and workflow managers run: the head node, preferred softly, so that
+    losing a facility's node does not take the control plane with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})),
+                ray.get_runtime_context().get_node_id())
+    return NodeAffinitySchedulingStrategy(node_id=head, soft=True)
+
+
+def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
+    """Get or create brokerage, one queue per site and the pilots of every site that has nodes.
+
+    Idempotent: call it again when a site's node joins late to start that site's pilots.
+    Returns (and keeps in ``rt.missing``) the configured sites that have no node.
+    """
     import ray
 
     from panray.actors.brokerage import Brokerage
@@ -110,14 +128,16 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> None:
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
     if detached:
         opts["lifetime"] = "detached"
-    rt.brokerage = Brokerage.options(name=BROKERAGE_NAME, **opts).remote(rt.catalog)
+    rt.brokerage = Brokerage.options(name=BROKERAGE_NAME, scheduling_strategy=control_plane(), **opts).remote(rt.catalog)
     nodes = site_nodes()
     logging_cfg = rt.settings.model_dump(mode="json")
     pending = []
+    rt.missing = []
     for site in rt.catalog:
         res = {site.ray_resource or SITE_PREFIX + site.name: 1}
         if site.name not in nodes:
             log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, res)
+            rt.missing.append(site.name)
             continue
         rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
         names = [pilot_name(site.name, k) for k in range(site.pilots)]
@@ -131,3 +151,4 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> None:
         pending.extend(p.ready.remote() for p in rt.pilots[site.name])
     _HANDLES.extend([rt.brokerage, *rt.queues.values(), *(p for ps in rt.pilots.values() for p in ps)])
     ray.get(pending)
+    return rt.missing

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from panray.cluster_jobs import cluster_jobs
 from panray.dag import build_graph, partition_tasks
 from panray.exceptions import UnknownSiteError, WorkflowValidationError
 from panray.models import Campaign, Job, Workflow
@@ -18,6 +19,22 @@ from panray.sites import SiteCatalog
 from panray.store.base import NewCampaign, NewJob, NewTask, NewWorkflow
 
 _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
+
+
+def _dumps_small(value: dict | list) -> str:  # type: ignore[type-arg]
+    """JSON of a job's optional mapping or list; the empty ones (most jobs) skip the encoder."""
+    return _dumps(value) if value else ("{}" if isinstance(value, dict) else "[]")
+
+
+def _retry_json(j: Job, memo: dict[tuple[object, ...], str]) -> str:
+    """The retry policy as JSON, encoded once per distinct policy (a handful per workflow)."""
+    key = (j.memory_multiplier, j.request_memory_max, tuple(j.retry_unless_exit))
+    text = memo.get(key)
+    if text is None:
+        text = memo[key] = _dumps({"memory_multiplier": j.memory_multiplier,
+                                   "request_memory_max": j.request_memory_max,
+                                   "retry_unless_exit": j.retry_unless_exit})
+    return text
 
 
 def _check_sites(jobs: Iterable[Job], home_site: str, catalog: SiteCatalog) -> None:
@@ -34,6 +51,9 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
     jobs = list(wf.jobs)
     if not jobs:
         raise WorkflowValidationError(f"workflow {wf.name!r} has no jobs")
+    clustered = cluster_jobs(wf) if wf.clustering else None
+    if clustered is not None:
+        jobs = list(clustered.jobs)
     parents = [list(j.parents) for j in jobs]
     if wf.init_job is not None:
         for p in parents:
@@ -50,14 +70,14 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
     tasks, task_of = partition_tasks([j.label for j in jobs], wf.task_chunk_size)
     n_init = 1 if wf.init_job is not None else 0
     final_idx = len(jobs) - 1 if wf.final_job is not None else -1
+    retry_memo: dict[tuple[object, ...], str] = {}
     rows = [
         NewJob(
             idx, j.name, j.label, task_of[idx],
             "final" if idx == final_idx else ("init" if idx < n_init else "job"),
-            encode_command(j.command), _dumps(j.environment), j.request_memory, j.request_cpus,
-            j.max_attempts, j.site, j.queue, j.priority, _dumps(j.inputs), _dumps(j.outputs), _dumps(j.tags),
-            _dumps({"memory_multiplier": j.memory_multiplier, "request_memory_max": j.request_memory_max,
-                    "retry_unless_exit": j.retry_unless_exit}),
+            encode_command(j.command), _dumps_small(j.environment), j.request_memory, j.request_cpus,
+            j.max_attempts, j.site, j.queue, j.priority, _dumps_small(j.inputs), _dumps_small(j.outputs),
+            _dumps_small(j.tags), _retry_json(j, retry_memo),
         )
         for idx, j in enumerate(jobs)
     ]
@@ -65,6 +85,8 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
         name=wf.name, owner=wf.owner, home_site=wf.home_site,
         tasks=[NewTask(label, chunk, n) for label, chunk, n in tasks],
         jobs=rows, edges=list(graph.edges()),
+        quanta=clustered.quanta(n_init) if clustered else [],
+        quantum_edges=list(clustered.graph.edges()) if clustered else [],
     )
 
 

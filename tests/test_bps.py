@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     pytest.fail(f"lsst-ctrl-bps is not installed (pip install 'panray[bps]'): {exc}", pytrace=False)
 
 from panray import Panray
-from panray.bps import PanrayService, RunRef, convert, job_state, rerun_workflow, run_state
+from panray.bps import PanrayService, RunRef, convert, job_state, run_state
 from panray.statuses import JobStatus, WorkflowStatus
 
 SITES = ["USDF", "FrDF", "UKDF"]
@@ -132,16 +132,6 @@ def test_unknown_site_is_not_pinned_and_defaults_apply() -> None:
         None, 1, 2048, 1, None)
 
 
-def test_rerun_keeps_unfinished_jobs_and_final() -> None:
-    wf = convert(make_3_label_workflow("w", final=True), sites=SITES)
-    finished = {"pipetaskInit"} | {j.name for j in wf.jobs if j.label == "label1"}
-    again = rerun_workflow(wf, finished)
-    assert again is not None and again.init_job is None and again.final_job == wf.final_job
-    assert {j.label for j in again.jobs} == {"label2", "label3"}
-    assert next(j for j in again.jobs if j.name == "label2_301_10").parents == []
-    assert rerun_workflow(wf, {j.name for j in wf.jobs} | {"pipetaskInit"}) is None
-
-
 # -- states and run ids -------------------------------------------------------------------------
 
 
@@ -191,16 +181,16 @@ def panray_env(cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return cluster
 
 
-def _shell_workflow(fail: str | None) -> GenericWorkflow:
-    """init -> a1,a2 -> b1,b2 (b_i after a_i) + final; ``fail`` names a job that exits 1."""
+def _shell_workflow(fail: str, once: Path) -> GenericWorkflow:
+    """init -> a1,a2 -> b1,b2 (b_i after a_i) + final; job ``fail`` exits 1 until ``once`` exists."""
     gwf = GenericWorkflow("rt")
     sh = GenericWorkflowExec("sh", "/bin/sh", False)
     gwf.add_job(GenericWorkflowJob("pipetaskInit", label="pipetaskInit", executable=sh, arguments="-c true"))
     for i in (1, 2):
         for label, parent in (("a", "pipetaskInit"), ("b", f"a{i}")):
             name = f"{label}{i}"
-            code = 1 if name == fail else 0
-            gwf.add_job(GenericWorkflowJob(name, label=label, executable=sh, arguments=f"-c 'exit {code}'",
+            script = f"test -e {once} || {{ touch {once}; exit 1; }}" if name == fail else "true"
+            gwf.add_job(GenericWorkflowJob(name, label=label, executable=sh, arguments=f"-c '{script}'",
                                            number_of_retries=2, retry_unless_exit=[1, 2],
                                            request_memory=100), [parent], None)
     gwf.add_final(GenericWorkflowJob("finalJob", label="finalJob", executable=sh,
@@ -209,12 +199,17 @@ def _shell_workflow(fail: str | None) -> GenericWorkflow:
     return gwf
 
 
+def _attempts(run_id: str) -> dict[str, int]:
+    with Panray() as pr:
+        return {j.name: j.attempt_nr for j in pr.jobs(RunRef.parse(run_id).workflow_id)}
+
+
 @pytest.mark.slow
 def test_submit_report_restart_round_trip(panray_env: str, tmp_path: Path) -> None:
     """Embedded (no PANRAY_RAY_ADDRESS): submit waits; a payload error prunes its child, the final job runs."""
     submit_dir = tmp_path / "submit"
     svc = PanrayService({})
-    wms = svc.prepare({}, _shell_workflow(fail="a2"), out_prefix=str(submit_dir))
+    wms = svc.prepare({}, _shell_workflow(fail="a2", once=tmp_path / "a2-failed"), out_prefix=str(submit_dir))
     svc.submit(wms)
     state, _ = PanrayService({}).get_status(wms.run_id)
     assert state == WmsStates.FAILED
@@ -230,11 +225,14 @@ def test_submit_report_restart_round_trip(panray_env: str, tmp_path: Path) -> No
     # the submit directory also identifies the run
     assert PanrayService({}).get_status(str(submit_dir))[0] == WmsStates.FAILED
 
+    before = _attempts(wms.run_id)
     new_id, name, msg = PanrayService({}).restart(wms.run_id)
-    assert msg == "" and name == "rt" and new_id != wms.run_id
+    assert (new_id, name, msg) == (wms.run_id, "rt", "")  # in place: same run id
     [rerun], _ = PanrayService({}).report(new_id)
-    assert sorted(j.name for j in rerun.jobs) == ["a2", "b2", "finalJob"]  # a2 still exits 1
-    assert rerun.state == WmsStates.FAILED
+    assert rerun.state == WmsStates.SUCCEEDED and rerun.job_state_counts[WmsStates.SUCCEEDED] == 6
+    after = _attempts(wms.run_id)
+    assert sorted(n for n in after if after[n] != before[n]) == ["a2", "b2", "finalJob"]  # only these ran again
+    assert PanrayService({}).restart(wms.run_id)[2].endswith("every job finished, nothing to restart")
     assert PanrayService({}).cancel(new_id) == (False, f"run {new_id} has already ended")
     assert PanrayService({}).ping(None)[0] == 0
 

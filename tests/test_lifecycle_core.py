@@ -135,3 +135,41 @@ def _snapshot_after(tmp_path: Path, core: WorkflowCore):  # type: ignore[no-unty
     snap = store.load_workflow(core.workflow_id)
     store.close()
     return snap
+
+
+def test_partial_cancel_prunes_descendants_and_final_still_runs(tmp_path: Path) -> None:
+    jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"]), Job(name="e", label="b", parents=["a"]),
+            Job(name="c", label="c", parents=["b"]), Job(name="d", label="d", parents=["a"])]
+    core = _core(tmp_path, Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
+    idx = {r.name: k for k, r in enumerate(core.rows)}
+    core.start(0)
+    assert sorted(_run(core, [idx["a"]], 1)) == sorted(idx[n] for n in "bed")
+    core.queued([idx["b"], idx["e"]], ["USDF", "USDF"], 2)
+    core.started([Started(core.first_id + idx["e"], 1, "p1", 2.0, 2.5)])
+    held, ready = core.cancel(3, core.select(task_id=core.rows[idx["b"]].task_id))
+    assert sorted(held) == sorted([(core.first_id + idx["b"], None), (core.first_id + idx["e"], "p1")])
+    assert ready == [] and not core.cancelled                               # d still runs; not a workflow cancel
+    assert _status(core, idx["b"]) == _status(core, idx["e"]) == "cancelled"
+    assert _status(core, idx["c"]) == "closed" and core.diag[idx["c"]] == "ancestor b was cancelled"
+    late = core.started([Started(core.first_id + idx["b"], 1, "p2", 3.0, 3.1)])  # a pilot took b before the cancel
+    assert late == [(core.first_id + idx["b"], "p2")] and _status(core, idx["b"]) == "cancelled"
+    killed = Outcome(core.first_id + idx["e"], 1, "p1", "USDF", 2, 2.5, 3.2, 137, "cancelled", "killed by cancel",
+                     None, None)
+    assert core.ended([killed]) == [] and _status(core, idx["e"]) == "cancelled"
+    assert core.cancel(4, [idx["a"], idx["b"]]) == ([], [])                  # final jobs stay as they are
+    assert _run(core, [idx["d"]], 5) == [idx["final"]]
+    assert _run(core, [idx["final"]], 6) == []
+    batch = core.drain_changes(7)
+    assert core.done and batch.workflows[-1][1] == "SubFinished"
+    assert (core.rows[idx["b"]].task_id, "aborted") in batch.tasks
+
+
+def test_workflow_cancel_cancels_everything_including_the_final_job(tmp_path: Path) -> None:
+    jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"])]
+    core = _core(tmp_path, Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
+    core.start(0)
+    core.queued([0], ["USDF"], 1)
+    held, ready = core.cancel(2)
+    assert held == [(core.first_id, None)] and ready == [] and core.cancelled
+    assert {_status(core, i) for i in range(core.n)} == {"cancelled"}
+    assert core.drain_changes(3).workflows[-1][1] == "Cancelled"

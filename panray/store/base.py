@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class NewJob(NamedTuple):
@@ -37,6 +37,16 @@ class NewJob(NamedTuple):
     retry: str  #: JSON {"memory_multiplier", "request_memory_max", "retry_unless_exit"}
 
 
+class NewQuantum(NamedTuple):
+    """One quantum of a clustered workflow: ``pos``-th step of job ``job_idx``; ``idx`` is 0..n-1."""
+
+    idx: int
+    job_idx: int
+    pos: int
+    name: str
+    label: str
+
+
 class NewTask(NamedTuple):
     label: str
     chunk: int  #: 0.. for labels split above the chunk size
@@ -52,6 +62,8 @@ class NewWorkflow:
     jobs: list[NewJob]
     edges: list[tuple[int, int]]  #: (child idx, parent idx)
     settings: str = "{}"  #: JSON of workflow-level options
+    quanta: list[NewQuantum] = field(default_factory=list)  #: empty unless the workflow is clustered
+    quantum_edges: list[tuple[int, int]] = field(default_factory=list)  #: (child idx, parent idx)
 
 
 @dataclass(slots=True)
@@ -118,6 +130,65 @@ class AttemptRow(NamedTuple):
     log_url: str | None
 
 
+class DecisionRow(NamedTuple):
+    """Brokerage's explained choice for one attempt (``Decision.to_dict()`` as JSON)."""
+
+    job_id: int
+    attempt_nr: int
+    decision: str
+    time: float
+
+
+class LocationRow(NamedTuple):
+    """A dataset a finished job produced, at the site where it ran."""
+
+    workflow_id: int
+    dataset: str
+    site: str
+
+
+class TransferRow(NamedTuple):
+    """An input dataset that must move because its job runs away from it."""
+
+    workflow_id: int
+    job_id: int
+    attempt_nr: int
+    dataset: str
+    source: str
+    destination: str
+    time: float
+
+
+class QuantumState(NamedTuple):
+    """The current state of one quantum; written over its row."""
+
+    workflow_id: int
+    idx: int
+    status: str  #: a job status: pending, finished, failed, closed (pruned) or cancelled
+    attempt_nr: int  #: the attempt of its job that ran it last
+    exit_code: int | None
+    start_time: float | None
+    end_time: float | None
+    diag: str | None
+
+
+class QuantumRow(NamedTuple):
+    """A quantum as the store holds it (read side)."""
+
+    workflow_id: int
+    idx: int
+    job_id: int
+    pos: int
+    name: str
+    label: str
+    status: str
+    attempt_nr: int
+    exit_code: int | None
+    start_time: float | None
+    end_time: float | None
+    diag: str | None
+
+
 @dataclass(slots=True)
 class ChangeBatch:
     """Everything one flush writes, in one transaction."""
@@ -127,9 +198,14 @@ class ChangeBatch:
     attempts: list[AttemptRow] = field(default_factory=list)
     tasks: list[tuple[int, str]] = field(default_factory=list)  #: (task_id, status)
     workflows: list[tuple[int, str, float | None]] = field(default_factory=list)  #: (id, status, end_time)
+    quanta: list[QuantumState] = field(default_factory=list)
+    decisions: list[DecisionRow] = field(default_factory=list)
+    locations: list[LocationRow] = field(default_factory=list)
+    transfers: list[TransferRow] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.attempts or self.tasks or self.workflows)
+        return bool(self.jobs or self.history or self.attempts or self.tasks or self.workflows
+                    or self.decisions or self.locations or self.transfers or self.quanta)
 
 
 class JobRow(NamedTuple):
@@ -197,6 +273,8 @@ class WorkflowSnapshot:
     jobs: list[JobRow]  #: ordered by idx
     edges: list[tuple[int, int]]  #: (child idx, parent idx)
     failures: dict[int, tuple[int, int]] = field(default_factory=dict)  #: job_id -> (user, system) failed attempts
+    quanta: list[QuantumRow] = field(default_factory=list)  #: ordered by idx; empty unless clustered
+    quantum_edges: list[tuple[int, int]] = field(default_factory=list)  #: (child idx, parent idx)
 
 
 class StateStore(ABC):
@@ -247,8 +325,40 @@ class StateStore(ABC):
         """Ended attempts of a job, oldest first."""
 
     @abstractmethod
+    def max_pss(self, workflow_id: int) -> dict[int, int]:
+        """``{job_id: max PSS kB}`` of each job's latest ended attempt, where it was measured."""
+
+    @abstractmethod
     def history(self, job_id: int) -> list[HistoryRow]:
         """Status changes of a job, in order."""
+
+    @abstractmethod
+    def decisions(self, job_id: int) -> list[DecisionRow]:
+        """Brokerage decisions recorded for a job, oldest first."""
+
+    @abstractmethod
+    def transfers(self, job_id: int) -> list[TransferRow]:
+        """Input transfers recorded for a job, oldest first."""
+
+    @abstractmethod
+    def site_job_counts(self) -> dict[str, dict[str, int]]:
+        """``{site: {job status: n}}`` over every workflow, for jobs that have a site."""
+
+    @abstractmethod
+    def site_statuses(self) -> dict[str, str]:
+        """Site statuses an operator set by hand; they override the catalog's."""
+
+    @abstractmethod
+    def set_site_status(self, site: str, status: str) -> None:
+        """Record an operator's status for a site (kept across restarts)."""
+
+    @abstractmethod
+    def quanta(self, workflow_id: int, *, job_id: int | None = None) -> list[QuantumRow]:
+        """Quanta of a clustered workflow (or of one of its jobs) in idx order; [] if not clustered."""
+
+    @abstractmethod
+    def quantum_counts(self, workflow_id: int) -> dict[str, int]:
+        """``{status: n}`` over the quanta of a clustered workflow; {} if not clustered."""
 
     @abstractmethod
     def close(self) -> None:

@@ -22,23 +22,28 @@ from itertools import chain
 from typing import Any, Protocol, TypeVar
 
 from panray.exceptions import NotFoundError, PanrayError, WorkflowValidationError
+from panray.sites.catalog import SiteStatus
 from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, WorkflowStatus
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
     ChangeBatch,
+    DecisionRow,
     HistoryRow,
     JobRow,
     JobState,
+    LocationRow,
     NewCampaign,
     NewWorkflow,
     StateStore,
     SubmittedCampaign,
     SubmittedWorkflow,
     TaskRow,
+    TransferRow,
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.quanta import QUANTA_DDL, QuantaSQL
 
 FIRST_ATTEMPT = 1
 JOB_KINDS = ("job", "init", "final")
@@ -96,12 +101,24 @@ _DDL = (
         seq {serial}, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
         status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL)""",
     "CREATE INDEX job_history_job ON job_history (job_id)",
+    """CREATE TABLE brokerage_decisions (
+        job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL, decision TEXT NOT NULL, time {float} NOT NULL)""",
+    "CREATE INDEX brokerage_decisions_job ON brokerage_decisions (job_id)",
+    "CREATE TABLE dataset_locations (workflow_id {id} NOT NULL, dataset TEXT NOT NULL, site TEXT NOT NULL)",
+    "CREATE INDEX dataset_locations_workflow ON dataset_locations (workflow_id)",
+    """CREATE TABLE transfers (
+        workflow_id {id} NOT NULL, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL, dataset TEXT NOT NULL,
+        source TEXT NOT NULL, destination TEXT NOT NULL, time {float} NOT NULL)""",
+    "CREATE INDEX transfers_job ON transfers (job_id)",
+    """CREATE TABLE site_status (
+        site TEXT PRIMARY KEY, status TEXT NOT NULL CHECK {site_status}, modified {float} NOT NULL)""",
 )
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
     "task_status": _one_of("status", (s.value for s in TaskStatus)),
     "workflow_status": _one_of("status", (s.value for s in WorkflowStatus)),
     "job_kind": _one_of("kind", JOB_KINDS),
+    "site_status": _one_of("status", (s.value for s in SiteStatus)),
 }
 
 
@@ -115,7 +132,7 @@ class Dialect:
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
 
     def ddl(self) -> list[str]:
-        return [s.format(**self.types, **_CHECKS) for s in _DDL]
+        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL]
 
     def sql(self, text: str) -> str:
         return text if self.param == "?" else text.replace("?", self.param)
@@ -230,7 +247,7 @@ _FAILURES = (
 )
 
 
-class SQLStore(StateStore):
+class SQLStore(QuantaSQL, StateStore):
     """A :class:`StateStore` over any SQL database that :class:`Dialect` can describe.
 
     Subclasses provide a transaction (``_transaction``) and the bulk moves; every other method,
@@ -320,6 +337,8 @@ class SQLStore(StateStore):
             self._bulk_insert(cur, "tasks", TASK_COLUMNS, plan.tasks)
             self._bulk_insert(cur, "jobs", JOB_INSERT_COLUMNS, chain.from_iterable(plan.jobs))
             self._bulk_insert(cur, "edges", EDGE_COLUMNS, chain.from_iterable(plan.edges))
+            for wf, sub in zip(campaign.workflows, plan.result.workflows):
+                self._insert_quanta(cur, wf, sub.workflow_id, sub.first_job_id)
         return plan.result
 
     def apply(self, changes: ChangeBatch) -> None:
@@ -333,6 +352,8 @@ class SQLStore(StateStore):
                     self._raise_missing(cur, "jobs", "job_id", [s[0] for s in states])
             if changes.history:
                 self._bulk_insert(cur, "job_history", HISTORY_COLUMNS, changes.history)
+            if changes.quanta:
+                self._update_quanta(cur, changes.quanta)
             if changes.attempts:
                 self._bulk_upsert_attempts(cur, _last_wins(changes.attempts, lambda a: (a[0], a[1])))
             if changes.tasks:
@@ -348,6 +369,13 @@ class SQLStore(StateStore):
                 )
                 if cur.rowcount != len(wfs):
                     self._raise_missing(cur, "workflows", "workflow_id", [w[0] for w in wfs])
+            for table, columns, rows in (
+                ("brokerage_decisions", DecisionRow._fields, changes.decisions),
+                ("dataset_locations", LocationRow._fields, changes.locations),
+                ("transfers", TransferRow._fields, changes.transfers),
+            ):
+                if rows:
+                    self._bulk_insert(cur, table, columns, rows)
 
     def set_cancelled(self, workflow_id: int, cancelled: bool) -> None:
         with self._transaction(write=True) as cur:
@@ -384,7 +412,8 @@ class SQLStore(StateStore):
             edges = cur.fetchall()
             cur.execute(sql(_FAILURES), (workflow_id,))
             failures = {job_id: (int(user), int(system)) for job_id, user, system in cur.fetchall()}
-        return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges, failures)
+            quanta, quantum_edges = self._load_quanta(cur, workflow_id)
+        return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges, failures, quanta, quantum_edges)
 
     def workflows(self, *, campaign_id: int | None = None, active_only: bool = False) -> list[WorkflowRow]:
         where = [" campaign_id = ?"] if campaign_id is not None else []
@@ -429,9 +458,43 @@ class SQLStore(StateStore):
         text = f"SELECT {_cols(AttemptRow._fields)} FROM attempts WHERE job_id = ? ORDER BY attempt_nr"
         return list(map(AttemptRow._make, self._fetch(text, (job_id,))))
 
+    def max_pss(self, workflow_id: int) -> dict[int, int]:
+        text = ("SELECT a.job_id, a.max_pss_kb FROM attempts a JOIN jobs j ON j.job_id = a.job_id"
+                " WHERE j.workflow_id = ? ORDER BY a.job_id, a.attempt_nr")
+        latest = dict(self._fetch(text, (workflow_id,)))  # ordered by attempt: the latest one wins
+        return {job_id: int(kb) for job_id, kb in latest.items() if kb is not None}
+
     def history(self, job_id: int) -> list[HistoryRow]:
         text = f"SELECT {_cols(HISTORY_COLUMNS)} FROM job_history WHERE job_id = ? ORDER BY seq"
         return list(map(HistoryRow._make, self._fetch(text, (job_id,))))
+
+    def decisions(self, job_id: int) -> list[DecisionRow]:
+        text = f"SELECT {_cols(DecisionRow._fields)} FROM brokerage_decisions WHERE job_id = ? ORDER BY time"
+        return list(map(DecisionRow._make, self._fetch(text, (job_id,))))
+
+    def transfers(self, job_id: int) -> list[TransferRow]:
+        text = f"SELECT {_cols(TransferRow._fields)} FROM transfers WHERE job_id = ? ORDER BY time"
+        return list(map(TransferRow._make, self._fetch(text, (job_id,))))
+
+    def site_job_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        text = "SELECT site, status, COUNT(*) FROM jobs WHERE site IS NOT NULL GROUP BY site, status"
+        for site, status, n in self._fetch(text, ()):
+            counts.setdefault(site, {})[status] = n
+        return counts
+
+    def site_statuses(self) -> dict[str, str]:
+        return dict(self._fetch("SELECT site, status FROM site_status ORDER BY site", ()))
+
+    def set_site_status(self, site: str, status: str) -> None:
+        with self._transaction(write=True) as cur:
+            cur.execute(
+                self.dialect.sql(
+                    "INSERT INTO site_status (site, status, modified) VALUES (?, ?, ?)"
+                    " ON CONFLICT (site) DO UPDATE SET status = excluded.status, modified = excluded.modified"
+                ),
+                (str(site), SiteStatus(status).value, time.time()),
+            )
 
     def _fetch(self, text: str, params: Sequence[Any]) -> list[Any]:
         with self._transaction(write=False) as cur:
