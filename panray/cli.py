@@ -248,6 +248,27 @@ def cmd_serve(pr: Panray, args: argparse.Namespace) -> int:
     return serve.serve(pr.settings)
 
 
+#: ``panray bench NAME``: the benchmark scripts of a checkout, with defaults that fit a laptop.
+BENCHMARKS = {
+    "dag_throughput": ["--jobs", "10000", "--backends", "sqlite", "--baselines", "ray"],
+    "submit": ["--jobs", "200000", "--backends", "sqlite"],
+    "concurrent": ["--jobs", "200000"],
+    "subprocess": ["--jobs", "3000"],
+    "prompt_latency": [],
+}
+
+
+def cmd_bench(pr: Panray, args: argparse.Namespace) -> int:
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks").is_dir():
+        raise PanrayError(f"panray bench runs the scripts of a source checkout; {root} has no benchmarks/")
+    module = "subprocess_payloads" if args.name == "subprocess" else args.name
+    argv = [sys.executable, "-m", f"benchmarks.{module}", *(args.args or BENCHMARKS[args.name])]
+    return subprocess.run(argv, cwd=root).returncode
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="panray", description=__doc__)
     p.add_argument("--config", help="YAML settings file (default: $PANRAY_CONFIG)")
@@ -321,6 +342,11 @@ def parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="keep the cluster and panray's actors up for other processes")
     sv.add_argument("--stop", action="store_true", help="stop the server of this home and its cluster")
     sv.set_defaults(func=cmd_serve)
+
+    bn = sub.add_parser("bench", help="run a benchmark script with sensible defaults")
+    bn.add_argument("name", choices=sorted(BENCHMARKS))
+    bn.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script instead of the defaults")
+    bn.set_defaults(func=cmd_bench)
 
     si = sub.add_parser("site", help="site operations")
     si_sub = si.add_subparsers(dest="site_command", required=True)

@@ -58,3 +58,12 @@ def test_status_and_jobs_read_the_store(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["--home", str(home), "jobs", "1", "--status", "pending"]) == 0
     out = capsys.readouterr().out
     assert "1 of 3" in out and "calib" in out
+
+
+def test_bench_runs_a_benchmark_script(tmp_path: Path) -> None:
+    r = _run(tmp_path / "home", "bench", "submit", "--jobs", "500", "--backends", "sqlite")
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("sqlite"))
+    from panray.dag import drp
+
+    assert row.split()[1] == str(len(drp(500))) and row.split()[-1] == "yes"  # every job stored
