@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -142,13 +143,32 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
         rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
         names = [pilot_name(site.name, k) for k in range(site.pilots)]
         rt.pilots[site.name] = [
-            Pilot.options(name=n, resources=res, **opts).remote(
+            _live_actor(lambda n=n, res=res, site=site: Pilot.options(name=n, resources=res, **opts).remote(
                 n, site.name, site.slots, str(rt.settings.work_dir), logging_cfg
-            )
+            ))
             for n in names
         ]
         pending.append(rt.brokerage.register_pilots.remote(site.name, names))
-        pending.extend(p.ready.remote() for p in rt.pilots[site.name])
     _HANDLES.extend([rt.brokerage, *rt.queues.values(), *(p for ps in rt.pilots.values() for p in ps)])
     ray.get(pending)
     return rt.missing
+
+
+def _live_actor(make: Any, attempts: int = 40) -> Any:
+    """Get or create a named pilot that answers.
+
+    A pilot that just died (killed, node lost) keeps its name until the cluster has processed
+    its death, and ``get_if_exists`` hands back the dead handle meanwhile; asking again once the
+    name is released starts a fresh pilot.
+    """
+    import ray
+
+    for _ in range(attempts):
+        handle = make()
+        try:
+            ray.get(handle.ready.remote())
+            _HANDLES.append(handle)
+            return handle
+        except ray.exceptions.RayActorError:
+            time.sleep(0.25)
+    raise RuntimeError("a pilot kept dying at start")
