@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,16 +10,9 @@ from panray import Job, Panray, Workflow
 from panray.cli import main
 
 from test_integration import _wait_for
+from test_lifecycle import _alive
 
 SLEEPER = 'echo $$ > "$1/.$2"; mv "$1/.$2" "$1/$2"; exec sleep 300'
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_cancel_one_task_and_one_job_of_a_running_workflow(pr: Panray, tmp_path: Path,
