@@ -251,7 +251,7 @@ def _flatten(graph: GenericWorkflow) -> tuple[list[tuple[Any, GenericWorkflow]],
             edges.extend(inner_edges)
             srcs = [n for n in node if node.in_degree(n) == 0]
             sinks = [n for n in node if node.out_degree(n) == 0]
-            ends[name] = (_entries(node, srcs), _exits(node, sinks))
+            ends[name] = (_leaves(node, srcs, "in_degree"), _leaves(node, sinks, "out_degree"))
         else:
             nodes.append((node, graph))
             ends[name] = ([name], [name])
@@ -260,24 +260,14 @@ def _flatten(graph: GenericWorkflow) -> tuple[list[tuple[Any, GenericWorkflow]],
     return nodes, edges
 
 
-def _entries(group: GenericWorkflow, names: Iterable[str]) -> list[str]:
-    """Leaf names a group's sources expand to (a source may itself be a group)."""
+def _leaves(group: GenericWorkflow, names: Iterable[str], degree: str) -> list[str]:
+    """Leaf jobs that a group's sources (``degree="in_degree"``) or sinks (``"out_degree"``)
+    expand to; a source or sink may itself be a group."""
     out: list[str] = []
     for n in names:
         node = group.get_job(n)
         if node.node_type == GenericWorkflowNodeType.GROUP:
-            out.extend(_entries(node, [m for m in node if node.in_degree(m) == 0]))
-        else:
-            out.append(n)
-    return out
-
-
-def _exits(group: GenericWorkflow, names: Iterable[str]) -> list[str]:
-    out: list[str] = []
-    for n in names:
-        node = group.get_job(n)
-        if node.node_type == GenericWorkflowNodeType.GROUP:
-            out.extend(_exits(node, [m for m in node if node.out_degree(m) == 0]))
+            out.extend(_leaves(node, [m for m in node if getattr(node, degree)(m) == 0], degree))
         else:
             out.append(n)
     return out
