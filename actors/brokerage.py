@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.dispatch import NAMESPACE, queue_name
+from panray.actors.names import NAMESPACE, queue_name
 from panray.sites import Decision, JobRequest, SiteCatalog, SiteLoad, SiteStatus, broker
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from typing import Any
 
 import ray
 
-from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, queue_name
-from panray.actors.payload_runner import PayloadProcess, RunnerServices
+from panray.actors.names import NAMESPACE, queue_name
+from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05

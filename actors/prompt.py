@@ -32,8 +32,9 @@ from typing import Any, NamedTuple
 import ray
 from ray.exceptions import RayActorError
 
-from panray.actors.dispatch import NAMESPACE, Dispatch
-from panray.actors.payload_runner import PayloadProcess, RunnerServices
+from panray.actors.names import NAMESPACE
+from panray.core.messages import Dispatch
+from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import encode_command
 from panray.prompt import PromptPoolError, check_detectors
 from panray.statuses import JobStatus, derive_task_status, derive_workflow_status

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 import ray
 
-from panray.actors.dispatch import NAMESPACE, Dispatch
+from panray.actors.names import NAMESPACE
+from panray.core.messages import Dispatch
 from panray.payload import occupies_slot
 
 log = logging.getLogger(__name__)

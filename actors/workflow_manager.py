@@ -16,9 +16,10 @@ from typing import Any
 
 import ray
 
-from panray.actors.cluster_core import make_core
-from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, Outcome, Started, manager_name, queue_name
-from panray.actors.workflow_core import CoreSettings
+from panray.core.cluster_core import make_core
+from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
+from panray.core.messages import Outcome, Started
+from panray.core.workflow_core import CoreSettings
 from panray.payload import occupies_slot
 from panray.store import open_store
 from panray.store.base import ChangeBatch, DecisionRow

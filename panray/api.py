@@ -98,7 +98,7 @@ class Panray:
         return self.submit_campaign(Campaign(name=workflow.name, owner=workflow.owner, workflows=[workflow]))
 
     def _start_manager(self, workflow_id: int, retry: bool = False) -> Any:
-        from panray.actors.dispatch import NAMESPACE, manager_name
+        from panray.actors.names import NAMESPACE, manager_name
         from panray.actors.workflow_manager import WorkflowManager
         from panray.runtime import _HANDLES, control_plane
 
@@ -117,7 +117,7 @@ class Panray:
     def _manager(self, workflow_id: int) -> Any:
         import ray
 
-        from panray.actors.dispatch import NAMESPACE, manager_name
+        from panray.actors.names import NAMESPACE, manager_name
 
         if workflow_id in self._managers:
             return self._managers[workflow_id]

@@ -100,7 +100,7 @@ def start(
     """
     import ray
 
-    from panray.actors.dispatch import NAMESPACE
+    from panray.actors.names import NAMESPACE
     from panray.actors.prompt import PilotConfig, PromptDispatcher, PromptPilot, TaskConfig, prompt_pilot_name
     from panray.actors.prompt import prompt_task_name
     from panray.config import Settings
@@ -141,7 +141,7 @@ def _task(instrument: str) -> Any:
     key = (ray.get_runtime_context().get_job_id(), instrument)
     handle = _handles.get(key)
     if handle is None:
-        from panray.actors.dispatch import NAMESPACE
+        from panray.actors.names import NAMESPACE
         from panray.actors.prompt import prompt_task_name
 
         try:

@@ -79,7 +79,7 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
     loopback_env()
     import ray
 
-    from panray.actors.dispatch import NAMESPACE
+    from panray.actors.names import NAMESPACE
 
     catalog = load_catalog(settings.sites_file)
     rt = Runtime(settings, catalog)
@@ -122,7 +122,7 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     import ray
 
     from panray.actors.brokerage import Brokerage
-    from panray.actors.dispatch import BROKERAGE_NAME, NAMESPACE, pilot_name, queue_name
+    from panray.actors.names import BROKERAGE_NAME, NAMESPACE, pilot_name, queue_name
     from panray.actors.pilot import Pilot
     from panray.actors.site_queue import SiteQueue
 

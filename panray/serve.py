@@ -75,7 +75,7 @@ def _kill_panray_actors() -> None:
     """Detached actors outlive their creator: on a cluster we do not own, stop panray's by name."""
     import ray
 
-    from panray.actors.dispatch import NAMESPACE
+    from panray.actors.names import NAMESPACE
 
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] != NAMESPACE:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from panray import Job, Panray, Workflow
-from panray.actors.cluster_core import ClusteredCore, make_core
-from panray.actors.cluster_runner import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results, run_cluster
-from panray.actors.dispatch import Outcome
+from panray.core.cluster_core import ClusteredCore, make_core
+from panray.core.cluster_runner import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results, run_cluster
+from panray.core.messages import Outcome
 from panray.cli import main as cli_main
 from panray.config import Settings
 from panray.dag import ClusterRule, build_graph, ci_hsc, cluster_quanta, parse_rules

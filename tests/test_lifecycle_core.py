@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from panray import Campaign, Job, Workflow
-from panray.actors.dispatch import Outcome, Started
-from panray.actors.workflow_core import CoreSettings, WorkflowCore
+from panray.core.messages import Outcome, Started
+from panray.core.workflow_core import CoreSettings, WorkflowCore
 from panray.exceptions import IllegalTransitionError
 from panray.sites import load_catalog
 from panray.statuses import FINAL_JOB_STATES, JOB_TRANSITIONS, JobStatus, check_transition

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from panray.actors.dispatch import Dispatch, Outcome, Started
-from panray.actors.locality import DataLocality
+from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.locality import DataLocality
 from panray.actors.site_queue import SiteQueueCore
-from panray.actors.workflow_core import WorkflowCore
+from panray.core.workflow_core import WorkflowCore
 from panray.models import Campaign, Job, Workflow
 from panray.sites import load_catalog
 from panray.store import ChangeBatch, DecisionRow, StateStore

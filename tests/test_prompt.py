@@ -195,7 +195,8 @@ def test_prompt_and_batch_work_never_mix(pool: Settings) -> None:
     import ray
 
     from panray.actors.brokerage import Brokerage
-    from panray.actors.dispatch import Dispatch, pilot_name, queue_name
+    from panray.actors.names import pilot_name, queue_name
+    from panray.core.messages import Dispatch
     from panray.actors.site_queue import SiteQueue
     from panray.sites import load_catalog
 
@@ -244,7 +245,7 @@ class _Gate:
 def test_killed_pilot_mid_visit_is_remapped_and_the_visit_completes(pool: Settings) -> None:
     import ray
 
-    from panray.actors.dispatch import NAMESPACE
+    from panray.actors.names import NAMESPACE
 
     warm = prompt.notify(visit=200, calib_version="kill")
     owned = Counter(warm.placement.values())

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from panray.actors import cluster_runner
-from panray.actors.dispatch import Dispatch
+from panray.core import cluster_runner
+from panray.core.messages import Dispatch
 from panray.payload import decode_command
 
 OOM_EXIT = 137

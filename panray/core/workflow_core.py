@@ -18,8 +18,8 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from panray.actors.dispatch import Dispatch, Outcome, Started
-from panray.actors.locality import DataLocality
+from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.locality import DataLocality
 from panray.dag import JobGraph, Releaser
 from panray.retry import SYSTEM, USER_CLASSES, RetrySpec, decide
 from panray.statuses import (

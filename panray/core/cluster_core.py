@@ -22,9 +22,9 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator
 
-from panray.actors.cluster_runner import SKIP_ENV
-from panray.actors.dispatch import Dispatch, Outcome
-from panray.actors.workflow_core import (
+from panray.core.cluster_runner import SKIP_ENV
+from panray.core.messages import Dispatch, Outcome
+from panray.core.workflow_core import (
     ACTIVATED,
     ASSIGNED,
     CLOSED,

@@ -1,4 +1,4 @@
-"""The tuples that travel between actors on the hot path, one per job per hop.
+"""The messages that travel between actors on the hot path, one tuple per job per hop.
 
 They are NamedTuples (plain tuples on the wire), never pydantic models: a batch of a thousand
 jobs pickles in well under a millisecond.
@@ -6,7 +6,6 @@ jobs pickles in well under a millisecond.
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 
@@ -52,25 +51,3 @@ class Outcome(NamedTuple):
     max_pss_kb: int | None
     log_url: str | None
     quanta: tuple[tuple[int, int, float, float], ...] | None = None  #: cluster jobs: (pos, exit, start, end) per quantum run
-
-
-def manager_name(db_url: str, workflow_id: int) -> str:
-    """The Ray actor name of a workflow's manager in the ``panray`` namespace.
-
-    Ids are unique per state store only, so the name carries a short digest of the store URL:
-    one cluster may serve several stores (tests, staging and production catalogs).
-    """
-    digest = hashlib.sha1(db_url.encode()).hexdigest()[:8]
-    return f"workflow-manager:{digest}:{workflow_id}"
-
-
-def queue_name(site: str) -> str:
-    return f"site-queue:{site}"
-
-
-def pilot_name(site: str, n: int) -> str:
-    return f"pilot:{site}:{n}"
-
-
-BROKERAGE_NAME = "brokerage"
-NAMESPACE = "panray"
