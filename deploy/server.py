@@ -60,8 +60,10 @@ def deployment(values: Values) -> dict[str, Any]:
     ray_node = {
         "name": "ray-node", **image, "restartPolicy": "Always",
         "command": raycluster.node_start_args(values),
+        # An actor Ray places on this node runs with the raylet's environment: give it panray's.
+        "env": [*settings_env(values), *database.client_env(values)],
         "resources": values.server.ray_node_resources.spec(),
-        "volumeMounts": _shared_mounts(),
+        "volumeMounts": [*mounts, *_shared_mounts()],
         "startupProbe": {"tcpSocket": {"port": raycluster.NODE_PORTS["node-manager-port"]},
                          "periodSeconds": 2, "failureThreshold": 60},
         "securityContext": container_security(),

@@ -6,9 +6,9 @@ instead of landing in the rendered manifests. Several files merge in order (late
 ``helm -f base.yaml -f site.yaml`` does; ``laptop`` and ``production`` name the packaged files.
 
 Examples:
-    >>> v = load_values(["laptop"])
+    >>> v = load_values(["production"])
     >>> v.database.instances, sorted(v.ray.sites)
-    (1, ['FrDF', 'UKDF', 'USDF'])
+    (3, ['FrDF', 'UKDF', 'USDF'])
 """
 
 from __future__ import annotations
