@@ -87,13 +87,14 @@ def _container(values: Values, name: str, resources: Resources, env: list[dict[s
     }
 
 
-def _pod(values: Values, pod_labels: dict[str, str], container: dict[str, Any]) -> dict[str, Any]:
+def _pod(values: Values, pod_labels: dict[str, str], container: dict[str, Any], api_token: bool = False) -> dict[str, Any]:
+    """``api_token``: the pod talks to the Kubernetes API (the head's autoscaler sidecar does)."""
     volumes, _ = settings_volumes(values)
     return {
         "metadata": {"labels": pod_labels},
         "spec": {
             "securityContext": pod_security(),
-            "automountServiceAccountToken": False,
+            "automountServiceAccountToken": api_token,
             "containers": [container],
             "volumes": [*volumes, {"name": "panray-home", "emptyDir": {}}],
         },
@@ -109,7 +110,8 @@ def _head(values: Values) -> dict[str, Any]:
     return {
         "serviceType": "ClusterIP",  # the dashboard stays inside the cluster: kubectl port-forward
         "rayStartParams": _start_params({**HEAD_PORTS, "num-cpus": 0, "dashboard-host": "0.0.0.0"}),
-        "template": _pod(values, pod_labels, _container(values, HEAD, values.ray.head.resources, env, ports)),
+        "template": _pod(values, pod_labels, _container(values, HEAD, values.ray.head.resources, env, ports),
+                         api_token=values.ray.autoscaling),
     }
 
 

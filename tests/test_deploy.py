@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -36,6 +37,12 @@ INSTALLS = ["laptop", "production"]
 def _install(*files: str | Path) -> tuple[Values, list[dict[str, Any]]]:
     values = load_values(list(files))
     return values, render(values)
+
+
+def _values_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "values.yaml"
+    path.write_text(text + "\n")
+    return path
 
 
 def _one(objects: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
@@ -86,8 +93,9 @@ def test_every_object_validates_against_its_schema(install: str) -> None:
     kinds = {o["kind"] for o in objects}
     assert {"RayCluster", "Cluster", "Pooler", "Deployment", "Service", "ConfigMap", "NetworkPolicy",
             "PodDisruptionBudget"} <= kinds
-    for obj in objects:
-        kube_schemas.validate(obj, values.kubernetes_version)
+    for version in (values.kubernetes_version, kubernetes_validate.latest_version()):
+        for obj in objects:
+            kube_schemas.validate(obj, version)
 
 
 @pytest.mark.parametrize("kind, change, field", [
@@ -170,10 +178,8 @@ def test_a_catalog_of_other_sites_gets_its_own_groups(tmp_path: Path) -> None:
 
 
 def test_values_for_an_unknown_site_are_refused(tmp_path: Path) -> None:
-    bad = tmp_path / "v.yaml"
-    bad.write_text("ray:\n  sites:\n    Mars: {max_replicas: 3}\n")
     with pytest.raises(SiteConfigError, match="Mars.*known sites: USDF, FrDF, UKDF"):
-        _install(bad)
+        _install(_values_file(tmp_path, "ray: {sites: {Mars: {max_replicas: 3}}}"))
 
 
 # -- network policies -----------------------------------------------------------------------------
@@ -222,9 +228,7 @@ def test_postgres_only_from_the_server_the_head_and_prompt_sites(install: str) -
 
 
 def test_without_pooler_the_database_admits_the_store_clients(tmp_path: Path) -> None:
-    no_pooler = tmp_path / "v.yaml"
-    no_pooler.write_text("database: {pooler: {enabled: false}}\n")
-    values, objects = _install("production", no_pooler)
+    values, objects = _install("production", _values_file(tmp_path, "database: {pooler: {enabled: false}}"))
     assert not [o for o in objects if o["kind"] == "Pooler"]
     pods, policies = _pods(values, objects), _policies(objects)
     for source in pods:
@@ -283,10 +287,8 @@ def test_no_secret_value_in_rendered_output(install: str) -> None:
 @pytest.mark.parametrize("field", ["database: {password: hunter2}", "gcp: {credentials_json: '{}'}",
                                    "server: {auth: {client_secret: s3cr3t}}"])
 def test_values_have_no_place_for_a_secret(tmp_path: Path, field: str) -> None:
-    bad = tmp_path / "v.yaml"
-    bad.write_text(field + "\n")
-    with pytest.raises(ConfigError, match=r"v\.yaml: .*: Extra inputs are not permitted"):
-        load_values([bad])
+    with pytest.raises(ConfigError, match=r"values\.yaml: .*: Extra inputs are not permitted"):
+        load_values([_values_file(tmp_path, field)])
 
 
 # -- resources, probes, budgets -------------------------------------------------------------------
@@ -420,19 +422,25 @@ def test_containerfile_runs_panray_serve_as_non_root_on_the_ray_image() -> None:
     installs = [a for _, ops in stages.items() for op, a in ops if op == "RUN" and "pip install" in a]
     assert [shlex.split(a)[-1] for a in installs] == [".", ".[bps]"]
     assert "bps" in project["project"]["optional-dependencies"]
-    copied = {shlex.split(a)[-1].lstrip("./") for op, a in stages["panray"] if op == "COPY"} | \
-        {w for op, a in stages["panray"] if op == "COPY" for w in shlex.split(a)}
+    copied = {src for op, a in stages["panray"] if op == "COPY"
+              for src in [w for w in shlex.split(a) if not w.startswith("--")][:-1]}
     for source in project["tool"]["setuptools"]["package-dir"].values():
         assert source in copied, f"the image does not copy {source}/"
     assert {"pyproject.toml", "README.md"} <= copied
 
 
-def test_pods_run_as_the_image_user() -> None:
+def test_pods_run_as_the_image_user_with_api_tokens_only_where_needed(tmp_path: Path) -> None:
     _, objects = _install("production")
     for role, template in _pod_templates(objects).items():
         if "spec" in template and template["spec"].get("securityContext"):
             ctx = template["spec"]["securityContext"]
             assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == 1000, role
+            # only the head's autoscaler sidecar talks to the Kubernetes API (to scale the site groups)
+            assert template["spec"]["automountServiceAccountToken"] is (role == "head"), role
+    _, fixed = _install("production", _values_file(tmp_path, "ray: {autoscaling: false}"))
+    ray = _one(fixed, "RayCluster")["spec"]
+    assert ray["headGroupSpec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert "autoscalerOptions" not in ray and ray["enableInTreeAutoscaling"] is False
     for role, c in _containers(objects):
         if "securityContext" in c:
             assert c["securityContext"]["allowPrivilegeEscalation"] is False, role
@@ -442,8 +450,7 @@ def test_pods_run_as_the_image_user() -> None:
 
 
 def test_values_files_merge_in_order(tmp_path: Path) -> None:
-    over = tmp_path / "site.yaml"
-    over.write_text("database: {size: 7Gi}\nray: {sites: {FrDF: {max_replicas: 11}}}\n")
+    over = _values_file(tmp_path, "database: {size: 7Gi}\nray: {sites: {FrDF: {max_replicas: 11}}}")
     base, merged = load_values(["production"]), load_values(["production", over])
     assert merged.database.size == "7Gi" and merged.database.instances == base.database.instances == 3
     assert merged.ray.sites["FrDF"].max_replicas == 11 and merged.ray.sites["USDF"] == base.ray.sites["USDF"]
@@ -457,8 +464,7 @@ def test_values_files_merge_in_order(tmp_path: Path) -> None:
     ("- a list", "values must be a mapping"),
 ])
 def test_bad_values_give_one_line_naming_the_field(tmp_path: Path, text: str, message: str) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(text + "\n")
+    bad = _values_file(tmp_path, text)
     with pytest.raises(ConfigError) as err:
         load_values([bad])
     assert message in str(err.value) and "\n" not in str(err.value)
@@ -475,8 +481,7 @@ def test_cli_renders_without_a_store_or_cluster(tmp_path: Path, monkeypatch: pyt
     assert main(["deploy", "render"]) == 0
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == render(load_values(["laptop"]))
     assert not home.exists()  # no state store, no cluster.json: nothing was started
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("server: {port: 80}\n")
+    bad = _values_file(tmp_path, "server: {port: 80}")
     target = tmp_path / "never.yaml"
     assert main(["deploy", "render", "--values", str(bad), "-o", str(target)]) == 2
     err = capsys.readouterr().err.strip()
