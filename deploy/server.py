@@ -85,6 +85,7 @@ def deployment(values: Values) -> dict[str, Any]:
         "metadata": metadata(values, server_name(values), SERVER),
         "spec": {
             "replicas": values.server.replicas,
+            "strategy": {"type": values.server.update_strategy},
             "selector": {"matchLabels": selector(values, SERVER)},
             "template": {
                 "metadata": {"labels": pod_labels},

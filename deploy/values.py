@@ -143,7 +143,11 @@ class Ingress(_Model):
 
 
 class Server(_Model):
+    """``Recreate`` by default: ``panray serve`` on a cluster it joined stops panray's actors when it
+    exits, so an old pod stopping after a new one started would take the new one's actors along."""
+
     replicas: int = Field(default=1, ge=1)
+    update_strategy: Literal["Recreate", "RollingUpdate"] = "Recreate"
     port: int = Field(default=8000, gt=1024, lt=65536)
     resources: Resources = Resources(cpu="1", memory="2Gi")
     ray_node_resources: Resources = Resources(cpu="500m", memory="1Gi")

@@ -337,9 +337,10 @@ def test_disruption_budgets_cover_server_and_database(install: str) -> None:
     assert len(covering("server")) == 1 and len(covering("pooler")) == 1
     assert covering("database") == []  # CNPG's own budgets (enablePDB); a second one would block evictions
     assert _one(objects, "Cluster")["spec"]["enablePDB"] is True
+    assert covering("server")[0]["maxUnavailable"] == covering("pooler")[0]["maxUnavailable"] == 1
     if install == "production":
-        assert values.server.replicas >= 2 and covering("server")[0]["maxUnavailable"] < values.server.replicas
         assert _one(objects, "Cluster")["spec"]["instances"] == 3
+        assert values.database.pooler.instances > covering("pooler")[0]["maxUnavailable"]
 
 
 @pytest.mark.parametrize("install", INSTALLS)
