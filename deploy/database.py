@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from panray.deploy.objects import labels, metadata, selector
+from panray.deploy.objects import labels, metadata
 from panray.deploy.values import Values
 
 PORT = 5432
@@ -23,6 +23,21 @@ def cluster_name(values: Values) -> str:
 
 def pooler_name(values: Values) -> str:
     return f"{cluster_name(values)}-pooler"
+
+
+def instance_pods(values: Values) -> dict[str, str]:
+    """Labels CNPG puts on the PostgreSQL instance pods."""
+    return {"cnpg.io/cluster": cluster_name(values), "cnpg.io/podRole": "instance"}
+
+
+def cluster_pods(values: Values) -> dict[str, str]:
+    """Labels CNPG puts on every pod of the cluster: instances, their init/join jobs, the pooler."""
+    return {"cnpg.io/cluster": cluster_name(values)}
+
+
+def pooler_pods(values: Values) -> dict[str, str]:
+    """Labels CNPG puts on the PgBouncer pods (it rewrites the template's app.kubernetes.io ones)."""
+    return {"cnpg.io/poolerName": pooler_name(values)}
 
 
 def app_secret(values: Values) -> str:
@@ -103,7 +118,7 @@ def pooler_budget(values: Values) -> dict[str, Any]:
     """CNPG budgets its instances itself (``enablePDB``) but not the PgBouncer pods."""
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
             "metadata": metadata(values, pooler_name(values), POOLER),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(values, POOLER)}}}
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pooler_pods(values)}}}
 
 
 def objects(values: Values) -> list[dict[str, Any]]:

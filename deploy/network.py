@@ -1,12 +1,14 @@
 """NetworkPolicies: who may reach what inside the install.
 
-- Every pod of the install denies ingress unless a policy below admits it.
+- Every pod of the install, and every pod CNPG creates for its database (instances, jobs,
+  PgBouncer), denies ingress unless a policy below admits it.
 - Ray's ports (all pinned, see :mod:`panray.deploy.raycluster`) admit only Ray nodes: the head,
   the site workers and the server's own node.
 - The pooler admits PostgreSQL only from the pods that open the store (the server, the head
   with its workflow managers, and the workers of sites that run prompt processing); the
   database admits it only from the pooler (or those pods when there is no pooler) and from its
-  own instances (replication), and the CNPG operator's status port from its namespace.
+  own pods (replication, the jobs that join a replica), and the CNPG operator's status port
+  from its namespace.
 - Clients reach only the server's HTTP port (from any namespace, or those listed in values).
 
 Egress is not restricted: pilots ship logs to Cloud Logging and files to GCS.
@@ -17,15 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 from panray.deploy import database, raycluster
-from panray.deploy.objects import DB_CLIENT, RAY_NODE, metadata, selector
+from panray.deploy.objects import DB_CLIENT, INSTALL, RAY_NODE, metadata, selector
 from panray.deploy.server import SERVER
 from panray.deploy.values import Values
 
 _NS = "kubernetes.io/metadata.name"
-
-
-def _pods(values: Values, **match: str) -> dict[str, Any]:
-    return {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": values.name, **match}}}
 
 
 def _policy(values: Values, name: str, pods: dict[str, str], rules: list[dict[str, Any]]) -> dict[str, Any]:
@@ -49,27 +47,29 @@ def ray_ports() -> list[dict[str, Any]]:
 
 
 def policies(values: Values) -> list[dict[str, Any]]:
-    ray_nodes = {"app.kubernetes.io/instance": values.name, RAY_NODE: "true"}
-    db_clients = _pods(values, **{DB_CLIENT: "true"})
-    instances = {"podSelector": {"matchLabels": selector(values, database.DATABASE)}}
+    ray_nodes = {INSTALL: values.name, RAY_NODE: "true"}
+    db_clients = {"podSelector": {"matchLabels": {INSTALL: values.name, DB_CLIENT: "true"}}}
+    own_pods = {"podSelector": {"matchLabels": database.cluster_pods(values)}}
     if values.server.client_namespaces:
         clients = [{"namespaceSelector": {"matchLabels": {_NS: ns}}} for ns in values.server.client_namespaces]
     else:
         clients = [{"namespaceSelector": {}}]
-    pg_from = [{"podSelector": {"matchLabels": selector(values, database.POOLER)}}] \
+    pg_from = [{"podSelector": {"matchLabels": database.pooler_pods(values)}}] \
         if values.database.pooler.enabled else [db_clients]
     out = [
-        _policy(values, "default-deny", {"app.kubernetes.io/instance": values.name}, []),
+        _policy(values, "default-deny", {INSTALL: values.name}, []),
         _policy(values, "ray", ray_nodes, [{"from": [{"podSelector": {"matchLabels": ray_nodes}}],
                                              "ports": ray_ports()}]),
         _policy(values, "server", selector(values, SERVER), [{"from": clients, "ports": _tcp(values.server.port)}]),
-        _policy(values, "database", selector(values, database.DATABASE), [
-            {"from": [*pg_from, instances], "ports": _tcp(database.PORT)},
+        # CNPG's pods carry CNPG's labels, not necessarily the install's: they get their own deny
+        _policy(values, "database-default-deny", database.cluster_pods(values), []),
+        _policy(values, "database", database.instance_pods(values), [
+            {"from": [*pg_from, own_pods], "ports": _tcp(database.PORT)},
             {"from": [{"namespaceSelector": {"matchLabels": {_NS: values.database.operator_namespace}}}],
              "ports": _tcp(database.STATUS_PORT)},
         ]),
     ]
     if values.database.pooler.enabled:
-        out.append(_policy(values, "pooler", selector(values, database.POOLER),
+        out.append(_policy(values, "pooler", database.pooler_pods(values),
                            [{"from": [db_clients], "ports": _tcp(database.PORT)}]))
     return out

@@ -1,8 +1,9 @@
 """What every rendered object shares: names, labels, pod security, the image and the settings.
 
-Selectors in NetworkPolicies, Services and PodDisruptionBudgets match these labels, which the
-renderer puts on every pod template itself (not labels an operator adds), so what a policy
-selects can be checked from the rendered output alone.
+Selectors match ``panray.io/*`` labels, which the renderer puts on the pod templates and no
+operator rewrites: CloudNativePG overwrites ``app.kubernetes.io/instance`` and ``component``
+on the pods it creates (KubeRay lets the template's win). CNPG's own pods are selected by the
+labels CNPG gives them (:mod:`panray.deploy.database`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 from panray.deploy.values import Values
 
-COMPONENT = "app.kubernetes.io/component"
+INSTALL = "panray.io/install"  #: the install's name, on every pod template
+COMPONENT = "panray.io/component"
 RAY_NODE = "panray.io/ray-node"  #: on every pod that runs a raylet: head, site workers, server
 DB_CLIENT = "panray.io/db-client"  #: on every pod whose processes open the state store
 SITE = "panray.io/site"
@@ -28,15 +30,17 @@ def labels(values: Values, component: str, **extra: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "panray",
         "app.kubernetes.io/instance": values.name,
-        COMPONENT: component,
+        "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "panray-deploy",
+        INSTALL: values.name,
+        COMPONENT: component,
         **extra,
     }
 
 
 def selector(values: Values, component: str) -> dict[str, str]:
     """The labels that identify one component's pods of this install."""
-    return {"app.kubernetes.io/instance": values.name, COMPONENT: component}
+    return {INSTALL: values.name, COMPONENT: component}
 
 
 def metadata(values: Values, name: str, component: str) -> dict[str, Any]:

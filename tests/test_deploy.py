@@ -51,7 +51,7 @@ def _one(objects: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[
 
 
 def _pod_templates(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Every pod the install creates, by role, as its template (labels + spec)."""
+    """The pods the install's own templates describe, by role (labels + spec)."""
     ray = _one(objects, "RayCluster")["spec"]
     pods = {"head": ray["headGroupSpec"]["template"],
             "server": _one(objects, "Deployment")["spec"]["template"]}
@@ -60,16 +60,53 @@ def _pod_templates(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     poolers = [o for o in objects if o["kind"] == "Pooler"]
     if poolers:
         pods["pooler"] = poolers[0]["spec"]["template"]
-    pods["database"] = {"metadata": _one(objects, "Cluster")["spec"]["inheritedMetadata"]}
     return pods
+
+
+def _kuberay(template: dict[str, Any], cluster: str, node_type: str, group: str) -> dict[str, str]:
+    """KubeRay v1.7.0 (controllers/ray/common/pod.go, labelPod): its labels, the template's win
+    except cluster, node type and group."""
+    fixed = {"ray.io/cluster": cluster, "ray.io/node-type": node_type, "ray.io/group": group}
+    return {"ray.io/is-ray-node": "yes", "app.kubernetes.io/name": "kuberay",
+            "app.kubernetes.io/created-by": "kuberay-operator", **template["metadata"]["labels"], **fixed}
+
+
+def _cnpg(cluster: str, role: str, component: str, template: dict[str, str] | None = None) -> dict[str, str]:
+    """CloudNativePG v1.30.0 (pkg/specs/pods.go, pgbouncer/deployments.go, jobs.go): its labels
+    overwrite the template's. ``inheritedMetadata`` is left out: the policies must not need it."""
+    return {**(template or {}), "cnpg.io/cluster": cluster, "app.kubernetes.io/name": "cloudnative-pg",
+            "app.kubernetes.io/instance": cluster, "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": "cloudnative-pg", **role_labels(role)}
+
+
+def role_labels(role: str) -> dict[str, str]:
+    kind, _, name = role.partition("=")
+    return {"instance": {"cnpg.io/podRole": "instance", "cnpg.io/instanceName": name},
+            "pooler": {"cnpg.io/podRole": "pooler", "cnpg.io/poolerName": name},
+            "job": {"cnpg.io/jobRole": "join", "cnpg.io/instanceName": name}}[kind]
 
 
 def _pods(values: Values, objects: list[dict[str, Any]]) -> dict[str, Pod]:
-    pods = {role: Pod(role, values.namespace, t["metadata"]["labels"]) for role, t in _pod_templates(objects).items()}
-    pods["client"] = Pod("client", "users")  # a user's pod in another namespace
-    pods["neighbour"] = Pod("neighbour", values.namespace, {"app": "unrelated"})  # another app in the namespace
-    pods["cnpg-operator"] = Pod("cnpg-operator", values.database.operator_namespace, {"app": "cnpg"})
-    return pods
+    """The install's pods with the labels they run with (the operators add and rewrite some)."""
+    templates = _pod_templates(objects)
+    ray, db = _one(objects, "RayCluster"), _one(objects, "Cluster")["metadata"]["name"]
+    labels = {"head": _kuberay(templates["head"], ray["metadata"]["name"], "head", "headgroup"),
+              "server": templates["server"]["metadata"]["labels"],
+              "database": _cnpg(db, f"instance={db}-1", "database"),
+              "database-join": _cnpg(db, f"job={db}-2", "database")}
+    for group in ray["spec"]["workerGroupSpecs"]:
+        name = group["groupName"]
+        labels[name] = _kuberay(templates[name], ray["metadata"]["name"], "worker", name)
+    if "pooler" in templates:
+        pooler = next(o for o in objects if o["kind"] == "Pooler")["metadata"]["name"]
+        labels["pooler"] = _cnpg(db, f"pooler={pooler}", "pooler", templates["pooler"]["metadata"]["labels"])
+    return {role: Pod(role, values.namespace, lab) for role, lab in labels.items()}
+
+
+def _outsiders(values: Values) -> dict[str, Pod]:
+    return {"client": Pod("client", "users"),  # a user's pod in another namespace
+            "neighbour": Pod("neighbour", values.namespace, {"app": "unrelated"}),  # another app beside the install
+            "cnpg-operator": Pod("cnpg-operator", values.database.operator_namespace, {"app": "cnpg"})}
 
 
 def _policies(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -200,7 +237,7 @@ def _ray_ports(objects: list[dict[str, Any]]) -> set[int]:
 @pytest.mark.parametrize("install", INSTALLS)
 def test_ray_ports_admit_only_ray_nodes_and_the_server(install: str) -> None:
     values, objects = _install(install)
-    pods, policies = _pods(values, objects), _policies(objects)
+    pods, policies = {**_pods(values, objects), **_outsiders(values)}, _policies(objects)
     ray_nodes = [r for r in pods if r == "head" or r.startswith("site-")]
     assert len(ray_nodes) == 4
     ports = _ray_ports(objects)
@@ -209,20 +246,21 @@ def test_ray_ports_admit_only_ray_nodes_and_the_server(install: str) -> None:
         for port in ports - {values.server.port} if target == "server" else ports:
             for source in ray_nodes + ["server"]:
                 assert reaches(policies, pods[source], pods[target], port), (source, target, port)
-            for source in ("client", "neighbour", "pooler", "database"):
+            for source in ("client", "neighbour", "pooler", "database", "database-join"):
                 assert not reaches(policies, pods[source], pods[target], port), (source, target, port)
 
 
 @pytest.mark.parametrize("install", INSTALLS)
 def test_postgres_only_from_the_server_the_head_and_prompt_sites(install: str) -> None:
     values, objects = _install(install)
-    pods, policies = _pods(values, objects), _policies(objects)
+    pods, policies = {**_pods(values, objects), **_outsiders(values)}, _policies(objects)
     prompt_sites = {f"site-{s.name.lower()}" for s in load_catalog() if s.prompt_pilots > 0}
     assert prompt_sites == {"site-usdf"}
     clients = {"server", "head"} | prompt_sites
     for source in pods:
         assert reaches(policies, pods[source], pods["pooler"], 5432) == (source in clients), source
-        assert reaches(policies, pods[source], pods["database"], 5432) == (source in {"pooler", "database"}), source
+        assert reaches(policies, pods[source], pods["database"], 5432) == \
+            (source in {"pooler", "database", "database-join"}), source
     assert reaches(policies, pods["cnpg-operator"], pods["database"], 8000)
     assert not reaches(policies, pods["client"], pods["database"], 8000)
 
@@ -230,10 +268,10 @@ def test_postgres_only_from_the_server_the_head_and_prompt_sites(install: str) -
 def test_without_pooler_the_database_admits_the_store_clients(tmp_path: Path) -> None:
     values, objects = _install("production", _values_file(tmp_path, "database: {pooler: {enabled: false}}"))
     assert not [o for o in objects if o["kind"] == "Pooler"]
-    pods, policies = _pods(values, objects), _policies(objects)
+    pods, policies = {**_pods(values, objects), **_outsiders(values)}, _policies(objects)
     for source in pods:
         assert reaches(policies, pods[source], pods["database"], 5432) == \
-            (source in {"server", "head", "site-usdf", "database"}), source
+            (source in {"server", "head", "site-usdf", "database", "database-join"}), source
     env = {e["name"]: e.get("value") for e in _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "@panray-db-rw:5432/" in env["PANRAY_DB"]
 
@@ -242,14 +280,15 @@ def test_without_pooler_the_database_admits_the_store_clients(tmp_path: Path) ->
 def test_clients_reach_only_the_server(install: str) -> None:
     values, objects = _install(install)
     pods, policies = _pods(values, objects), _policies(objects)
-    client = pods["client"] if install == "laptop" else Pod("ingress", "ingress-nginx")
+    user = _outsiders(values)["client"]
+    client = user if install == "laptop" else Pod("ingress", "ingress-nginx")
     assert reaches(policies, client, pods["server"], values.server.port)
     every_port = _ray_ports(objects) | {5432, 8000, values.server.port}
     for role, pod in pods.items():
-        if role != "server" and pod.labels.get("app.kubernetes.io/instance") == values.name:
+        if role != "server":
             assert not any(reaches(policies, client, pod, p) for p in every_port), role
     if install == "production":  # client_namespaces: only the ingress controller's namespace
-        assert not reaches(policies, pods["client"], pods["server"], values.server.port)
+        assert not reaches(policies, user, pods["server"], values.server.port)
 
 
 # -- secrets --------------------------------------------------------------------------------------
@@ -327,11 +366,11 @@ def test_server_probes_hit_the_health_endpoints(install: str) -> None:
 @pytest.mark.parametrize("install", INSTALLS)
 def test_disruption_budgets_cover_server_and_database(install: str) -> None:
     values, objects = _install(install)
-    templates = _pod_templates(objects)
+    pods = _pods(values, objects)
     budgets = [o["spec"] for o in objects if o["kind"] == "PodDisruptionBudget"]
 
     def covering(role: str) -> list[dict[str, Any]]:
-        labels = templates[role]["metadata"]["labels"]
+        labels = pods[role].labels
         return [b for b in budgets if all(labels.get(k) == v for k, v in b["selector"]["matchLabels"].items())]
 
     assert len(covering("server")) == 1 and len(covering("pooler")) == 1
