@@ -53,7 +53,11 @@ def render(values: Values) -> list[dict[str, Any]]:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Multi-line strings (the sites catalog) as literal blocks, readable in ``kubectl get -o yaml``."""
+    """Multi-line strings (the sites catalog) as literal blocks, readable in ``kubectl get -o yaml``;
+    parts shared between objects written out in full, not as YAML aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:

@@ -517,6 +517,7 @@ def test_cli_renders_without_a_store_or_cluster(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("PANRAY_HOME", str(home))
     out = tmp_path / "install.yaml"
     assert main(["deploy", "render", "--values", "production", "-o", str(out)]) == 0
+    assert not re.search(r"[&*]id\d+", out.read_text())  # no YAML aliases: each object reads on its own
     assert list(yaml.safe_load_all(out.read_text())) == render(load_values(["production"]))
     assert main(["deploy", "render"]) == 0
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == render(load_values(["laptop"]))
