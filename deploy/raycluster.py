@@ -22,7 +22,8 @@ from panray.deploy.objects import (
     settings_env, settings_volumes,
 )
 from panray.deploy.values import Resources, SiteGroup, Values
-from panray.sites import SiteCatalog
+from panray.prompt import INSTRUMENTS
+from panray.sites import SiteCatalog, SiteConfig
 
 GCS_PORT, DASHBOARD_PORT, CLIENT_PORT = 6379, 8265, 10001
 #: ``ray start`` port options every node (head, site workers, the server's node) gets.
@@ -61,6 +62,13 @@ def site_group(values: Values, site: str) -> SiteGroup:
 def db_sites(catalog: SiteCatalog) -> list[str]:
     """Sites whose workers open the store: prompt processing records its visits from there."""
     return [s.name for s in catalog if s.prompt_pilots > 0]
+
+
+def site_actors(site: SiteConfig) -> int:
+    """Actors that each hold one unit of the site's resource: its queue and batch pilots, and
+    with prompt processing its prompt pilots and, per instrument, a dispatcher and a recorder."""
+    prompt = site.prompt_pilots + 2 * len(INSTRUMENTS) if site.prompt_pilots else 0
+    return 1 + site.pilots + prompt
 
 
 def resources_param(resources: dict[str, int]) -> str:

@@ -63,7 +63,10 @@ class SiteGroup(_Model):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=4, ge=1)
     resources: Resources = Resources(cpu="2", memory="4Gi")
-    site_resource_units: int = Field(default=1000, gt=0, description="units of site:<NAME> per node")
+    #: Units of ``site:<NAME>`` a node offers. Every site actor (queue, pilot, prompt pilot, prompt
+    #: task) holds one, so this is how many a node hosts, and the autoscaler adds a node when the
+    #: site's actors need more units than its nodes offer.
+    site_resource_units: int = Field(default=8, gt=0)
 
     @model_validator(mode="after")
     def _bounds(self) -> SiteGroup:
@@ -83,7 +86,7 @@ class Ray(_Model):
     idle_timeout_seconds: int = Field(default=600, gt=0)
     head: Head = Head()
     default_site: SiteGroup = SiteGroup()
-    sites: dict[str, SiteGroup] = Field(default_factory=dict, description="per-site overrides of default_site")
+    sites: dict[str, SiteGroup] = Field(default_factory=dict, description="per-site groups; others get default_site")
 
 
 class Pooler(_Model):

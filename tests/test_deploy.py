@@ -25,7 +25,7 @@ from network_reach import Pod, reaches
 from panray.cli import main
 from panray.config import Settings
 from panray.deploy import Values, load_values, render
-from panray.deploy.raycluster import NODE_PORTS
+from panray.deploy.raycluster import NODE_PORTS, site_actors
 from panray.exceptions import ConfigError, SiteConfigError
 from panray.health import HEALTH_PATH, READY_PATH
 from panray.sites import load_catalog, parse_catalog
@@ -190,6 +190,19 @@ def test_every_site_has_a_worker_group_with_its_resource(install: str) -> None:
 
 
 @pytest.mark.parametrize("install", INSTALLS)
+def test_every_site_can_start_all_its_actors(install: str) -> None:
+    values = load_values([install])
+    for site in load_catalog():
+        group = values.ray.sites.get(site.name, values.ray.default_site)
+        need = site_actors(site)
+        assert need <= group.max_replicas * group.site_resource_units, site.name
+        if install == "laptop":  # no scaling needed to start
+            assert need <= group.min_replicas * group.site_resource_units, site.name
+    usdf = load_catalog().get("USDF")
+    assert site_actors(usdf) == 1 + usdf.pilots + usdf.prompt_pilots + 2 * 3  # LSSTCam, LSSTComCam, LATISS
+
+
+@pytest.mark.parametrize("install", INSTALLS)
 def test_head_is_control_plane_only(install: str) -> None:
     _, objects = _install(install)
     head = _one(objects, "RayCluster")["spec"]["headGroupSpec"]
@@ -209,7 +222,7 @@ def test_a_catalog_of_other_sites_gets_its_own_groups(tmp_path: Path) -> None:
     values_file.write_text(yaml.safe_dump({"sites_file": str(sites), "ray": {"sites": {"IDF": {"max_replicas": 9}}}}))
     _, objects = _install("laptop", values_file)
     [idf] = [g for g in _one(objects, "RayCluster")["spec"]["workerGroupSpecs"] if g["groupName"] == "site-idf"]
-    assert _start_resources(idf["rayStartParams"]) == {"site:IDF-test": 1000}
+    assert _start_resources(idf["rayStartParams"]) == {"site:IDF-test": 8}  # its own group: defaults, not laptop's default_site
     assert idf["maxReplicas"] == 9
     assert parse_catalog(yaml.safe_load(_one(objects, "ConfigMap")["data"]["sites.yaml"])).names()[-1] == "IDF"
 
