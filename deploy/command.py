@@ -32,4 +32,4 @@ def add_parser(sub: Any) -> None:
                    help=f"values file, repeatable, later wins; {' or '.join(PACKAGED)} name the packaged ones "
                         "(default: laptop)")
     r.add_argument("--output", "-o", help="write to this file instead of standard output")
-    r.set_defaults(func=cmd_render, needs_session=False)
+    r.set_defaults(func=cmd_render, local=True)  # no store, no cluster: runs before either exists

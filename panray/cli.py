@@ -372,7 +372,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if not getattr(args, "needs_session", True):  # e.g. `panray deploy render`: no store, no cluster
+        if getattr(args, "local", False):
             return int(args.func(args))
         with Panray(_settings(args)) as pr:
             return int(args.func(pr, args))
