@@ -14,6 +14,7 @@ from panray.deploy.values import Values
 
 PORT = 5432
 STATUS_PORT = 8000  #: CNPG's instance manager, polled by the operator
+METRICS_PORT, POOLER_METRICS_PORT = 9187, 9127  #: CNPG's exporters on the instances and PgBouncer
 DATABASE, POOLER = "database", "pooler"
 
 

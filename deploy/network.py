@@ -10,6 +10,7 @@
   own pods (replication, the jobs that join a replica), and the CNPG operator's status port
   from its namespace.
 - Clients reach only the server's HTTP port (from any namespace, or those listed in values).
+- Prometheus, in the namespaces listed as ``monitoring_namespaces``, reaches the metrics ports.
 
 Egress is not restricted: pilots ship logs to Cloud Logging and files to GCS.
 """
@@ -56,10 +57,16 @@ def policies(values: Values) -> list[dict[str, Any]]:
         clients = [{"namespaceSelector": {}}]
     pg_from = [{"podSelector": {"matchLabels": database.pooler_pods(values)}}] \
         if values.database.pooler.enabled else [db_clients]
+    monitoring = [{"namespaceSelector": {"matchLabels": {_NS: ns}}} for ns in values.monitoring_namespaces]
+
+    def scraped(port: int) -> list[dict[str, Any]]:
+        return [{"from": monitoring, "ports": _tcp(port)}] if monitoring else []
+
     out = [
         _policy(values, "default-deny", {INSTALL: values.name}, []),
         _policy(values, "ray", ray_nodes, [{"from": [{"podSelector": {"matchLabels": ray_nodes}}],
-                                             "ports": ray_ports()}]),
+                                             "ports": ray_ports()},
+                                            *scraped(raycluster.NODE_PORTS["metrics-export-port"])]),
         _policy(values, "server", selector(values, SERVER), [{"from": clients, "ports": _tcp(values.server.port)}]),
         # CNPG's pods carry CNPG's labels, not necessarily the install's: they get their own deny
         _policy(values, "database-default-deny", database.cluster_pods(values), []),
@@ -67,9 +74,11 @@ def policies(values: Values) -> list[dict[str, Any]]:
             {"from": [*pg_from, own_pods], "ports": _tcp(database.PORT)},
             {"from": [{"namespaceSelector": {"matchLabels": {_NS: values.database.operator_namespace}}}],
              "ports": _tcp(database.STATUS_PORT)},
+            *scraped(database.METRICS_PORT),
         ]),
     ]
     if values.database.pooler.enabled:
         out.append(_policy(values, "pooler", database.pooler_pods(values),
-                           [{"from": [db_clients], "ports": _tcp(database.PORT)}]))
+                           [{"from": [db_clients], "ports": _tcp(database.PORT)},
+                            *scraped(database.POOLER_METRICS_PORT)]))
     return out

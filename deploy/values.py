@@ -176,6 +176,8 @@ class Values(_Model):
     name: str = Field(default="panray", pattern=_NAME, max_length=30)
     namespace: str = Field(default="panray", pattern=_NAME)
     kubernetes_version: str = Field(default="1.32", pattern=r"^1\.[0-9]+$")
+    #: Namespaces (by name) whose Prometheus may scrape Ray's, PostgreSQL's and PgBouncer's metrics ports.
+    monitoring_namespaces: list[str] = Field(default_factory=list)
     sites_file: str | None = Field(default=None, description="site catalog; default: the packaged sites.yaml")
     image: Image = Image()
     ray: Ray = Ray()

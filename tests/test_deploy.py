@@ -304,6 +304,22 @@ def test_clients_reach_only_the_server(install: str) -> None:
         assert not reaches(policies, user, pods["server"], values.server.port)
 
 
+@pytest.mark.parametrize("install", INSTALLS)
+def test_prometheus_reaches_only_the_metrics_ports(install: str) -> None:
+    values, objects = _install(install)
+    pods, policies = _pods(values, objects), _policies(objects)
+    prometheus = Pod("prometheus", "monitoring")
+    ray_nodes = [r for r in pods if r in ("head", "server") or r.startswith("site-")]
+    metrics = {**{r: 8080 for r in ray_nodes}, "database": 9187, "pooler": 9127}
+    for role, port in metrics.items():
+        assert reaches(policies, prometheus, pods[role], port) == (install == "production"), role
+    for role, pod in pods.items():
+        others = (_ray_ports(objects) | {5432, 8000, 9187, 9127, values.server.port}) - {metrics.get(role)}
+        if role == "server" and not values.server.client_namespaces:
+            others.discard(values.server.port)  # open to clients of any namespace, Prometheus's too
+        assert not any(reaches(policies, prometheus, pod, p) for p in others), role
+
+
 # -- secrets --------------------------------------------------------------------------------------
 
 
