@@ -18,7 +18,7 @@ from typing import Any
 import ray
 
 from panray.actors.dispatch import NAMESPACE, Dispatch, Outcome, Started, queue_name
-from panray.actors.payload_runner import PayloadProcess, RunnerServices
+from panray.actors.payload_runner import PayloadProcess, PayloadUser, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
@@ -126,6 +126,7 @@ class Pilot:
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
+        self._services.user = PayloadUser.lookup(settings.payload_user) if settings.payload_user else None
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""

@@ -26,6 +26,7 @@ import psutil
 
 from panray.config import Settings
 from panray.exceptions import PanrayError
+from panray.home import write_private
 
 CLUSTER_FILE = "cluster.json"
 
@@ -109,7 +110,7 @@ def serve(settings: Settings) -> int:
             signal.signal(sig, on_signal)
         address = _cluster_address()
         me = psutil.Process()
-        _cluster_file(settings).write_text(json.dumps({
+        write_private(_cluster_file(settings), json.dumps({
             "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
         }))
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
