@@ -120,3 +120,134 @@ def test_cluster_address_alone_does_not_let_a_process_in(cluster: Panray, panray
         assert "AuthenticationError" in err or "InvalidAuthToken" in err, (name, err[-2000:])
     (out, err), code = results["the token"]
     assert code == 0 and "brokerage" in out, err[-2000:]  # the control: same address, with the token
+
+
+# ---------------------------------------------------------------------------------------------
+# A server whose payloads run as `nobody`: the attack from inside a job.
+# ---------------------------------------------------------------------------------------------
+
+_PAYLOAD_USER = "nobody"
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Every directory up to ``path`` lets other users through, and ``path`` lets them read."""
+    path = path.resolve()
+    return all(_mode(p) & 0o001 for p in path.parents) and bool(_mode(path) & 0o004)
+
+
+def _payload_python() -> str:
+    """An interpreter ``nobody`` may run: ours, or the system's of the same version (with our site dir)."""
+    if _reachable_by_others(Path(sys.executable)):
+        return sys.executable
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if system.exists() and _reachable_by_others(system):
+        return str(system)
+    pytest.fail(f"no Python interpreter that user {_PAYLOAD_USER} may run (ours, {sys.executable}, is private)")
+
+
+def _python_line(code: str) -> str:
+    """A ``python -c`` program that sees this test's packages (panray, ray) from any interpreter."""
+    import sysconfig
+
+    return f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n{code}"
+
+
+_INSIDER = """
+import json, os, subprocess, sys
+home, victim, address, python = sys.argv[1:5]
+report = {"uid": os.getuid(), "env": sorted(os.environ), "cwd": os.getcwd(), "reads": {}}
+for name in ("ray_token", "cluster.json", "panray.db"):
+    try:
+        with open(os.path.join(home, name), "rb") as f:
+            f.read(1)
+        report["reads"][name] = "read"
+    except OSError as exc:
+        report["reads"][name] = type(exc).__name__
+def run(code, env):
+    p = subprocess.run([python, "-c", PRELUDE + code], env={**os.environ, **env}, capture_output=True,
+                       text=True, timeout=150)
+    return [p.returncode, p.stdout, p.stderr[-1500:]]
+report["cancel"] = run("import sys; from panray.cli import main; sys.exit(main(['--home', %r, 'cancel', %r]))"
+                       % (home, victim), {"PANRAY_HOME": home})
+report["ray"] = run("import ray; ray.init(address=%r); print('CONNECTED')" % address,
+                    {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token",
+                     "RAY_AUTH_TOKEN_PATH": os.path.join(home, "ray_token")})
+print(json.dumps(report))
+"""
+
+
+def _status(wf_id: int, env: dict[str, str]) -> str:
+    from panray_server import panray
+
+    st = panray("status", str(wf_id), "--json", env=env)
+    assert st.returncode == 0, st.stderr
+    return str(json.loads(st.stdout)[0]["status"])
+
+
+def _wait_for(wf_id: int, env: dict[str, str], statuses: set[str], timeout: float = 240) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (status := _status(wf_id, env)) not in statuses:
+        assert time.monotonic() < deadline, f"workflow {wf_id} still {status}, expected one of {statuses}"
+        time.sleep(0.5)
+    return status
+
+
+def _submit(path: Path, workflow: dict, env: dict[str, str]) -> int:
+    import yaml
+
+    from panray_server import panray
+
+    path.write_text(yaml.safe_dump(workflow))
+    sub = panray("submit", str(path), "--no-wait", env=env)
+    assert sub.returncode == 0, sub.stdout + sub.stderr
+    return int(sub.stdout.split()[-1])
+
+
+@pytest.mark.slow
+def test_a_payload_cannot_reach_the_store_the_cluster_or_the_secrets() -> None:
+    import shutil
+    import tempfile
+
+    from panray_server import running_server
+
+    python = _payload_python()
+    base = Path(tempfile.mkdtemp(prefix="panray-lockdown-"))  # world-traversable, as a shared /home is
+    try:
+        os.chmod(base, 0o755)
+        home, work = base / "home", base / "work"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PANRAY_", "RAY_AUTH_"))}
+        env.update(PANRAY_HOME=str(home), PANRAY_PAYLOAD_USER=_PAYLOAD_USER, PANRAY_PAYLOAD_DIR=str(work))
+        with running_server(home, env) as info:
+            assert _mode(home) == 0o700
+            assert {n: _mode(home / n) for n in ("cluster.json", "ray_token", "panray.db")} == dict.fromkeys(
+                ("cluster.json", "ray_token", "panray.db"), 0o600)
+            victim = _submit(base / "victim.yaml", {"name": "victim", "jobs": [
+                {"name": "v", "label": "v", "command": ["sleep", "300"], "request_memory": 100}]}, env)
+            _wait_for(victim, env, {"Transforming"})
+            prelude = _python_line("")
+            insider = _INSIDER.replace("PRELUDE", repr(prelude))
+            attacker = _submit(base / "insider.yaml", {"name": "insider", "jobs": [{
+                "name": "i", "label": "i", "request_memory": 2000,
+                "command": [python, "-c", _python_line(insider), str(home), str(victim), str(info["address"]), python],
+            }]}, env)
+            assert _wait_for(attacker, env, {"Finished", "Failed", "SubFinished"}) == "Finished"
+            [out] = work.glob(f"*_{attacker}/*.1/payload.stdout")
+            report = json.loads(out.read_text())
+            assert report["uid"] == 65534 != os.getuid()
+            assert {k for k in report["env"] if k.startswith("PANRAY_")} == JOB_IDENTITY
+            assert not [k for k in report["env"] if k.startswith("RAY_")]
+            assert report["reads"] == dict.fromkeys(("ray_token", "cluster.json", "panray.db"), "PermissionError")
+            code, stdout, stderr = report["cancel"]
+            assert code == 2 and not stdout and "cannot open: Permission denied" in stderr, (stdout, stderr)
+            code, stdout, stderr = report["ray"]
+            assert code != 0 and "CONNECTED" not in stdout and "AuthenticationError" in stderr, (stdout, stderr)
+            assert _status(victim, env) == "Transforming"  # untouched by the insider
+            from panray_server import panray
+
+            cancel = panray("cancel", str(victim), env=env)  # the owner's own shell may
+            assert cancel.returncode == 0, cancel.stderr
+            assert _wait_for(victim, env, {"Cancelled"}) == "Cancelled"
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

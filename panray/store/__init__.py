@@ -74,7 +74,10 @@ def open_store(url: str) -> StateStore:
             raise ConfigError(f"state store URL {url!r}: give an absolute path, sqlite:///abs/path")
         from panray.store.sqlite import SQLiteStore
 
-        create_private(private_dir(Path(path).parent) / Path(path).name)  # SQLite gives -wal/-shm its mode
+        try:
+            create_private(private_dir(Path(path).parent) / Path(path).name)  # SQLite gives -wal/-shm its mode
+        except OSError as exc:
+            raise ConfigError(f"state store {path}: cannot open: {exc.strerror}") from None
         return SQLiteStore(path)
     if url.startswith(_POSTGRES):
         from panray.store.postgres import PostgresStore
