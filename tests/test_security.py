@@ -122,6 +122,24 @@ def test_cluster_address_alone_does_not_let_a_process_in(cluster: Panray, panray
     assert code == 0 and "brokerage" in out, err[-2000:]  # the control: same address, with the token
 
 
+@pytest.mark.slow
+def test_the_ray_token_is_in_no_log_or_environment(cluster: Panray, panray_home: Path) -> None:
+    import psutil
+    import ray
+
+    token = (panray_home / "ray_token").read_bytes().strip()
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    files = [p for p in logs.rglob("*") if p.is_file()]
+    assert len(files) > 5  # raylets, GCS, workers of three nodes
+    assert [p.name for p in files if token in p.read_bytes()] == []
+    for proc in psutil.Process().children(recursive=True):  # raylets, GCS, workers: the path, not the token
+        try:
+            env = proc.environ()
+        except psutil.Error:
+            continue
+        assert token.decode() not in env.values(), proc.name()
+
+
 # ---------------------------------------------------------------------------------------------
 # A server whose payloads run as `nobody`: the attack from inside a job.
 # ---------------------------------------------------------------------------------------------
