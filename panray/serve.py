@@ -117,6 +117,9 @@ def serve(settings: Settings) -> int:
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
+        if os.geteuid() == 0 and settings.payload_user is None:
+            print("warning: payloads run as root and can read this home; set payload_user (PANRAY_PAYLOAD_USER)",
+                  file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             pass
         print("panray server stopping", flush=True)

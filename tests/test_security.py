@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from panray import Job, Panray, Workflow
+from panray import Job, Panray, Settings, Workflow
 from panray.actors.payload_runner import clean_environment
 from panray.home import private_dir, write_private
 from panray.store import open_store
@@ -57,6 +57,14 @@ def test_clean_environment_drops_credentials_and_addresses() -> None:
                  "PANRAY_TOKEN": "t", "RAY_ADDRESS": "head:6379", "RAY_AUTH_TOKEN_PATH": "/x/ray_token",
                  "PGPASSWORD": "pw", "BEARER_TOKEN": "jwt"}
     assert clean_environment(inherited) == {"PATH": "/usr/bin", "HOME": "/home/alice"}
+
+
+def test_an_unknown_payload_user_is_one_config_error() -> None:
+    from panray.exceptions import ConfigError
+    from panray.runtime import _check_payload_user
+
+    with pytest.raises(ConfigError, match="payload_user 'no-such-user-x': no such user"):
+        _check_payload_user(Settings(payload_user="no-such-user-x"))
 
 
 def _print_environment_job() -> Job:
