@@ -115,7 +115,7 @@ def _check_payload_user(settings: Settings) -> None:
     """A bad ``payload_user`` fails here, with one line, rather than in every pilot."""
     if settings.payload_user is None:
         return
-    from panray.actors.payload_runner import PayloadUser
+    from panray.core.payload_runner import PayloadUser
 
     try:
         PayloadUser.lookup(settings.payload_user)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from panray import Job, Panray, Settings, Workflow
-from panray.actors.payload_runner import clean_environment
+from panray.core.payload_runner import clean_environment
 from panray.home import private_dir, write_private
 from panray.store import open_store
 
