@@ -285,6 +285,7 @@ class StateStore(ABC):
     """SQLite and PostgreSQL implement this; nothing outside ``panray.store`` issues SQL."""
 
     url: str
+    retry_delays: tuple[float, ...]  #: pauses between tries when the store is unreachable
 
     @abstractmethod
     def submit(self, campaign: NewCampaign) -> SubmittedCampaign:

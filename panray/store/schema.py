@@ -206,7 +206,7 @@ def retried(
     def wrap(fn: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
         @functools.wraps(fn)
         def call(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
-            for delay in (*RETRY_DELAYS, None):
+            for delay in (*self.retry_delays, None):
                 try:
                     return fn(self, *args, **kwargs)
                 except StoreUnavailableError as exc:
@@ -297,6 +297,8 @@ class SQLStore(QuantaSQL, StateStore):
     """
 
     dialect: Dialect
+    #: Pauses between tries of a call that found the store unreachable (see :func:`retried`).
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
 
     @abstractmethod
     def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
