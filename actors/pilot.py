@@ -23,6 +23,9 @@ from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
+STOP_GRACE = 5.0
+"""Seconds a stopping pilot gives its killed payloads to end and its log sink to deliver; what is
+still undelivered then stays in the pilot's spool on disk for the next pilot of its name."""
 
 
 class _Reports:
@@ -98,6 +101,7 @@ class Pilot:
     def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
         self._services = RunnerServices(work_dir=Path(work_dir))
+        self._spool_dir = Path(work_dir) / "log-spool" / pilot_id.replace(":", "_")
         self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
         if logging:
             self._configure_logging(logging)
@@ -123,7 +127,7 @@ class Pilot:
         from panray.logging_bridge import make_object_store, make_sink
 
         settings = Settings.model_validate(cfg)
-        self._services.sink = make_sink(settings)
+        self._services.sink = make_sink(settings, spool_dir=self._spool_dir)
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
@@ -144,10 +148,21 @@ class Pilot:
                 p.kill("cancelled")
         return dropped + sum(p is not None for p in procs)
 
-    def stop(self) -> None:
+    def log_stats(self) -> dict[str, int]:
+        """The log sink's counters (delivered, retried, dropped, recovered, pending, ...)."""
+        sink = self._services.sink
+        return sink.stats() if sink is not None else {}
+
+    def stop(self) -> bool:
+        """Kill the payloads and close the log sink; True when every log line was delivered."""
         self._stop.set()
         for p in list(self._running.values()):
             p.kill("cancelled")
+        deadline = time.monotonic() + STOP_GRACE
+        while self._running and time.monotonic() < deadline:  # their last lines reach the sink
+            time.sleep(0.05)
+        sink = self._services.sink
+        return sink.close(timeout=max(deadline - time.monotonic(), 0.1)) if sink is not None else True
 
     # -- loops -------------------------------------------------------------------------------
 
