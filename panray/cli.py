@@ -166,8 +166,17 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
             raise PanrayError("--follow needs a JOB")
         _follow_logs(pr, sink, args.job, args.attempt, args.grep)
         return 0
+    from panray.logging_bridge.sinks import DROPPED_FIELD
+
+    dropped = 0
     for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
-        _print_entry(e)
+        if DROPPED_FIELD in e:
+            dropped += int(e[DROPPED_FIELD])
+        else:
+            _print_entry(e)
+    if dropped:
+        print(f"panray: note: {dropped} log lines were dropped by a pilot's full log spool "
+              "(log_spool_bytes) and never reached the log service", file=sys.stderr)
     return 0
 
 

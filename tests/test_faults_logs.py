@@ -140,3 +140,25 @@ def test_a_log_outage_does_not_hold_payload_slots(fake: FakeCloudLogging, tmp_pa
     assert sink.flush(timeout=20)
     assert _arrived(fake) == _lines()
     sink.close(timeout=5)
+
+
+def test_panray_logs_tells_how_many_lines_a_full_spool_dropped(fake: FakeCloudLogging, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from panray.cli import main
+
+    fake.refuse()
+    bounded = CloudSinkOptions(request_timeout=0.5, backoff_initial=0.05, max_spool=5)
+    sink = CloudLoggingSink("panray-local", endpoint=fake.url, options=bounded)
+    ids = panray_ids(job_id="9", task_id="7", workflow_id="3", attempt=1, site="UKDF", pilot_id="p", label="isr")
+    sink.write([make_entry(json.dumps({"n": n, "message": f"line {n}"}), ids, "stdout") for n in range(8)])
+    fake.recover()
+    assert sink.flush(timeout=20)
+    sink.close(timeout=5)
+    monkeypatch.setenv("PANRAY_LOG_SINK", "cloud")
+    monkeypatch.setenv("PANRAY_CLOUD_LOGGING_ENDPOINT", fake.url)
+    assert main(["--home", str(tmp_path), "logs", "9"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split(": ", 1)[1] for line in out.splitlines()] == [f"line {n}" for n in range(5)]
+    assert err.strip() == ("panray: note: 3 log lines were dropped by a pilot's full log spool "
+                           "(log_spool_bytes) and never reached the log service")
