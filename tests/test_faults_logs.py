@@ -162,3 +162,32 @@ def test_panray_logs_tells_how_many_lines_a_full_spool_dropped(fake: FakeCloudLo
     assert [line.split(": ", 1)[1] for line in out.splitlines()] == [f"line {n}" for n in range(5)]
     assert err.strip() == ("panray: note: 3 log lines were dropped by a pilot's full log spool "
                            "(log_spool_bytes) and never reached the log service")
+
+
+@pytest.mark.slow
+def test_lines_of_a_run_during_an_outage_arrive_after_the_server_stops_and_starts(
+        fake: FakeCloudLogging, tmp_path: Path) -> None:
+    """The issue's case: endpoint down, 20 jobs of 20 lines, ``serve --stop`` before it is back."""
+    import yaml
+    from panray_server import panray, running_server
+
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
+    env.update(PANRAY_HOME=str(home), PANRAY_LOG_SINK="cloud", PANRAY_CLOUD_LOGGING_ENDPOINT=fake.url,
+               PANRAY_LOG_INTERVAL="0.2")
+    script = 'for i in $(seq 0 19); do echo "{\\"n\\": $i, \\"message\\": \\"line $i\\"}"; done'
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(yaml.safe_dump({"name": "chatty", "jobs": [
+        {"name": f"j{k}", "label": "isr", "command": ["bash", "-c", script], "request_memory": 100}
+        for k in range(JOBS)]}))
+    fake.refuse()
+    with running_server(home, env):
+        done = panray("submit", str(wf), env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert _arrived(fake) == [], "nothing could be delivered"
+    fake.recover()
+    with running_server(home, env):
+        assert fake.wait_for(lambda: len(_arrived(fake)) >= JOBS * LINES, timeout=60), len(_arrived(fake))
+    arrived = _arrived(fake)
+    assert len(arrived) == len(set(arrived)) == JOBS * LINES, "every line once"
+    assert sorted({n for _, n in arrived}) == list(range(LINES)) and len({j for j, _ in arrived}) == JOBS
