@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +25,6 @@ MARK = 'echo "$PANRAY_ATTEMPT" >> "$1/$PANRAY_JOB_ID"; sleep 0.4'
 STOP_S = 10.0
 
 
-@pytest.fixture(scope="module")
-def fault_pg() -> Iterator[pgserver.PgServer]:
-    """This module's own cluster: its tests restart and stop it."""
-    try:
-        server = pgserver.start()
-    except pgserver.PgServerError as exc:
-        pytest.fail(f"cannot start the test PostgreSQL server:\n{exc}", pytrace=False)
-    yield server
-    server.stop()
-
-
 def _chains(marks: Path) -> Workflow:
     jobs = [Job(name=f"c{c}:{d}", label=f"step{d}", command=["bash", "-c", MARK, "mark", str(marks)],
                 parents=[f"c{c}:{d - 1}"] if d else [])
@@ -50,9 +38,9 @@ def _ended(progress: dict) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fault", ["restart", "stop"])
-def test_a_run_rides_out_a_database_outage(fault: str, fault_pg: pgserver.PgServer, cluster: Panray,
+def test_a_run_rides_out_a_database_outage(fault: str, own_pg: pgserver.PgServer, cluster: Panray,
                                           panray_home: Path, tmp_path: Path) -> None:
-    url = fault_pg.create_database(f"outage_{fault}")
+    url = own_pg.create_database(f"outage_{fault}")
     marks = tmp_path / "marks"
     marks.mkdir()
     with Panray(Settings(home=panray_home, db_url=url, flush_interval=0.05, **FAST)) as pr:
@@ -61,9 +49,9 @@ def test_a_run_rides_out_a_database_outage(fault: str, fault_pg: pgserver.PgServ
                   what="a first wave stored")
         mgr = pr._manager(wf_id)
         if fault == "restart":
-            fault_pg.restart("fast")
+            own_pg.restart("fast")
         else:
-            fault_pg.halt("fast")
+            own_pg.halt("fast")
             before = _ended(ray.get(mgr.progress.remote()))
             deadline = time.monotonic() + STOP_S
             _wait_for(lambda: ray.get(mgr.stats.remote())["store_away_s"] is not None, timeout=STOP_S,
@@ -73,7 +61,7 @@ def test_a_run_rides_out_a_database_outage(fault: str, fault_pg: pgserver.PgServ
             during = _ended(ray.get(mgr.progress.remote()))
             assert during > before, "the manager runs on from memory while the store is away"
             assert away["store_backlog"] > 0
-            fault_pg.boot()
+            own_pg.boot()
         assert pr.wait([wf_id], timeout=60) == {wf_id: "Finished"}
         stats = ray.get(mgr.stats.remote())
         manager_counts = ray.get(mgr.progress.remote())["counts"]

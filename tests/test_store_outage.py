@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 
@@ -18,17 +18,6 @@ from panray.store import ChangeBatch, DecisionRow, HistoryRow, NewCampaign, Stat
 from panray.store.sqlite import SQLiteStore
 from test_integration import _wait_for
 from test_store import new_workflow, state
-
-
-@pytest.fixture(scope="module")
-def own_pg() -> Iterator[pgserver.PgServer]:
-    """A cluster of this module's own, since its tests stop and restart it."""
-    try:
-        server = pgserver.start()
-    except pgserver.PgServerError as exc:
-        pytest.fail(f"cannot start the test PostgreSQL server:\n{exc}", pytrace=False)
-    yield server
-    server.stop()
 
 
 def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]]:
