@@ -217,6 +217,7 @@ class Pilot:
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
                           r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
         except Exception as exc:  # the pilot itself failed to run it: a system error
+            proc.pilot_error(exc)
             now = time.time()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
                           f"pilot error: {exc!r}"[:500], None, None)

@@ -44,7 +44,7 @@ from google.cloud import logging as cloud_logging
 from google.cloud.logging_v2.resource import Resource
 
 from panray.config import Settings
-from panray.logging_bridge.entries import ID_FIELDS, make_entry
+from panray.logging_bridge.entries import ID_FIELDS, SOURCE_FIELD, STRING_IDS, TIMESTAMP_FIELD, make_entry
 from panray.logging_bridge.spool import DiskSpool
 
 MAX_ENTRY_BYTES = 256 * 1024
@@ -54,7 +54,7 @@ DROPPED_FIELD = "panrayDroppedLines"
 """Set on the entry that tells how many of a job's lines a full spool dropped."""
 _NOTICE_IDS = (*ID_FIELDS.values(), "site", "Harvester_WorkerID", "label")
 _KEPT_ON_TRUNCATION = frozenset({*ID_FIELDS.values(), "site", "Harvester_WorkerID", "label",
-                                 "pilotTimestamp", "stream", "severity"})
+                                 TIMESTAMP_FIELD, SOURCE_FIELD, "stream", "severity"})
 
 
 class LogSink(ABC):
@@ -86,8 +86,9 @@ class LogSink(ABC):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Entries matching every given id (and ``grep`` in ``message``), oldest first."""
+        """Entries matching every given id and ``source`` (and ``grep`` in ``message``), oldest first."""
 
     def __enter__(self) -> LogSink:
         return self
@@ -143,8 +144,10 @@ class LocalSink(LogSink):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
-        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt)
+        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt,
+                             source=source)
         pattern = self._path({field: wanted.get(field, "*") for field in ID_FIELDS.values()})
         found: list[dict[str, Any]] = []
         for path in sorted(self.directory.glob(str(pattern.relative_to(self.directory))),
@@ -245,10 +248,12 @@ def _describe(exc: Exception) -> str:
 
 
 def _rfc3339(value: Any) -> str:
-    """The Zulu form the API (and the client's parser) wants; now when ``value`` is not a time."""
+    """The Zulu form the API (and the client's parser) wants, of epoch seconds or an ISO time;
+    now when ``value`` is neither."""
     try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
+        moment = (datetime.fromtimestamp(value, UTC) if isinstance(value, int | float)
+                  else datetime.fromisoformat(str(value)))
+    except (ValueError, OverflowError, OSError):
         moment = datetime.now(UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -388,7 +393,7 @@ class CloudLoggingSink(LogSink):
             self._counts["truncated"] += truncated
         return {
             "insertId": f"{self._id_prefix}-{seq:010d}",
-            "timestamp": _rfc3339(entry.get("pilotTimestamp")),
+            "timestamp": _rfc3339(entry.get(TIMESTAMP_FIELD)),
             "severity": entry.get("severity", "DEFAULT"),
             "jsonPayload": payload,
         }
@@ -486,13 +491,16 @@ class CloudLoggingSink(LogSink):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
         """Filter on jsonPayload ids over the last ``options.query_days`` (the default retention)."""
         since = datetime.now(UTC) - timedelta(days=self.options.query_days)
         clauses = [f"logName={json.dumps(self.full_log_name)}",
                    f'timestamp>="{since.strftime("%Y-%m-%dT%H:%M:%SZ")}"']
-        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt)
-        clauses += [f"jsonPayload.{field}={_filter_value(value)}" for field, value in wanted.items()]
+        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt,
+                             source=source)
+        clauses += [f"jsonPayload.{field}={_filter_value(str(value) if field in STRING_IDS else value)}"
+                    for field, value in wanted.items()]
         if grep is not None:
             clauses.append(f"jsonPayload.message:{json.dumps(grep)}")
         found = self._client.list_entries(

@@ -164,12 +164,13 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
     if args.follow:
         if args.job is None:
             raise PanrayError("--follow needs a JOB")
-        _follow_logs(pr, sink, args.job, args.attempt, args.grep)
+        _follow_logs(pr, sink, args.job, args.attempt, args.grep, None if args.source == "all" else args.source)
         return 0
     from panray.logging_bridge.sinks import DROPPED_FIELD
 
     dropped = 0
-    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
+    source = None if args.source == "all" else args.source
+    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep, source=source):
         if DROPPED_FIELD in e:
             dropped += int(e[DROPPED_FIELD])
         else:
@@ -183,12 +184,23 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
 FOLLOW_INTERVAL = 0.25  #: seconds between polls of ``panray logs --follow``
 
 
+def _when(stamp: Any) -> str:
+    """A pilot timestamp (epoch seconds) as UTC ISO time; other values as they are."""
+    if isinstance(stamp, int | float):
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(stamp or "")
+
+
 def _print_entry(e: dict[str, Any]) -> None:
-    print(f"{e.get('pilotTimestamp', '')} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
-          f"{e.get('label', '')}: {e.get('message', '')}", flush=True)
+    print(f"{_when(e.get('PilotTimeStamp'))} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
+          f"{e.get('label', '')}{' [pilot]' if e.get('source') == 'pilot' else ''}: {e.get('message', '')}",
+          flush=True)
 
 
-def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None) -> None:
+def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None,
+                 source: str | None = None) -> None:
     """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
 
     The store is read before the sink: a pilot drains a payload's last lines into the sink
@@ -199,7 +211,7 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
     while True:
         job = pr.store.job(job_id)
         ended = job.status in final or (attempt is not None and job.attempt_nr > attempt)
-        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep)
+        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep, source=source)
         for e in entries[shown:]:
             _print_entry(e)
         shown = len(entries)
@@ -333,6 +345,8 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--task", type=int)
     lg.add_argument("--grep")
     lg.add_argument("--files", action="store_true")
+    lg.add_argument("--source", choices=("pilot", "payload", "all"), default="all",
+                    help="the payload's lines, the pilot's record of the job, or both (default)")
     lg.add_argument("--follow", action="store_true", help="print new lines as they arrive until the job ends")
     lg.set_defaults(func=cmd_logs)
 

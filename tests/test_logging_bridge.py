@@ -92,7 +92,7 @@ def test_json_line_is_merged_with_ids_and_gets_its_severity() -> None:
     assert entry["severity"] == "WARNING" and entry["message"] == "hot"
     assert entry["MDC"] == {"RUN": "r1"} and entry["stream"] == "stderr"
     assert {k: entry[k] for k in IDS} == IDS, "the pilot's ids win over the payload's"
-    assert entry["pilotTimestamp"]
+    assert isinstance(entry["PilotTimeStamp"], float) and entry["source"] == "payload"
     assert make_entry("x", {"site": Path("/s")}, "stdout")["site"] == "/s", "ids made JSON-safe"
 
 
