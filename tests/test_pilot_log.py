@@ -1,0 +1,104 @@
+"""The pilot's own log (issue 22): what the pilot did with a job, beside the payload's lines.
+
+Real google-cloud-logging client against the local fake endpoint, real google-cloud-storage
+client against the in-process GCS emulator, real payload subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_cloud_logging import FakeCloudLogging
+from gcp_storage_emulator.server import create_server
+
+from panray.core.messages import Dispatch
+from panray.core.payload_runner import PayloadProcess, RunnerServices
+from panray.logging_bridge import CloudLoggingSink, CloudSinkOptions, GCSObjectStore, attempt_prefix
+from panray.payload import encode_command
+from test_integration import _wait_for
+
+OPTIONS = CloudSinkOptions(request_timeout=0.5, backoff_initial=0.05, backoff_max=0.5)
+SEED_TYPES = {"PandaJobID": str, "TaskID": str, "RequestID": str, "Harvester_WorkerID": str,
+              "PilotTimeStamp": float, "attemptNr": int}
+"""PanDA's pilot sends the ids as strings and its clock as ``PilotTimeStamp`` (epoch seconds)."""
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeCloudLogging]:
+    with FakeCloudLogging() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gcs_url() -> Iterator[str]:
+    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="panray-logs")
+    server.start()
+    yield f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
+    server.stop()
+
+
+def _process(tmp_path: Path, fake: FakeCloudLogging, store: Any, script: str) -> PayloadProcess:
+    sink = CloudLoggingSink("panray-test", endpoint=fake.url, options=OPTIONS)
+    services = RunnerServices(work_dir=tmp_path / "work", sink=sink, object_store=store, log_interval=0.1)
+    d = Dispatch(6969001, 2, 12, 6969, "isr", encode_command(["bash", "-c", script]), "{}", 500, 1, "UKDF",
+                 "workflow-manager:test:12")
+    return PayloadProcess(d, "pilot:UKDF:0", services)
+
+
+def _pilot_entries(fake: FakeCloudLogging) -> list[dict[str, Any]]:
+    return [e["jsonPayload"] for e in fake.entries() if e["jsonPayload"].get("source") == "pilot"]
+
+
+def test_a_killed_job_has_pilot_entries_explaining_it_and_pilot_log_is_stored(
+        fake: FakeCloudLogging, gcs_url: str, tmp_path: Path) -> None:
+    store = GCSObjectStore("panray-logs", "runs", endpoint=gcs_url)
+    proc = _process(tmp_path, fake, store, 'echo "{\\"message\\": \\"working\\"}"; exec sleep 60')
+    out: list[Any] = []
+    runner = threading.Thread(target=lambda: out.append(proc.run()))
+    runner.start()
+    stdout = proc.dir / "payload.stdout"
+    _wait_for(lambda: stdout.exists() and "working" in stdout.read_text(), timeout=20, what="the payload to run")
+    proc.kill("cancelled")  # what the pilot does when the manager gives the job up (lost heartbeat, cancel)
+    runner.join(timeout=30)
+    [result] = out
+    assert result.error_class == "cancelled"
+    assert proc.services.sink.flush(timeout=20)
+    pilot = _pilot_entries(fake)
+    assert [e["event"] for e in pilot] == ["received", "command", "started", "signal", "exited", "uploaded"]
+    signal = pilot[3]
+    assert signal["severity"] == "WARNING" and signal["signal"] == "SIGKILL"
+    assert signal["message"].endswith(": cancelled by the workflow manager")
+    assert pilot[4]["severity"] == "ERROR" and pilot[4]["errorClass"] == "cancelled"
+    for e in pilot:
+        assert {k: type(e[k]) for k in SEED_TYPES} == SEED_TYPES
+        assert (e["PandaJobID"], e["TaskID"], e["RequestID"]) == ("6969001", "6969", "12")
+    payload = [e for e in fake.entries() if e["jsonPayload"].get("source") == "payload"]
+    assert [e["jsonPayload"]["message"] for e in payload] == ["working"]
+    assert {k: type(payload[0]["jsonPayload"][k]) for k in SEED_TYPES} == SEED_TYPES
+    prefix = attempt_prefix(12, 6969, 6969001, 2)
+    stored = store.list(prefix)
+    assert {prefix + n for n in ("pilot.log", "payload.stdout", "payload.stderr")} <= set(stored)
+    assert sorted(e["event"] for e in map(json.loads, proc.log.path.read_text().splitlines())) == sorted(
+        e["event"] for e in pilot), "the stored pilot.log holds what was shipped (and the upload notice)"
+    hits = proc.services.sink.query(task_id="6969", source="pilot")  # as an operator would ask
+    assert [e["event"] for e in hits] == [e["event"] for e in pilot]
+    proc.services.sink.close(timeout=5)
+
+
+def test_a_pilot_error_is_in_the_pilot_log(fake: FakeCloudLogging, gcs_url: str, tmp_path: Path) -> None:
+    missing = GCSObjectStore("no-such-bucket", endpoint=gcs_url)  # uploads fail: the pilot's own failure
+    proc = _process(tmp_path, fake, missing, "echo done")
+    with pytest.raises(Exception) as caught:
+        proc.run()
+    proc.pilot_error(caught.value)  # as Pilot._run_one does before reporting a system error
+    assert proc.services.sink.flush(timeout=20)
+    pilot = {e["event"]: e for e in _pilot_entries(fake)}
+    assert pilot["exited"]["severity"] == "INFO" and pilot["exited"]["exitCode"] == 0
+    assert pilot["upload_failed"]["severity"] == "ERROR"
+    assert pilot["pilot_error"]["message"].startswith("pilot error, the job ends as a system error: ")
+    proc.services.sink.close(timeout=5)
