@@ -88,12 +88,23 @@ def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
     print(monitor.jobs_table([job], {a.job_id: a.max_pss_kb for a in attempts[-1:] if a.max_pss_kb is not None}))
     print()
     print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
+    if attempts:
+        last = attempts[-1].attempt_nr
+        names = [key.rsplit("/", 1)[-1] for key in _stored_files(pr, job, last)]
+        print(f"\nfiles of attempt {last}: {', '.join(names) or 'none stored'}")
     transfers = pr.store.transfers(args.job)
     if transfers:
         print("\ninputs transferred (the job ran away from them):")
         print(monitor.table(["attempt", "dataset", "from", "to"],
                             [(t.attempt_nr, t.dataset, t.source, t.destination) for t in transfers]))
     return 0
+
+
+def _stored_files(pr: Panray, job: Any, attempt: int) -> list[str]:
+    """Keys of an attempt's files in the object store (pilot.log, payload.stdout, ...)."""
+    from panray.logging_bridge import attempt_prefix, make_object_store
+
+    return make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt))
 
 
 def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
@@ -146,16 +157,13 @@ def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.logging_bridge import make_object_store, make_sink
+    from panray.logging_bridge import make_sink
 
     if args.files:
         if args.job is None:
             raise PanrayError("--files needs a JOB")
         job = pr.store.job(args.job)
-        attempt = args.attempt or job.attempt_nr
-        from panray.logging_bridge import attempt_prefix
-
-        for key in make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt)):
+        for key in _stored_files(pr, job, args.attempt or job.attempt_nr):
             print(key)
         return 0
     if args.job is None and args.task is None:

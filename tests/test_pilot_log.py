@@ -102,3 +102,25 @@ def test_a_pilot_error_is_in_the_pilot_log(fake: FakeCloudLogging, gcs_url: str,
     assert pilot["upload_failed"]["severity"] == "ERROR"
     assert pilot["pilot_error"]["message"].startswith("pilot error, the job ends as a system error: ")
     proc.services.sink.close(timeout=5)
+
+
+def test_panray_job_lists_the_stored_files_of_the_last_attempt(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from panray.cli import main
+    from panray.config import Settings
+    from panray.logging_bridge import make_object_store
+    from panray.store import AttemptRow, ChangeBatch, NewCampaign, open_store
+    from test_store import new_workflow
+
+    settings = Settings(home=tmp_path)
+    store = open_store(settings.resolved_db_url)
+    w = store.submit(NewCampaign("c", "alice", [new_workflow("w", 1)])).workflows[0]
+    store.apply(ChangeBatch(attempts=[AttemptRow(w.first_job_id, 1, "failed", "UKDF", "pilot:UKDF:0", 1.0, 2.0,
+                                                 None, "system", "pilot error", 500, None, None)]))
+    store.close()
+    objects = make_object_store(settings)
+    for name in ("pilot.log", "payload.stdout"):
+        (tmp_path / name).write_text(name)
+        objects.put(tmp_path / name, attempt_prefix(w.workflow_id, w.first_task_id, w.first_job_id, 1) + name)
+    assert main(["--home", str(tmp_path), "job", str(w.first_job_id)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "files of attempt 1: payload.stdout, pilot.log"
