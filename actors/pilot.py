@@ -103,6 +103,8 @@ class Pilot:
         self._services = RunnerServices(work_dir=Path(work_dir))
         self._spool_dir = Path(work_dir) / "log-spool" / pilot_id.replace(":", "_")
         self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
+        self._log: Any = None  #: the pilot's own lifecycle log (start, pull problems, stop)
+        self._pulling = True  #: the last pull reached the queue
         if logging:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
@@ -131,6 +133,16 @@ class Pilot:
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
+        from panray.logging_bridge.pilot_log import PilotLog
+
+        logs = self._services.work_dir / "pilots"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._log = PilotLog(logs / f"{self._spool_dir.name}.log",
+                             {"Harvester_WorkerID": self.pilot_id, "site": self.site}, self._services.sink)
+        recovered = self._services.sink.stats().get("recovered", 0)
+        self._log.event("start", f"pilot {self.pilot_id} started at {self.site} with {self.slots} slots"
+                        + (f"; re-sending {recovered} log entries a previous pilot of this name left" if recovered else ""),
+                        slots=self.slots, recovered=recovered)
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
@@ -158,6 +170,8 @@ class Pilot:
         self._stop.set()
         for p in list(self._running.values()):
             p.kill("cancelled")
+        if self._log is not None:
+            self._log.event("stop", f"pilot {self.pilot_id} stopping; {len(self._running)} payloads killed")
         deadline = time.monotonic() + STOP_GRACE
         while self._running and time.monotonic() < deadline:  # their last lines reach the sink
             time.sleep(0.05)
@@ -176,9 +190,14 @@ class Pilot:
             ended = self._reports.n_ended
             try:
                 batch = ray.get(self._queue.acquire.remote(self.pilot_id, free, ended - self._acked, 1.0))
-            except Exception:  # the queue is being restarted or the cluster shuts down
-                batch = []
+            except Exception as exc:  # the queue is being restarted or the cluster shuts down
+                if self._log is not None and self._pulling and not self._stop.is_set():  # once per streak
+                    self._log.event("pull_failed", f"pulling from site-queue:{self.site} failed: {exc!r}"[:500],
+                                    level="WARNING")
+                batch, self._pulling = [], False
                 time.sleep(0.5)
+            else:
+                self._pulling = True
             self._acked = ended
             used = self._start(batch)
             for _ in range(free - used):

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 from fake_cloud_logging import FakeCloudLogging
-from gcp_storage_emulator.server import create_server
 
 from panray.core.messages import Dispatch
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.logging_bridge import CloudLoggingSink, CloudSinkOptions, GCSObjectStore, attempt_prefix
 from panray.payload import encode_command
 from test_integration import _wait_for
+from test_logging_bridge import gcs_url  # noqa: F401  (the GCS emulator fixture)
 
 OPTIONS = CloudSinkOptions(request_timeout=0.5, backoff_initial=0.05, backoff_max=0.5)
 SEED_TYPES = {"PandaJobID": str, "TaskID": str, "RequestID": str, "Harvester_WorkerID": str,
@@ -32,14 +32,6 @@ SEED_TYPES = {"PandaJobID": str, "TaskID": str, "RequestID": str, "Harvester_Wor
 def fake() -> Iterator[FakeCloudLogging]:
     with FakeCloudLogging() as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def gcs_url() -> Iterator[str]:
-    server = create_server("127.0.0.1", 0, in_memory=True, default_bucket="panray-logs")
-    server.start()
-    yield f"http://127.0.0.1:{server._api._httpd.server_address[1]}"
-    server.stop()
 
 
 def _process(tmp_path: Path, fake: FakeCloudLogging, store: Any, script: str) -> PayloadProcess:
@@ -124,3 +116,20 @@ def test_panray_job_lists_the_stored_files_of_the_last_attempt(tmp_path: Path,
         objects.put(tmp_path / name, attempt_prefix(w.workflow_id, w.first_task_id, w.first_job_id, 1) + name)
     assert main(["--home", str(tmp_path), "job", str(w.first_job_id)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "files of attempt 1: payload.stdout, pilot.log"
+
+
+def test_each_pilot_logs_its_own_start(cluster: Any, panray_home: Path) -> None:
+    """The pilots' lifecycle log (``work/pilots/<pilot>.log``), here of the session's cluster."""
+    from panray.actors.names import pilot_name
+
+    expected = {pilot_name(site.name, k) for site in cluster.runtime.catalog for k in range(site.pilots)
+                if site.name not in cluster.runtime.missing}
+    starts = {}
+    for path in (panray_home / "work" / "pilots").glob("*.log"):
+        for e in map(json.loads, path.read_text().splitlines()):
+            if e["event"] == "start":
+                starts[e["Harvester_WorkerID"]] = e
+    assert expected <= set(starts)
+    some = starts[min(expected)]
+    assert some["source"] == "pilot" and isinstance(some["PilotTimeStamp"], float)
+    assert some["message"].startswith(f"pilot {min(expected)} started at {some['site']} with ")
