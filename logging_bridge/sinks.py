@@ -9,7 +9,7 @@ retries with exponential backoff (each request has a timeout, so a hanging endpo
 and ``flush``/``close`` wait for delivery. Every entry carries an ``insertId`` so a retried request
 that did land is deduplicated by the service. Given a directory, the spool is also kept on disk
 (:mod:`~panray.logging_bridge.spool`): what a stop, a kill or an outage leaves undelivered is sent
-by the next sink opened there. When the bound is hit the oldest entries go, and each job that lost
+by the next sink opened there. When the bound is hit the newest entries go, and each job that lost
 lines gets an entry saying how many (``panrayDroppedLines``), which ``panray logs`` shows.
 
 Examples:
@@ -220,7 +220,7 @@ class CloudSinkOptions:
     """Delivery knobs of :class:`CloudLoggingSink`; the defaults suit a pilot."""
 
     max_spool: int = 100_000
-    max_spool_bytes: int = 64 * 1024 * 1024  #: on the wire; the oldest entries go beyond it
+    max_spool_bytes: int = 64 * 1024 * 1024  #: on the wire; newer entries are dropped beyond it
     request_timeout: float = 10.0
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
