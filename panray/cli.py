@@ -212,7 +212,9 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
     """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
 
     The store is read before the sink: a pilot drains a payload's last lines into the sink
-    before it reports the end, so the query made after the end is seen holds every line.
+    before it reports the end, so with the local sink the query made after the end is seen holds
+    every line. Cloud Logging delivery goes on after the job's end (a log outage must not hold
+    the payload's slot): lines still in a pilot's spool then show in a later ``panray logs``.
     """
     final = {s.value for s in FINAL_JOB_STATES}
     shown = 0
