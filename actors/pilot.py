@@ -23,6 +23,9 @@ from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServic
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
+STOP_GRACE = 5.0
+"""Seconds a stopping pilot gives its killed payloads to end and its log sink to deliver; what is
+still undelivered then stays in the pilot's spool on disk for the next pilot of its name."""
 
 
 class _Reports:
@@ -98,7 +101,10 @@ class Pilot:
     def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
         self._services = RunnerServices(work_dir=Path(work_dir))
+        self._spool_dir = Path(work_dir) / "log-spool" / pilot_id.replace(":", "_")
         self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
+        self._log: Any = None  #: the pilot's own lifecycle log (start, pull problems, stop)
+        self._pulling = True  #: the last pull reached the queue
         if logging:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
@@ -123,11 +129,21 @@ class Pilot:
         from panray.logging_bridge import make_object_store, make_sink
 
         settings = Settings.model_validate(cfg)
-        self._services.sink = make_sink(settings)
+        self._services.sink = make_sink(settings, spool_dir=self._spool_dir)
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
         self._services.user = PayloadUser.lookup(settings.payload_user) if settings.payload_user else None
+        from panray.logging_bridge.pilot_log import PilotLog
+
+        logs = self._services.work_dir / "pilots"
+        logs.mkdir(parents=True, exist_ok=True)
+        self._log = PilotLog(logs / f"{self._spool_dir.name}.log",
+                             {"Harvester_WorkerID": self.pilot_id, "site": self.site}, self._services.sink)
+        recovered = self._services.sink.stats().get("recovered", 0)
+        self._log.event("start", f"pilot {self.pilot_id} started at {self.site} with {self.slots} slots"
+                        + (f"; re-sending {recovered} log entries a previous pilot of this name left" if recovered else ""),
+                        slots=self.slots, recovered=recovered)
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
@@ -145,10 +161,23 @@ class Pilot:
                 p.kill("cancelled")
         return dropped + sum(p is not None for p in procs)
 
-    def stop(self) -> None:
+    def log_stats(self) -> dict[str, int]:
+        """The log sink's counters (delivered, retried, dropped, recovered, pending, ...)."""
+        sink = self._services.sink
+        return sink.stats() if sink is not None else {}
+
+    def stop(self) -> bool:
+        """Kill the payloads and close the log sink; True when every log line was delivered."""
         self._stop.set()
         for p in list(self._running.values()):
             p.kill("cancelled")
+        if self._log is not None:
+            self._log.event("stop", f"pilot {self.pilot_id} stopping; {len(self._running)} payloads killed")
+        deadline = time.monotonic() + STOP_GRACE
+        while self._running and time.monotonic() < deadline:  # their last lines reach the sink
+            time.sleep(0.05)
+        sink = self._services.sink
+        return sink.close(timeout=max(deadline - time.monotonic(), 0.1)) if sink is not None else True
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -162,9 +191,14 @@ class Pilot:
             ended = self._reports.n_ended
             try:
                 batch = ray.get(self._queue.acquire.remote(self.pilot_id, free, ended - self._acked, 1.0))
-            except Exception:  # the queue is being restarted or the cluster shuts down
-                batch = []
+            except Exception as exc:  # the queue is being restarted or the cluster shuts down
+                if self._log is not None and self._pulling and not self._stop.is_set():  # once per streak
+                    self._log.event("pull_failed", f"pulling from site-queue:{self.site} failed: {exc!r}"[:500],
+                                    level="WARNING")
+                batch, self._pulling = [], False
                 time.sleep(0.5)
+            else:
+                self._pulling = True
             self._acked = ended
             used = self._start(batch)
             for _ in range(free - used):
@@ -203,6 +237,7 @@ class Pilot:
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
                           r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
         except Exception as exc:  # the pilot itself failed to run it: a system error
+            proc.pilot_error(exc)
             now = time.time()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
                           f"pilot error: {exc!r}"[:500], None, None)

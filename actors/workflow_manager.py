@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import defaultdict, deque
 from typing import Any
 
@@ -20,6 +21,7 @@ from panray.core.cluster_core import make_core
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings
+from panray.exceptions import StoreUnavailableError
 from panray.payload import occupies_slot
 from panray.store import open_store
 from panray.store.base import ChangeBatch, DecisionRow
@@ -31,22 +33,42 @@ LIVENESS_INTERVAL = 1.0
 a lost node is noticed within seconds instead of after the heartbeat timeout."""
 
 
-class _Writer(threading.Thread):
-    """Persists change batches in order, off the pump thread."""
+_STORE_RETRY_DELAYS = (0.1, 0.5, 1.0)
+"""The manager's store gives up after about 2 s: its writer keeps the batch and tries again
+without end, and shows the outage in ``stats()`` meanwhile."""
 
-    def __init__(self, store: Any):
+WRITE_RETRY_PAUSE = 1.0
+"""Seconds between a writer's tries of a batch while the store is away (the store itself has
+already retried for some seconds); the manager goes on from memory meanwhile."""
+
+
+class _Writer(threading.Thread):
+    """Persists change batches in order, off the pump thread.
+
+    A batch leaves the queue only once stored: while the store is unreachable the writer keeps
+    it and tries again, so an outage delays writes but loses none. Batches carry the writer's
+    key and sequence number, so one that committed just before its connection broke is not
+    stored twice. A batch the store rejects (a bug, not an outage) is dropped and surfaced by
+    ``wait()``.
+    """
+
+    def __init__(self, store: Any, name: str):
         super().__init__(name="writer", daemon=True)
         self.store = store
+        self.key = f"{name}#{uuid.uuid4().hex[:12]}"  #: one per manager incarnation
         self.batches: deque[ChangeBatch] = deque()
         self.cv = threading.Condition()
         self.written = 0
         self.submitted = 0
         self.error: BaseException | None = None
+        self.outage_since: float | None = None
+        self.outages = 0
 
     def put(self, batch: ChangeBatch) -> None:
         with self.cv:
-            self.batches.append(batch)
             self.submitted += 1
+            batch.writer, batch.seq = self.key, self.submitted
+            self.batches.append(batch)
             self.cv.notify_all()
 
     def run(self) -> None:
@@ -54,15 +76,39 @@ class _Writer(threading.Thread):
             with self.cv:
                 while not self.batches:
                     self.cv.wait()
-                batch = self.batches.popleft()
+                batch = self.batches[0]
             try:
                 self.store.apply(batch)
-            except BaseException as exc:  # surfaced by wait(); the manager stops persisting
-                log.exception("state store write failed")
+            except StoreUnavailableError as exc:
+                self._away(exc)
+                time.sleep(WRITE_RETRY_PAUSE)
+                continue
+            except BaseException as exc:  # surfaced by wait()
+                log.exception("state store rejected a batch")
                 self.error = exc
+            self._back()
             with self.cv:
+                self.batches.popleft()
                 self.written += 1
                 self.cv.notify_all()
+
+    def _away(self, exc: StoreUnavailableError) -> None:
+        if self.outage_since is None:
+            self.outage_since = time.time()
+            self.outages += 1
+            log.warning("%s; keeping %d batches in memory until it is back", exc, len(self.batches))
+
+    def _back(self) -> None:
+        if self.outage_since is not None:
+            log.warning("state store back after %.1f s; writing %d batches", time.time() - self.outage_since,
+                        len(self.batches))
+            self.outage_since = None
+
+    def stats(self) -> dict[str, Any]:
+        """Backlog and outage figures for the manager's ``stats()``."""
+        since = self.outage_since
+        return {"store_backlog": len(self.batches), "store_outages": self.outages,
+                "store_away_s": None if since is None else time.time() - since}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         with self.cv:
@@ -78,6 +124,7 @@ class WorkflowManager:
         self.flush_interval = float(settings.get("flush_interval", 0.2))
         self.release_batch = int(settings.get("release_batch", 500))
         self.store = open_store(db_url)
+        self.store.retry_delays = _STORE_RETRY_DELAYS
         snap = self.store.load_workflow(workflow_id)
         core_settings = CoreSettings(
             max_system_retries=int(settings.get("max_system_retries", 3)),
@@ -95,7 +142,7 @@ class WorkflowManager:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Event()
-        self._writer = _Writer(self.store)
+        self._writer = _Writer(self.store, manager_name(db_url, workflow_id))
         self._writer.start()
         self._ready: list[int] = []
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
@@ -128,7 +175,7 @@ class WorkflowManager:
         pick = (lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]) if lags else (lambda q: None)
         return {"heartbeats": len(lags), "beats": self._beats, "lag_p50": pick(0.5), "lag_p99": pick(0.99),
                 "lag_max": lags[-1] if lags else None, "rss_bytes": psutil.Process().memory_info().rss,
-                "pid": psutil.Process().pid}
+                "pid": psutil.Process().pid, **self._writer.stats()}
 
     def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
         """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs."""

@@ -2,12 +2,15 @@
 
 Rubin payloads log one JSON record a line (``levelName``, ``message``, ``MDC``, ...). The pilot merges
 panray's ids into each so operators can filter Cloud Logging on ``jsonPayload.PandaJobID`` and
-friends; a line that is not a JSON object still ships, as ``message``.
+friends; a line that is not a JSON object still ships, as ``message``. Names and types follow
+PanDA's pilot, so queries written for its logs match: the ids are strings
+(``jsonPayload.TaskID="6969"``) and ``PilotTimeStamp`` is the pilot's clock in epoch seconds.
+``source`` tells the payload's lines (``payload``) from the pilot's own record (``pilot``).
 
 Examples:
     >>> e = make_entry('{"levelName": "WARNING", "message": "hot"}', {"PandaJobID": "j1"}, "stdout")
-    >>> e["severity"], e["message"], e["PandaJobID"], e["stream"]
-    ('WARNING', 'hot', 'j1', 'stdout')
+    >>> e["severity"], e["message"], e["PandaJobID"], e["stream"], type(e["PilotTimeStamp"])
+    ('WARNING', 'hot', 'j1', 'stdout', <class 'float'>)
     >>> make_entry("plain text", {}, "stderr")["message"]
     'plain text'
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 ID_FIELDS: dict[str, str] = {
@@ -24,8 +27,13 @@ ID_FIELDS: dict[str, str] = {
     "task_id": "TaskID",
     "workflow_id": "RequestID",
     "attempt": "attemptNr",
+    "source": "source",
 }
 """Query keyword -> jsonPayload field, shared by every sink so filters mean the same everywhere."""
+STRING_IDS = frozenset({"PandaJobID", "TaskID", "RequestID", "Harvester_WorkerID"})
+"""Ids PanDA's pilot sends as strings; panray does the same, whatever type it holds them in."""
+TIMESTAMP_FIELD = "PilotTimeStamp"
+SOURCE_FIELD = "source"
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
@@ -56,12 +64,12 @@ def panray_ids(
 ) -> dict[str, Any]:
     """The ids mapping for :func:`make_entry`, under the PanDA names operators already query by."""
     return {
-        "PandaJobID": job_id,
-        "TaskID": task_id,
-        "RequestID": workflow_id,
+        "PandaJobID": str(job_id),
+        "TaskID": str(task_id),
+        "RequestID": str(workflow_id),
         "attemptNr": attempt,
         "site": site,
-        "Harvester_WorkerID": pilot_id,
+        "Harvester_WorkerID": str(pilot_id),
         "label": label,
     }
 
@@ -93,7 +101,8 @@ def make_entry(line: str, ids: Mapping[str, Any], stream: str) -> dict[str, Any]
             record = parsed
     if record is None:
         record = {"message": text}
-    plain_ids = {k: v if isinstance(v, _JSON_SCALARS) else str(v) for k, v in ids.items()}
+    plain_ids = {k: str(v) if k in STRING_IDS or not isinstance(v, _JSON_SCALARS) else v for k, v in ids.items()}
     entry = {**record, **plain_ids, "stream": stream, "severity": severity_of(record)}
-    entry.setdefault("pilotTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    entry.setdefault(SOURCE_FIELD, "payload")
+    entry.setdefault(TIMESTAMP_FIELD, time.time())
     return entry

@@ -7,7 +7,10 @@ The Cloud Logging sink exists because the library's own ``CloudLoggingHandler`` 
 batch on any failure and loses its queue at exit. Here one background thread owns a bounded spool,
 retries with exponential backoff (each request has a timeout, so a hanging endpoint cannot stall it),
 and ``flush``/``close`` wait for delivery. Every entry carries an ``insertId`` so a retried request
-that did land is deduplicated by the service.
+that did land is deduplicated by the service. Given a directory, the spool is also kept on disk
+(:mod:`~panray.logging_bridge.spool`): what a stop, a kill or an outage leaves undelivered is sent
+by the next sink opened there. When the bound is hit the newest entries go, and each job that lost
+lines gets an entry saying how many (``panrayDroppedLines``), which ``panray logs`` shows.
 
 Examples:
     >>> import tempfile
@@ -41,13 +44,17 @@ from google.cloud import logging as cloud_logging
 from google.cloud.logging_v2.resource import Resource
 
 from panray.config import Settings
-from panray.logging_bridge.entries import ID_FIELDS
+from panray.logging_bridge.entries import ID_FIELDS, SOURCE_FIELD, STRING_IDS, TIMESTAMP_FIELD, make_entry
+from panray.logging_bridge.spool import DiskSpool
 
 MAX_ENTRY_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 TRUNCATION_MARKER = " ...[truncated by panray]"
+DROPPED_FIELD = "panrayDroppedLines"
+"""Set on the entry that tells how many of a job's lines a full spool dropped."""
+_NOTICE_IDS = (*ID_FIELDS.values(), "site", "Harvester_WorkerID", "label")
 _KEPT_ON_TRUNCATION = frozenset({*ID_FIELDS.values(), "site", "Harvester_WorkerID", "label",
-                                 "pilotTimestamp", "stream", "severity"})
+                                 TIMESTAMP_FIELD, SOURCE_FIELD, "stream", "severity"})
 
 
 class LogSink(ABC):
@@ -79,8 +86,9 @@ class LogSink(ABC):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Entries matching every given id (and ``grep`` in ``message``), oldest first."""
+        """Entries matching every given id and ``source`` (and ``grep`` in ``message``), oldest first."""
 
     def __enter__(self) -> LogSink:
         return self
@@ -136,8 +144,10 @@ class LocalSink(LogSink):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
-        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt)
+        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt,
+                             source=source)
         pattern = self._path({field: wanted.get(field, "*") for field in ID_FIELDS.values()})
         found: list[dict[str, Any]] = []
         for path in sorted(self.directory.glob(str(pattern.relative_to(self.directory))),
@@ -210,6 +220,7 @@ class CloudSinkOptions:
     """Delivery knobs of :class:`CloudLoggingSink`; the defaults suit a pilot."""
 
     max_spool: int = 100_000
+    max_spool_bytes: int = 64 * 1024 * 1024  #: on the wire; newer entries are dropped beyond it
     request_timeout: float = 10.0
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
@@ -237,10 +248,12 @@ def _describe(exc: Exception) -> str:
 
 
 def _rfc3339(value: Any) -> str:
-    """The Zulu form the API (and the client's parser) wants; now when ``value`` is not a time."""
+    """The Zulu form the API (and the client's parser) wants, of epoch seconds or an ISO time;
+    now when ``value`` is neither."""
     try:
-        moment = datetime.fromisoformat(str(value))
-    except ValueError:
+        moment = (datetime.fromtimestamp(value, UTC) if isinstance(value, int | float)
+                  else datetime.fromisoformat(str(value)))
+    except (ValueError, OverflowError, OSError):
         moment = datetime.now(UTC)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
@@ -285,6 +298,7 @@ class CloudLoggingSink(LogSink):
         *,
         credentials: Credentials | None = None,
         options: CloudSinkOptions | None = None,
+        spool_dir: Path | None = None,
     ):
         self.options = options or CloudSinkOptions()
         if credentials is None:
@@ -304,52 +318,96 @@ class CloudLoggingSink(LogSink):
         self._resource = resource._to_dict()
         self._id_prefix = uuid.uuid4().hex[:12]
         self._seq = 0
-        self._spool: deque[tuple[dict[str, Any], int]] = deque()
-        self._inflight: list[tuple[dict[str, Any], int]] = []
+        self._spool: deque[_Item] = deque()
+        self._inflight: list[_Item] = []
+        self._spool_bytes = 0
         self._cond = threading.Condition()
-        self._counts = {"delivered": 0, "retried": 0, "dropped": 0, "truncated": 0}
+        self._counts = {"delivered": 0, "retried": 0, "dropped": 0, "truncated": 0, "recovered": 0}
         self.last_error: str | None = None
         self._closing = self._abort = False
+        self._lost: dict[tuple[tuple[str, Any], ...], int] = {}  #: lines dropped per job, not yet told
+        self._disk = DiskSpool(spool_dir) if spool_dir is not None else None
+        self._written_end = 0  #: journal position after the last entry spooled
+        if self._disk is not None and self._disk.adopted:
+            recovered = [json.loads(line) for line in self._disk.adopted]
+            self._counts["recovered"] = len(recovered)
+            self._enqueue(recovered, bound=False)  # within the bound when spooled, with its notices
         self._worker = threading.Thread(target=self._run, name="panray-cloud-logging", daemon=True)
         self._worker.start()
 
     def write(self, entries: Sequence[dict[str, Any]]) -> None:
-        """Spool entries; when the spool is full the oldest are dropped (and counted)."""
+        """Spool entries; when the spool is full the newest are dropped (counted, and told per job)."""
         wire = [self._to_wire(entry) for entry in entries]
         with self._cond:
             if self._closing:
                 self._counts["dropped"] += len(wire)
                 return
-            for item in wire:
-                if len(self._spool) >= self.options.max_spool:
-                    self._spool.popleft()
-                    self._counts["dropped"] += 1
-                self._spool.append(item)
+            self._enqueue(wire)
             self._cond.notify_all()
 
-    def _to_wire(self, entry: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    def _enqueue(self, wire: list[dict[str, Any]], *, bound: bool = True) -> None:
+        """Append to the spool and its journal what fits the bounds; the rest is dropped and
+        counted per job for a later notice. The caller holds the lock.
+
+        The newest go, not the oldest: so the journal's undelivered part stays one tail."""
+        room_n = self.options.max_spool - len(self._spool)
+        room_b = self.options.max_spool_bytes - self._spool_bytes
+        kept: list[tuple[dict[str, Any], str]] = []
+        for entry in wire:
+            line = json.dumps(entry)
+            if bound and (len(kept) >= room_n or len(line) > room_b):
+                room_n = 0  # full: everything after this goes too, so order is kept
+                payload = entry.get("jsonPayload", {})
+                key = tuple((f, payload.get(f)) for f in _NOTICE_IDS)
+                self._lost[key] = self._lost.get(key, 0) + 1
+                self._counts["dropped"] += 1
+                continue
+            kept.append((entry, line))
+            room_b -= len(line)
+        ends = (self._disk.append([line for _, line in kept]) if self._disk is not None
+                else [0] * len(kept))
+        for (entry, line), end in zip(kept, ends):
+            self._spool.append((entry, len(line), end))
+            self._spool_bytes += len(line)
+        if ends:
+            self._written_end = ends[-1]
+
+    def _tell_losses(self) -> None:
+        """Spool one entry per job that lost lines, saying how many (caller holds the lock)."""
+        if self._lost:
+            lost, self._lost = self._lost, {}
+            self._enqueue([self._to_wire(_drop_notice(ids, n)) for ids, n in lost.items()], bound=False)
+
+    def _settle(self) -> None:
+        """Tell the journal how far delivery (or dropping) has got (caller holds the lock)."""
+        if self._disk is None:
+            return
+        head = self._inflight[0] if self._inflight else self._spool[0] if self._spool else None
+        self._disk.done(self._written_end if head is None else head[2] - head[1] - 1)
+
+    def _to_wire(self, entry: dict[str, Any]) -> dict[str, Any]:
         payload, truncated = fit_entry(entry, self.options.max_entry_bytes)
         with self._cond:
             self._seq += 1
             seq = self._seq
             self._counts["truncated"] += truncated
-        wire = {
+        return {
             "insertId": f"{self._id_prefix}-{seq:010d}",
-            "timestamp": _rfc3339(entry.get("pilotTimestamp")),
+            "timestamp": _rfc3339(entry.get(TIMESTAMP_FIELD)),
             "severity": entry.get("severity", "DEFAULT"),
             "jsonPayload": payload,
         }
-        return wire, _wire_size(wire)
 
-    def _take_batch(self) -> list[tuple[dict[str, Any], int]]:
+    def _take_batch(self) -> list[_Item]:
         """Oldest entries that fit one request (caller holds the lock)."""
-        batch: list[tuple[dict[str, Any], int]] = []
+        batch: list[_Item] = []
         total = 0
         while self._spool and len(batch) < self.options.max_batch_entries:
             size = self._spool[0][1] + 2
             if batch and total + size > self.options.max_request_bytes:
                 break
             batch.append(self._spool.popleft())
+            self._spool_bytes -= size - 2
             total += size
         return batch
 
@@ -362,7 +420,7 @@ class CloudLoggingSink(LogSink):
                     return
                 if not self._inflight:
                     self._inflight = self._take_batch()
-                batch = [wire for wire, _ in self._inflight]
+                batch = [wire for wire, _, _ in self._inflight]
             try:
                 self._client.logging_api.write_entries(
                     batch, logger_name=self.full_log_name, resource=self._resource, partial_success=True)
@@ -374,6 +432,9 @@ class CloudLoggingSink(LogSink):
                     self._counts["delivered" if error is None else "dropped"] += len(batch)
                     self.last_error = None if error is None else _describe(error)
                     self._inflight = []
+                    self._settle()
+                    if error is None:
+                        self._tell_losses()
                     delay = self.options.backoff_initial
                     self._cond.notify_all()
                     continue
@@ -390,7 +451,8 @@ class CloudLoggingSink(LogSink):
             return self._cond.wait_for(lambda: self._pending() == 0, timeout)
 
     def close(self, timeout: float | None = 30.0) -> bool:
-        """Deliver what is spooled within ``timeout``; whatever is left is counted as dropped."""
+        """Deliver what is spooled within ``timeout``; whatever is left stays in the journal for the
+        next sink on the same directory or, without one, is counted as dropped."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -402,13 +464,21 @@ class CloudLoggingSink(LogSink):
             self._worker.join(self.options.request_timeout + 1.0)
         with self._cond:
             left = self._pending()
-            self._counts["dropped"] += left
+            if self._disk is None:
+                self._counts["dropped"] += left
+            else:
+                self._tell_losses()  # journaled: the next sink here sends them
+                left = self._pending()
+                self._disk.close()
             self._spool.clear()
             self._inflight = []
         self._session.close()
         return left == 0
 
     def stats(self) -> dict[str, int]:
+        """Counters; ``recovered`` entries came from the journal of a sink that stopped before
+        delivering them, ``dropped`` ones were lost to the spool's bound (or, with no journal, to
+        a close before delivery)."""
         with self._cond:
             return {**self._counts, "pending": self._pending()}
 
@@ -421,19 +491,35 @@ class CloudLoggingSink(LogSink):
         attempt: int | None = None,
         grep: str | None = None,
         limit: int | None = None,
+        source: str | None = None,
     ) -> list[dict[str, Any]]:
         """Filter on jsonPayload ids over the last ``options.query_days`` (the default retention)."""
         since = datetime.now(UTC) - timedelta(days=self.options.query_days)
         clauses = [f"logName={json.dumps(self.full_log_name)}",
                    f'timestamp>="{since.strftime("%Y-%m-%dT%H:%M:%SZ")}"']
-        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt)
-        clauses += [f"jsonPayload.{field}={_filter_value(value)}" for field, value in wanted.items()]
+        wanted = _id_filters(job_id=job_id, task_id=task_id, workflow_id=workflow_id, attempt=attempt,
+                             source=source)
+        clauses += [f"jsonPayload.{field}={_filter_value(str(value) if field in STRING_IDS else value)}"
+                    for field, value in wanted.items()]
         if grep is not None:
             clauses.append(f"jsonPayload.message:{json.dumps(grep)}")
         found = self._client.list_entries(
             filter_=" AND ".join(clauses), order_by=cloud_logging.ASCENDING, max_results=limit,
             page_size=min(limit or 1000, 1000))
         return [dict(entry.payload) for entry in found]
+
+
+_Item = tuple[dict[str, Any], int, int]
+"""A spooled entry: wire form, size on the wire, journal position after it (0 without one)."""
+
+
+def _drop_notice(ids: tuple[tuple[str, Any], ...], n: int) -> dict[str, Any]:
+    """The entry telling that ``n`` lines of one job were dropped by a full spool."""
+    entry = make_entry(f"panray dropped {n} log lines of this job: the pilot's log spool was full",
+                       {k: v for k, v in ids if v is not None}, "panray")
+    entry["severity"] = "WARNING"
+    entry[DROPPED_FIELD] = n
+    return entry
 
 
 def _filter_value(value: Any) -> str:
@@ -443,9 +529,11 @@ def _filter_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def make_sink(settings: Settings) -> LogSink:
-    """The deployment's sink: local files under ``logs_dir`` unless ``log_sink`` is ``cloud``."""
+def make_sink(settings: Settings, spool_dir: Path | None = None) -> LogSink:
+    """The deployment's sink: local files under ``logs_dir`` unless ``log_sink`` is ``cloud``;
+    ``spool_dir`` (a pilot's) keeps the cloud sink's undelivered entries on disk."""
     if settings.log_sink == "cloud":
         return CloudLoggingSink(settings.gcp_project, settings.log_name,
-                                endpoint=settings.cloud_logging_endpoint)
+                                endpoint=settings.cloud_logging_endpoint, spool_dir=spool_dir,
+                                options=CloudSinkOptions(max_spool_bytes=settings.log_spool_bytes))
     return LocalSink(settings.logs_dir)

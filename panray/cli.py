@@ -88,12 +88,23 @@ def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
     print(monitor.jobs_table([job], {a.job_id: a.max_pss_kb for a in attempts[-1:] if a.max_pss_kb is not None}))
     print()
     print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
+    if attempts:
+        last = attempts[-1].attempt_nr
+        names = [key.rsplit("/", 1)[-1] for key in _stored_files(pr, job, last)]
+        print(f"\nfiles of attempt {last}: {', '.join(names) or 'none stored'}")
     transfers = pr.store.transfers(args.job)
     if transfers:
         print("\ninputs transferred (the job ran away from them):")
         print(monitor.table(["attempt", "dataset", "from", "to"],
                             [(t.attempt_nr, t.dataset, t.source, t.destination) for t in transfers]))
     return 0
+
+
+def _stored_files(pr: Panray, job: Any, attempt: int) -> list[str]:
+    """Keys of an attempt's files in the object store (pilot.log, payload.stdout, ...)."""
+    from panray.logging_bridge import attempt_prefix, make_object_store
+
+    return make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt))
 
 
 def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
@@ -146,16 +157,13 @@ def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.logging_bridge import make_object_store, make_sink
+    from panray.logging_bridge import make_sink
 
     if args.files:
         if args.job is None:
             raise PanrayError("--files needs a JOB")
         job = pr.store.job(args.job)
-        attempt = args.attempt or job.attempt_nr
-        from panray.logging_bridge import attempt_prefix
-
-        for key in make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt)):
+        for key in _stored_files(pr, job, args.attempt or job.attempt_nr):
             print(key)
         return 0
     if args.job is None and args.task is None:
@@ -164,33 +172,56 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
     if args.follow:
         if args.job is None:
             raise PanrayError("--follow needs a JOB")
-        _follow_logs(pr, sink, args.job, args.attempt, args.grep)
+        _follow_logs(pr, sink, args.job, args.attempt, args.grep, None if args.source == "all" else args.source)
         return 0
-    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
-        _print_entry(e)
+    from panray.logging_bridge.sinks import DROPPED_FIELD
+
+    dropped = 0
+    source = None if args.source == "all" else args.source
+    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep, source=source):
+        if DROPPED_FIELD in e:
+            dropped += int(e[DROPPED_FIELD])
+        else:
+            _print_entry(e)
+    if dropped:
+        print(f"panray: note: {dropped} log lines were dropped by a pilot's full log spool "
+              "(log_spool_bytes) and never reached the log service", file=sys.stderr)
     return 0
 
 
 FOLLOW_INTERVAL = 0.25  #: seconds between polls of ``panray logs --follow``
 
 
+def _when(stamp: Any) -> str:
+    """A pilot timestamp (epoch seconds) as UTC ISO time; other values as they are."""
+    if isinstance(stamp, int | float):
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(stamp or "")
+
+
 def _print_entry(e: dict[str, Any]) -> None:
-    print(f"{e.get('pilotTimestamp', '')} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
-          f"{e.get('label', '')}: {e.get('message', '')}", flush=True)
+    print(f"{_when(e.get('PilotTimeStamp'))} {e.get('severity', ''):8} {e.get('PandaJobID', '')} "
+          f"{e.get('label', '')}{' [pilot]' if e.get('source') == 'pilot' else ''}: {e.get('message', '')}",
+          flush=True)
 
 
-def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None) -> None:
+def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None,
+                 source: str | None = None) -> None:
     """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
 
     The store is read before the sink: a pilot drains a payload's last lines into the sink
-    before it reports the end, so the query made after the end is seen holds every line.
+    before it reports the end, so with the local sink the query made after the end is seen holds
+    every line. Cloud Logging delivery goes on after the job's end (a log outage must not hold
+    the payload's slot): lines still in a pilot's spool then show in a later ``panray logs``.
     """
     final = {s.value for s in FINAL_JOB_STATES}
     shown = 0
     while True:
         job = pr.store.job(job_id)
         ended = job.status in final or (attempt is not None and job.attempt_nr > attempt)
-        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep)
+        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep, source=source)
         for e in entries[shown:]:
             _print_entry(e)
         shown = len(entries)
@@ -324,6 +355,8 @@ def parser() -> argparse.ArgumentParser:
     lg.add_argument("--task", type=int)
     lg.add_argument("--grep")
     lg.add_argument("--files", action="store_true")
+    lg.add_argument("--source", choices=("pilot", "payload", "all"), default="all",
+                    help="the payload's lines, the pilot's record of the job, or both (default)")
     lg.add_argument("--follow", action="store_true", help="print new lines as they arrive until the job ends")
     lg.set_defaults(func=cmd_logs)
 

@@ -41,6 +41,8 @@ class Settings(BaseModel):
     storage: str | None = Field(default=None, description="local directory or gs://bucket[/prefix]")
     storage_endpoint: str | None = None
     log_interval: float = 2.0
+    log_spool_bytes: int = Field(default=64 * 1024 * 1024, gt=0,
+                                 description="a pilot's undelivered log entries kept (memory and disk)")
     heartbeat_interval: float = 60.0
     heartbeat_timeout: float = 7200.0
     sent_timeout: float = 1800.0

@@ -78,3 +78,16 @@ class ClusterCycleError(WorkflowValidationError):
             "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
             + f" (quanta: {via}); put these quanta in the same cluster or in none"
         )
+
+
+class StoreUnavailableError(PanrayError):
+    """The state store could not be reached (connection lost, server restarting, file locked).
+
+    ``in_doubt`` is true when the failure came while committing: the transaction may have been
+    stored, so only an idempotent call may be repeated blindly.
+    """
+
+    def __init__(self, url: str, cause: BaseException, *, in_doubt: bool = False):
+        self.url, self.in_doubt = url, in_doubt
+        first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"state store {url} unavailable: {first}")

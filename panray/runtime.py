@@ -50,6 +50,8 @@ class Runtime:
     def shutdown(self) -> None:
         import ray
 
+        if self.cluster is not None and ray.is_initialized():
+            self._stop_pilots()
         if self.owns_ray and ray.is_initialized():
             ray.shutdown()
         if self.cluster is not None:
@@ -59,6 +61,15 @@ class Runtime:
                 os.unlink(self.settings.home / "cluster.json")
             except FileNotFoundError:
                 pass
+
+
+    def _stop_pilots(self, timeout: float = 10.0) -> None:
+        """Let this cluster's pilots close their log sinks (the rest stays in their disk spools)."""
+        import ray
+
+        refs = [p.stop.remote() for ps in self.pilots.values() for p in ps]
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=timeout)
 
 
 def _cluster_file(settings: Settings) -> Any:

@@ -16,9 +16,8 @@ from panray.store import StateStore, open_store
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[pgserver.PgServer]:
-    """One PostgreSQL cluster for the session. Fails (never skips): PostgreSQL is a supported backend."""
+def _pg_cluster() -> Iterator[pgserver.PgServer]:
+    """A fresh cluster, removed afterwards. Fails (never skips): PostgreSQL is a supported backend."""
     try:
         server = pgserver.start()
     except pgserver.PgServerError as exc:
@@ -27,6 +26,18 @@ def pg_server() -> Iterator[pgserver.PgServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """One PostgreSQL cluster for the session."""
+    yield from _pg_cluster()
+
+
+@pytest.fixture(scope="module")
+def own_pg() -> Iterator[pgserver.PgServer]:
+    """A cluster of the module's own, for tests that restart or stop it under a run."""
+    yield from _pg_cluster()
 
 
 @pytest.fixture(scope="session")

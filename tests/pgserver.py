@@ -58,6 +58,7 @@ class PgServer:
     port: int
     bindir: Path
     as_user: list[str]
+    options: str = ""
 
     @property
     def data(self) -> Path:
@@ -86,6 +87,18 @@ class PgServer:
             log = self.log.read_text() if self.log.exists() else "(no server log)"
             raise PgServerError(f"{' '.join(cmd)} exited {done.returncode}:\n{done.stdout}{done.stderr}\n{log}")
 
+    def restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE``: every connection is cut, the server is back when this returns."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-m", mode, "-w", "-t", "60", "restart")
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data for :meth:`boot`."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def boot(self) -> None:
+        """Start a halted server again with the options it was first started with."""
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options, "-w", "-t", "60", "start")
+
     def stop(self) -> None:
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -101,18 +114,19 @@ def start() -> PgServer:
         user = pwd.getpwnam("postgres")
         os.chown(root, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    server = PgServer(root, _free_port(), _bindir(), as_user)
+    port = _free_port()
     sockets = root / "sockets"
     options = (
-        f"-c listen_addresses=127.0.0.1 -p {server.port} -k {sockets} "
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {sockets} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=50"
     )
+    server = PgServer(root, port, _bindir(), as_user, options)
     try:
         server._run("initdb", "-D", str(server.data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", "--locale=C")
         os.makedirs(sockets)
         if as_user:
             os.chown(sockets, pwd.getpwnam("postgres").pw_uid, -1)
-        server._run("pg_ctl", "-D", str(server.data), "-l", str(server.log), "-o", options, "-w", "-t", "60", "start")
+        server.boot()
     except BaseException:
         shutil.rmtree(root, ignore_errors=True)
         raise

@@ -36,7 +36,7 @@ from panray.logging_bridge import (
     panray_ids,
 )
 from panray.logging_bridge.memory import COLUMNS
-from panray.logging_bridge.sinks import MAX_ENTRY_BYTES, TRUNCATION_MARKER
+from panray.logging_bridge.sinks import DROPPED_FIELD, MAX_ENTRY_BYTES, TRUNCATION_MARKER
 
 IDS = panray_ids(job_id="j1", task_id="t1", workflow_id="wf1", attempt=2, site="s3df",
                  pilot_id="pilot-7", label="isr")
@@ -79,7 +79,7 @@ def numbered(count: int, **ids: Any) -> list[dict[str, Any]]:
 
 
 def delivered_numbers(fake: FakeCloudLogging) -> list[int]:
-    return [entry["jsonPayload"]["n"] for entry in fake.entries()]
+    return [entry["jsonPayload"]["n"] for entry in fake.entries() if "n" in entry["jsonPayload"]]
 
 
 # --- entries ---------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_json_line_is_merged_with_ids_and_gets_its_severity() -> None:
     assert entry["severity"] == "WARNING" and entry["message"] == "hot"
     assert entry["MDC"] == {"RUN": "r1"} and entry["stream"] == "stderr"
     assert {k: entry[k] for k in IDS} == IDS, "the pilot's ids win over the payload's"
-    assert entry["pilotTimestamp"]
+    assert isinstance(entry["PilotTimeStamp"], float) and entry["source"] == "payload"
     assert make_entry("x", {"site": Path("/s")}, "stdout")["site"] == "/s", "ids made JSON-safe"
 
 
@@ -155,7 +155,8 @@ def test_close_right_after_write_delivers_everything(fake: FakeCloudLogging) -> 
     assert sink.stats()["dropped"] == 3, "a write after close is counted, not lost silently"
 
 
-def test_full_spool_drops_oldest_and_counts_them(fake: FakeCloudLogging) -> None:
+def test_full_spool_drops_newest_counts_them_and_tells_each_job(fake: FakeCloudLogging) -> None:
+    """The newest go, so that a spool journal on disk stays one undelivered tail."""
     fake.fail(503)
     sink = cloud_sink(fake, CloudSinkOptions(max_spool=10, max_batch_entries=5,
                                              backoff_initial=0.05, backoff_max=0.05))
@@ -164,8 +165,11 @@ def test_full_spool_drops_oldest_and_counts_them(fake: FakeCloudLogging) -> None
     sink.write(numbered(30)[5:])
     fake.recover()
     assert sink.flush(timeout=10)
-    assert delivered_numbers(fake) == [*range(5), *range(20, 30)], "in flight and newest survive"
+    assert delivered_numbers(fake) == list(range(15)), "in flight and oldest survive"
     assert sink.stats()["dropped"] == 15
+    [notice] = [e["jsonPayload"] for e in fake.entries() if DROPPED_FIELD in e["jsonPayload"]]
+    assert notice[DROPPED_FIELD] == 15 and notice["PandaJobID"] == IDS["PandaJobID"]
+    assert notice["message"] == "panray dropped 15 log lines of this job: the pilot's log spool was full"
     sink.close()
 
 

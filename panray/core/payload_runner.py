@@ -30,6 +30,7 @@ from panray.core.messages import Dispatch
 from panray.payload import decode_command
 
 OOM_EXIT = 137
+PILOT_LOG = "pilot.log"  #: the pilot's record of the attempt, uploaded with the payload's files
 
 
 #: ``setpriv --pdeathsig KILL`` makes a payload die with its pilot (as on a lost node) while
@@ -117,13 +118,23 @@ class PayloadProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._kill_reason: str | None = None
         self._lock = threading.Lock()
+        self.log: Any = None  #: the pilot's record of this attempt (logging_bridge PilotLog), from run() on
 
     def ids(self) -> dict[str, Any]:
+        """PanDA's ids for log entries: job, task and request ids and the pilot's id as strings."""
         d = self.d
         return {
-            "PandaJobID": d.job_id, "TaskID": d.task_id, "RequestID": d.workflow_id,
+            "PandaJobID": str(d.job_id), "TaskID": str(d.task_id), "RequestID": str(d.workflow_id),
             "attemptNr": d.attempt_nr, "site": d.site, "Harvester_WorkerID": self.pilot, "label": d.label,
         }
+
+    def _event(self, event: str, message: str, *, level: str = "INFO", **fields: Any) -> None:
+        if self.log is not None:
+            self.log.event(event, message, level=level, **fields)
+
+    def pilot_error(self, exc: BaseException) -> None:
+        """Record that the pilot itself failed to run the job (a system error)."""
+        self._event("pilot_error", f"pilot error, the job ends as a system error: {exc!r}"[:500], level="ERROR")
 
     def kill(self, reason: str) -> None:
         """Kill the payload's whole process group; ``reason`` is "cancelled" or "memory"."""
@@ -132,6 +143,9 @@ class PayloadProcess:
                 self._kill_reason = reason
             proc = self._proc
         if proc is not None and proc.poll() is None:
+            why = {"memory": "PSS above the memory request", "cancelled": "cancelled by the workflow manager"}
+            self._event("signal", f"sending SIGKILL to process group {proc.pid}: {why.get(reason, reason)}",
+                        level="WARNING", pid=proc.pid, signal="SIGKILL", reason=reason)
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -144,6 +158,13 @@ class PayloadProcess:
         user = self.services.user
         if user is not None:
             os.chown(self.dir, user.uid, user.gid)
+        from panray.logging_bridge.pilot_log import PilotLog  # the bridge pulls in the Google clients
+
+        self.log = PilotLog(self.dir / PILOT_LOG, self.ids(), self.services.sink)
+        self._event("received", f"received job {self.d.job_id} attempt {self.d.attempt_nr} (task {self.d.task_id}, "
+                    f"workflow {self.d.workflow_id}); work dir {self.dir}", workDir=str(self.dir))
+        self._event("command", f"command decoded: {argv[0]} with {len(argv) - 1} arguments",
+                    executable=argv[0], nArguments=len(argv) - 1)
         if argv[0] == cluster_runner.CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
             (self.dir / cluster_runner.SPEC_FILE).write_text(argv[1])
             argv = [sys.executable, "-I", cluster_runner.__file__, cluster_runner.SPEC_FILE]
@@ -159,6 +180,7 @@ class PayloadProcess:
             try:
                 with self._lock:
                     if self._kill_reason is not None:
+                        self._event("not_started", f"killed before start: {self._kill_reason}", level="WARNING")
                         return PayloadResult(start, time.time(), 130, self._kill_reason, "killed before start")
                     launch, preexec = _dying_with_pilot(argv, user)
                     self._proc = subprocess.Popen(
@@ -166,18 +188,30 @@ class PayloadProcess:
                         start_new_session=True, preexec_fn=preexec,
                     )
             except OSError as exc:
+                self._event("start_failed", f"cannot start {argv[0]!r}: {exc}", level="ERROR")
                 return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")
+            self._event("started", f"payload started with pid {self._proc.pid}", pid=self._proc.pid)
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
 
         end = time.time()
         summary = monitor.stop() if monitor else None
         if tailer:
-            tailer.stop()
-            self.services.sink.flush(timeout=30.0)
+            tailer.stop()  # the last lines are in the sink's spool; delivery goes on without this slot
         max_pss = int(summary["Max"]["pss"]) if summary else None
         result = self._classify(code, start, end, max_pss)
-        result.log_url = self._upload([out_path, err_path, self.dir / "prmon.txt", self.dir / "prmon.json"])
+        self._event("exited", f"payload exited with code {code} after {end - start:.1f} s: "
+                    f"{result.diag or 'finished'}", level="INFO" if result.exit_code == 0 else "ERROR",
+                    exitCode=result.exit_code, errorClass=result.error_class, maxPSS_kB=max_pss)
+        files = [out_path, err_path, self.dir / "prmon.txt", self.dir / "prmon.json", self.dir / PILOT_LOG]
+        try:
+            result.log_url = self._upload(files)
+        except Exception as exc:
+            self._event("upload_failed", f"uploading the job's files failed: {exc!r}"[:500], level="ERROR")
+            raise
+        if result.log_url:
+            self._event("uploaded", f"uploaded {sum(p.exists() for p in files)} files to {result.log_url}",
+                        url=result.log_url)
         result.quanta = cluster_runner.read_results(self.dir)
         return result
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class NewJob(NamedTuple):
@@ -202,6 +202,10 @@ class ChangeBatch:
     decisions: list[DecisionRow] = field(default_factory=list)
     locations: list[LocationRow] = field(default_factory=list)
     transfers: list[TransferRow] = field(default_factory=list)
+    #: Who sent the batch and its place in that sender's sequence. A keyed batch is stored at
+    #: most once: a retry of one that committed before its connection broke changes nothing.
+    writer: str | None = None
+    seq: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.jobs or self.history or self.attempts or self.tasks or self.workflows
@@ -281,6 +285,7 @@ class StateStore(ABC):
     """SQLite and PostgreSQL implement this; nothing outside ``panray.store`` issues SQL."""
 
     url: str
+    retry_delays: tuple[float, ...]  #: pauses between tries when the store is unreachable
 
     @abstractmethod
     def submit(self, campaign: NewCampaign) -> SubmittedCampaign:
@@ -288,7 +293,12 @@ class StateStore(ABC):
 
     @abstractmethod
     def apply(self, changes: ChangeBatch) -> None:
-        """Write one batch of state changes in one transaction."""
+        """Write one batch of state changes in one transaction.
+
+        A batch with a ``writer`` is skipped if that writer's batch ``seq`` (or a later one) is
+        already stored, so a writer may re-send a batch whose commit it could not confirm.
+        Raises StoreUnavailableError when the store stays unreachable through a few retries.
+        """
 
     @abstractmethod
     def set_cancelled(self, workflow_id: int, cancelled: bool) -> None:

@@ -12,15 +12,21 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
+from panray.exceptions import StoreUnavailableError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
+log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT_S = 5
 _DIALECT = Dialect(
     types={
         "id": "BIGINT",
@@ -47,27 +53,56 @@ _UPSERT_ATTEMPTS = f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT {_ATTEMPT_
 
 
 class PostgresStore(SQLStore):
-    """PostgreSQL backend; one connection per store, shared by the process's threads under a lock."""
+    """PostgreSQL backend; one connection per store, shared by the process's threads under a lock.
+
+    A connection the server dropped (restart, shutdown, network) is closed and opened again on
+    the next call; :func:`~panray.store.schema.retried` repeats the call that met it.
+    """
 
     dialect = _DIALECT
 
     def __init__(self, url: str):
         self.url = url
         self._lock = threading.Lock()
-        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._schema_ready = False
         self._ensure_schema()
-        for statement in _TEMP_TABLES:
-            self._conn.execute(statement)
+        self._schema_ready = True
+        with self._lock:
+            self._drop()  # reopened with its temp tables, which need the schema
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=_CONNECT_TIMEOUT_S)
+            if self._schema_ready:
+                for statement in _TEMP_TABLES:
+                    conn.execute(statement)
+            self._conn = conn
+        return self._conn
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except psycopg.Error:
+                log.debug("closing a broken connection failed", exc_info=True)
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         """``write`` needs nothing more here: the counter rows' locks serialise id allocation."""
         with self._lock:
+            committing = False
             try:
-                with self._conn.transaction(), self._conn.cursor() as cur:
+                conn = self._connection()
+                with conn.transaction(), conn.cursor() as cur:
                     yield cur
+                    committing = True
             except psycopg.errors.IntegrityError as exc:
                 raise rejected(self.url, exc) from exc
+            except psycopg.OperationalError as exc:  # connection lost, server shutting down, deadlock
+                self._drop()
+                raise StoreUnavailableError(self.url, exc, in_doubt=committing) from exc
 
     def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
         assert isinstance(cur, psycopg.Cursor)
@@ -86,4 +121,4 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            self._drop()

@@ -12,16 +12,18 @@ more than the write.
 
 from __future__ import annotations
 
+import functools
 import gc
+import logging
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Protocol, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from panray.exceptions import NotFoundError, PanrayError, WorkflowValidationError
+from panray.exceptions import NotFoundError, PanrayError, StoreUnavailableError, WorkflowValidationError
 from panray.sites.catalog import SiteStatus
 from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, WorkflowStatus
 from panray.store.base import (
@@ -44,6 +46,8 @@ from panray.store.base import (
     WorkflowSnapshot,
 )
 from panray.store.quanta import QUANTA_DDL, QuantaSQL
+
+log = logging.getLogger(__name__)
 
 FIRST_ATTEMPT = 1
 JOB_KINDS = ("job", "init", "final")
@@ -112,6 +116,7 @@ _DDL = (
     "CREATE INDEX transfers_job ON transfers (job_id)",
     """CREATE TABLE site_status (
         site TEXT PRIMARY KEY, status TEXT NOT NULL CHECK {site_status}, modified {float} NOT NULL)""",
+    "CREATE TABLE batch_marks (writer TEXT PRIMARY KEY, seq {id} NOT NULL)",
 )
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -153,6 +158,11 @@ TASK_COLUMNS = TaskRow._fields
 ATTEMPT_ON_CONFLICT = "ON CONFLICT (job_id, attempt_nr) DO UPDATE SET " + ", ".join(
     f"{c} = excluded.{c}" for c in AttemptRow._fields[2:]
 )
+#: Records a keyed batch; changes no row (rowcount 0) when that writer's seq is already stored.
+_MARK_BATCH = (
+    "INSERT INTO batch_marks (writer, seq) VALUES (?, ?) ON CONFLICT (writer) DO UPDATE"
+    " SET seq = excluded.seq WHERE batch_marks.seq < excluded.seq"
+)
 _ACTIVE = " NOT " + _one_of("status", (s.value for s in FINAL_WORKFLOW_STATES))
 _MISSING_CHUNK = 500
 
@@ -178,6 +188,38 @@ def rejected(url: str, exc: Exception) -> PanrayError:
 
 _K = TypeVar("_K", bound=Hashable)
 _R = TypeVar("_R")
+_S = TypeVar("_S", bound="SQLStore")
+_P = ParamSpec("_P")
+
+#: Pauses between tries of a call whose connection failed, about 15 s in all: enough to ride
+#: out a database restart; a manager's writer keeps retrying its batch beyond that.
+RETRY_DELAYS = (0.1, 0.2, 0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 5.0)
+
+
+def retried(
+    idempotent: Callable[..., bool] | bool = True,
+) -> Callable[[Callable[Concatenate[_S, _P], _R]], Callable[Concatenate[_S, _P], _R]]:
+    """Repeat a store call that met StoreUnavailableError (the backend has dropped the broken
+    connection, so the next try reconnects). A failure while committing is repeated only if
+    ``idempotent`` (or ``idempotent(*args)``) says a second run cannot store anything twice."""
+
+    def wrap(fn: Callable[Concatenate[_S, _P], _R]) -> Callable[Concatenate[_S, _P], _R]:
+        @functools.wraps(fn)
+        def call(self: _S, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+            for delay in (*self.retry_delays, None):
+                try:
+                    return fn(self, *args, **kwargs)
+                except StoreUnavailableError as exc:
+                    safe = idempotent(*args) if callable(idempotent) else idempotent
+                    if delay is None or (exc.in_doubt and not safe):
+                        raise
+                    log.warning("%s; trying %s again in %.1f s", exc, fn.__name__, delay)
+                    time.sleep(delay)
+            raise AssertionError("unreachable")
+
+        return call
+
+    return wrap
 
 
 def _last_wins(rows: Sequence[_R], key: Callable[[_R], _K]) -> list[_R]:
@@ -255,11 +297,15 @@ class SQLStore(QuantaSQL, StateStore):
     """
 
     dialect: Dialect
+    #: Pauses between tries of a call that found the store unreachable (see :func:`retried`).
+    retry_delays: tuple[float, ...] = RETRY_DELAYS
 
     @abstractmethod
     def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
         """One transaction on the store's connection, committed on success, else rolled back.
-        ``write`` transactions take the write lock up front (ids are allocated inside them)."""
+        ``write`` transactions take the write lock up front (ids are allocated inside them).
+        A lost connection or a busy database raises StoreUnavailableError (``in_doubt`` if it
+        came while committing) after dropping the connection, which the next call opens again."""
 
     @abstractmethod
     def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
@@ -275,6 +321,7 @@ class SQLStore(QuantaSQL, StateStore):
 
     # -- schema -------------------------------------------------------------------------------
 
+    @retried()
     def _ensure_schema(self) -> None:
         """Create the tables on first open; refuse a database made by another schema version."""
         d = self.dialect
@@ -325,6 +372,7 @@ class SQLStore(QuantaSQL, StateStore):
             workflow_id, task_id, job_id = workflow_id + 1, task_id + len(wf.tasks), job_id + len(wf.jobs)
         return plan
 
+    @retried(idempotent=False)
     def submit(self, campaign: NewCampaign) -> SubmittedCampaign:
         now = time.time()
         with self._transaction(write=True) as cur:
@@ -341,11 +389,16 @@ class SQLStore(QuantaSQL, StateStore):
                 self._insert_quanta(cur, wf, sub.workflow_id, sub.first_job_id)
         return plan.result
 
+    @retried(idempotent=lambda changes: changes.writer is not None)
     def apply(self, changes: ChangeBatch) -> None:
         if not changes:
             return
         sql, now = self.dialect.sql, time.time()
         with self._transaction(write=True) as cur:
+            if changes.writer is not None:
+                cur.execute(sql(_MARK_BATCH), (changes.writer, changes.seq))
+                if cur.rowcount == 0:
+                    return  # stored before: its commit went through, the acknowledgement did not
             if changes.jobs:
                 states = _last_wins(changes.jobs, lambda s: s[0])
                 if self._bulk_update_jobs(cur, states) != len(states):
@@ -377,6 +430,7 @@ class SQLStore(QuantaSQL, StateStore):
                 if rows:
                     self._bulk_insert(cur, table, columns, rows)
 
+    @retried()
     def set_cancelled(self, workflow_id: int, cancelled: bool) -> None:
         with self._transaction(write=True) as cur:
             cur.execute(
@@ -400,6 +454,7 @@ class SQLStore(QuantaSQL, StateStore):
 
     # -- reads --------------------------------------------------------------------------------
 
+    @retried()
     def load_workflow(self, workflow_id: int) -> WorkflowSnapshot:
         sql = self.dialect.sql
         with self._transaction(write=False) as cur, _gc_paused():
@@ -450,6 +505,7 @@ class SQLStore(QuantaSQL, StateStore):
         with _gc_paused():
             return list(map(JobRow._make, self._fetch(text, params)))
 
+    @retried()
     def job(self, job_id: int) -> JobRow:
         with self._transaction(write=False) as cur:
             return JobRow._make(self._one(cur, self.dialect.sql(JOB_SELECT + " WHERE job_id = ?"), job_id, "job"))
@@ -486,6 +542,7 @@ class SQLStore(QuantaSQL, StateStore):
     def site_statuses(self) -> dict[str, str]:
         return dict(self._fetch("SELECT site, status FROM site_status ORDER BY site", ()))
 
+    @retried()
     def set_site_status(self, site: str, status: str) -> None:
         with self._transaction(write=True) as cur:
             cur.execute(
@@ -496,6 +553,7 @@ class SQLStore(QuantaSQL, StateStore):
                 (str(site), SiteStatus(status).value, time.time()),
             )
 
+    @retried()
     def _fetch(self, text: str, params: Sequence[Any]) -> list[Any]:
         with self._transaction(write=False) as cur:
             cur.execute(self.dialect.sql(text), params)

@@ -20,11 +20,16 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import NoReturn
 
+from panray.exceptions import StoreUnavailableError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
 _BUSY_TIMEOUT_S = 60.0
+#: SQLite's primary result codes that a later try can get past: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+_BUSY = frozenset({5, 6})
+_TRANSIENT = _BUSY | {10, 13, 14}
 _DIALECT = Dialect(
     types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY"},
     param="?",
@@ -41,38 +46,73 @@ _UPSERT_ATTEMPT = (
 
 
 class SQLiteStore(SQLStore):
-    """SQLite backend; one connection per store, shared by the process's threads under a lock."""
+    """SQLite backend; one connection per store, shared by the process's threads under a lock.
+
+    A write lock held past the busy timeout, or an I/O error, raises StoreUnavailableError;
+    after an I/O error the connection is opened again on the next call.
+    """
 
     dialect = _DIALECT
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, *, busy_timeout: float = _BUSY_TIMEOUT_S):
         self.path = os.path.abspath(path)
         self.url = "sqlite://" + self.path
+        self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 200k-job workflow's indexes stay cached
+        self._conn: sqlite3.Connection | None = None
         self._ensure_schema()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout * 1000)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 200k-job workflow's indexes stay cached
+            self._conn = conn
+        return self._conn
 
     @contextmanager
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         with self._lock:
-            cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            committing = False
             try:
+                conn = self._connection()
+                cur = conn.cursor()
+            except sqlite3.OperationalError as exc:
+                self._give_up(exc, committing, reopen=True)
+            try:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield cur
+                committing = True
                 cur.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
-                self._conn.rollback()
+                conn.rollback()
                 raise rejected(self.url, exc) from exc
+            except sqlite3.OperationalError as exc:
+                if _primary_code(exc) not in _TRANSIENT:
+                    conn.rollback()
+                    raise
+                self._give_up(exc, committing, reopen=_primary_code(exc) not in _BUSY)
             except BaseException:
-                self._conn.rollback()
+                conn.rollback()
                 raise
             finally:
                 cur.close()
+
+    def _give_up(self, exc: sqlite3.OperationalError, committing: bool, *, reopen: bool) -> NoReturn:
+        """Roll back what can be, drop a connection that met an I/O error, and say so."""
+        if self._conn is not None:
+            try:
+                self._conn.rollback()
+            except sqlite3.Error:
+                reopen = True
+            if reopen:
+                self._conn.close()
+                self._conn = None
+        raise StoreUnavailableError(self.url, exc, in_doubt=committing) from exc
 
     def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
         marks = ", ".join("?" * len(columns))
@@ -87,4 +127,12 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         with self._lock:
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def _primary_code(exc: sqlite3.Error) -> int:
+    """The primary result code (extended codes carry it in the low byte); -1 if unknown."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return -1 if code is None else code & 0xFF
