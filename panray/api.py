@@ -87,7 +87,8 @@ class Panray:
 
     def submit_campaign(self, campaign: Campaign) -> list[int]:
         """Validate, persist and start every workflow of a campaign; returns workflow ids."""
-        new = build_campaign(campaign, self.catalog)
+        new = build_campaign(campaign, self.catalog, max_jobs=self.settings.max_workflow_jobs,
+                             placement=self.settings.placement)
         ids = [w.workflow_id for w in self.store.submit(new).workflows]
         for wf_id in ids:
             self._start_manager(wf_id)
