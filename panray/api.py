@@ -139,7 +139,7 @@ class Panray:
         if workflow_id is not None:
             rows = [w for w in rows if w.workflow_id == workflow_id]
             if not rows:
-                raise NotFoundError(f"no workflow {workflow_id}")
+                raise NotFoundError(f"no workflow {workflow_id} in this store")
         return [self._summary(w) for w in rows]
 
     def _summary(self, w: WorkflowRow) -> WorkflowSummary:

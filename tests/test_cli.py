@@ -24,7 +24,7 @@ def _run(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         ("name: w\njobs:\n- {name: a, label: x, parents: [zz]}\n", "job 'a' names parent 'zz'"),
         ("name: w\njobs:\n- {name: a, label: x}\n- {name: a, label: y}\n", "duplicate job names: 'a'"),
         ("name: w\njobs:\n- {name: a, label: x, site: Mars}\n", "unknown site 'Mars'; known sites: FrDF, UKDF, USDF"),
-        ("name: w\njobs:\n- {name: a, label: x, request_memory: -5}\n", "jobs.0.request_memory"),
+        ("name: w\njobs:\n- {name: a, label: x, request_memory: -5}\n", "job 'a' (jobs[0]): request_memory"),
         ("name: w\njobs: [\n", "cannot read"),
     ],
 )

@@ -119,8 +119,8 @@ class PayloadProcess:
                         launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
                         start_new_session=True, preexec_fn=preexec,
                     )
-            except OSError as exc:
-                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")
+            except (OSError, ValueError) as exc:  # ValueError: a NUL or '=' the OS refuses in argv or env
+                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0][:200]!r}: {exc}")
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from panray.exceptions import ConfigError
+from panray.exceptions import ConfigError, StoreError
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
@@ -73,7 +73,10 @@ def open_store(url: str) -> StateStore:
             raise ConfigError(f"state store URL {url!r}: give an absolute path, sqlite:///abs/path")
         from panray.store.sqlite import SQLiteStore
 
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"state store {url}: cannot create its directory: {exc.strerror}") from None
         return SQLiteStore(path)
     if url.startswith(_POSTGRES):
         from panray.store.postgres import PostgresStore

@@ -13,11 +13,13 @@ Examples:
 from __future__ import annotations
 
 import threading
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
 
+from panray.exceptions import StoreError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
@@ -46,6 +48,17 @@ _UPDATE_JOBS = "UPDATE jobs SET {} FROM tmp_job_state t WHERE jobs.job_id = t.jo
 _UPSERT_ATTEMPTS = f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT {_ATTEMPT_COLUMNS} FROM tmp_attempts {ATTEMPT_ON_CONFLICT}"
 
 
+def _without_password(url: str) -> str:
+    """The URL for a message: a password never lands in an error line or a log."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+
+
 class PostgresStore(SQLStore):
     """PostgreSQL backend; one connection per store, shared by the process's threads under a lock."""
 
@@ -54,7 +67,11 @@ class PostgresStore(SQLStore):
     def __init__(self, url: str):
         self.url = url
         self._lock = threading.Lock()
-        self._conn = psycopg.connect(url, autocommit=True)
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:  # a bad URL, a refused connection, bad credentials
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"state store {_without_password(url)}: cannot connect: {first}") from None
         self._ensure_schema()
         for statement in _TEMP_TABLES:
             self._conn.execute(statement)

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
+from panray.exceptions import StoreError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
@@ -49,12 +50,17 @@ class SQLiteStore(SQLStore):
         self.path = os.path.abspath(path)
         self.url = "sqlite://" + self.path
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
-        self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = NORMAL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 200k-job workflow's indexes stay cached
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise StoreError(f"state store {self.url}: not a regular file")
+        try:
+            self._conn = sqlite3.connect(path, timeout=_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a 200k-job workflow's indexes stay cached
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.url}: cannot open: {exc}") from None
         self._ensure_schema()
 
     @contextmanager
@@ -68,11 +74,20 @@ class SQLiteStore(SQLStore):
             except sqlite3.IntegrityError as exc:
                 self._conn.rollback()
                 raise rejected(self.url, exc) from exc
+            except sqlite3.Error as exc:  # corrupt, read-only, not a database, disk full
+                self._rollback()
+                raise StoreError(f"state store {self.url}: {exc}; nothing of this change was stored") from exc
             except BaseException:
                 self._conn.rollback()
                 raise
             finally:
                 cur.close()
+
+    def _rollback(self) -> None:
+        try:
+            self._conn.rollback()
+        except sqlite3.Error:  # the transaction was never begun (BEGIN itself failed)
+            pass
 
     def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
         marks = ", ".join("?" * len(columns))
