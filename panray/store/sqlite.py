@@ -67,8 +67,8 @@ class SQLiteStore(SQLStore):
     def _transaction(self, *, write: bool) -> Iterator[Cursor]:
         with self._lock:
             cur = self._conn.cursor()
-            cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
+                cur.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield cur
                 cur.execute("COMMIT")
             except sqlite3.IntegrityError as exc:
@@ -76,7 +76,8 @@ class SQLiteStore(SQLStore):
                 raise rejected(self.url, exc) from exc
             except sqlite3.Error as exc:  # corrupt, read-only, not a database, disk full
                 self._rollback()
-                raise StoreError(f"state store {self.url}: {exc}; nothing of this change was stored") from exc
+                done = "; nothing of this change was stored" if write else ""
+                raise StoreError(f"state store {self.url}: {exc}{done}") from exc
             except BaseException:
                 self._conn.rollback()
                 raise
