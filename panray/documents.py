@@ -113,5 +113,13 @@ def read_document(path: str | Path, error: type[PanrayError] = PanrayError) -> A
     except RecursionError:
         raise error(f"{path}: nested too deeply") from None
     except (ValueError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise error(f"{path}: cannot parse: {first}") from None
+        raise error(f"{path}: cannot read: {_problem(exc)}") from None
+
+
+def _problem(exc: Exception) -> str:
+    """The parser's complaint and its line, as one line."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        mark = exc.problem_mark
+        return exc.problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark else "")
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
