@@ -61,12 +61,27 @@ _PATTERN_MEANING = {
 
 
 def jsonable_tags(tags: Mapping[Any, Any]) -> dict[str, Any]:
-    """Tags as plain JSON values (see the module docstring); raises ValueError naming the key."""
+    """Tags as plain JSON values (see the module docstring); raises ValueError naming the key.
+
+    Most tags are a flat data ID (str keys, str/int values): those pass without a walk or an encoding.
+    """
+    size = 0
+    for k, v in tags.items():
+        t = type(v)
+        if type(k) is not str or t not in _FLAT:
+            break
+        size += len(k) + (len(v) if t is str else 20) + 6  # + quotes, colon, comma
+    else:
+        if size * 6 <= TAGS_BYTES_MAX:  # JSON takes at most 6 characters per character (\uXXXX)
+            return dict(tags)
     out = _jsonable(tags, "", 0)
     size = len(json.dumps(out, separators=(",", ":")))
     if size > TAGS_BYTES_MAX:
         raise ValueError(f"tags take {size:,} bytes as JSON, more than {TAGS_BYTES_MAX:,}")
     return out  # type: ignore[no-any-return]
+
+
+_FLAT = frozenset({str, int, bool, type(None)})
 
 
 def _jsonable(v: Any, where: str, depth: int) -> Any:
