@@ -89,6 +89,7 @@ class Panray:
         """Validate, persist and start every workflow of a campaign; returns workflow ids."""
         new = build_campaign(campaign, self.catalog, max_jobs=self.settings.max_workflow_jobs,
                              placement=self.settings.placement)
+        self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
         ids = [w.workflow_id for w in self.store.submit(new).workflows]
         for wf_id in ids:
             self._start_manager(wf_id)

@@ -143,3 +143,13 @@ def test_bad_settings_from_the_environment_give_one_line(tmp_path: Path, monkeyp
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     r = _run(tmp_path / "home", "--debug", "job", "99")
     assert r.returncode == 1 and "Traceback" in r.stderr and "NotFoundError: no job 99 in this store" in r.stderr
+
+
+def test_unreachable_ray_address_fails_before_storing(tmp_path: Path) -> None:
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: w\njobs:\n- {name: a, label: x}\n")
+    env = {**os.environ, "PANRAY_RAY_ADDRESS": "127.0.0.1:1"}
+    r = subprocess.run([sys.executable, "-m", "panray.cli", "--home", str(tmp_path / "home"), "submit", "--no-wait",
+                        str(wf)], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and r.stderr.strip() == "panray: error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"
+    assert _run(tmp_path / "home", "status", "--json").stdout.strip() == "[]"
