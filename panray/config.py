@@ -7,7 +7,8 @@ Production sets ``PANRAY_DB`` to a ``postgresql://`` URL, ``PANRAY_RAY_ADDRESS``
 by ``PANRAY_CONFIG``.
 
 Examples:
-    >>> s = Settings.load(env={"PANRAY_HOME": "/tmp/x", "PANRAY_HEARTBEAT_TIMEOUT": "5"})
+    >>> s = Settings.load(env={"PANRAY_HOME": "/tmp/x", "PANRAY_HEARTBEAT_INTERVAL": "1",
+    ...                        "PANRAY_HEARTBEAT_TIMEOUT": "5"})
     >>> s.resolved_db_url, s.heartbeat_timeout
     ('sqlite:////tmp/x/panray.db', 5.0)
 """
