@@ -364,3 +364,21 @@ def test_a_read_only_store_refuses_a_submission_in_one_line(tmp_path: Path) -> N
     store._conn.execute("PRAGMA query_only = OFF")  # type: ignore[attr-defined]
     assert store.workflows() == []
     store.close()
+
+
+def test_file_loader_refuses_an_oversized_workflow_before_validating_it(tmp_path: Path) -> None:
+    path = _write(tmp_path / "wf.yaml", "name: big\njobs:\n" + "- {name: j, label: x, request_memory: -1}\n" * 11)
+    with pytest.raises(WorkflowValidationError, match=r"workflow 'big' has 11 jobs, more than the maximum of 10"):
+        load_campaign_file(path, max_jobs=10)
+
+
+def test_the_python_api_refuses_before_storing_or_starting_ray(tmp_path: Path) -> None:
+    from panray import Panray
+
+    with Panray(Settings(home=tmp_path, max_workflow_jobs=2)) as pr:
+        too_big = Workflow(name="w", jobs=[Job(name=f"j{i}", label="x") for i in range(3)])
+        unplaceable = Workflow(name="u", jobs=[Job(name="a", label="x", request_cpus=100)])
+        for wf, error in ((too_big, "more than the maximum of 2"), (unplaceable, "asks 2048 MB on 100 cores")):
+            with pytest.raises(WorkflowValidationError, match=error):
+                pr.submit(wf)
+        assert pr.store.workflows() == [] and pr._runtime is None
