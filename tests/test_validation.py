@@ -382,3 +382,10 @@ def test_the_python_api_refuses_before_storing_or_starting_ray(tmp_path: Path) -
             with pytest.raises(WorkflowValidationError, match=error):
                 pr.submit(wf)
         assert pr.store.workflows() == [] and pr._runtime is None
+
+
+def test_tables_escape_control_characters() -> None:
+    from panray.monitor import table
+
+    out = table(["name"], [("x\x1b[2Jy\nz",)])
+    assert out.splitlines()[2] == "x\\x1b[2Jy\\nz" and "\x1b" not in out
