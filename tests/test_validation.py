@@ -129,6 +129,7 @@ def _submit_everywhere(data: dict[str, Any], stores: list[StateStore]) -> None:
 # -- fuzz -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(data=_workflow())
@@ -136,6 +137,7 @@ def test_fuzz_submission_models_round_trip_or_refuse(data: dict[str, Any], store
     _submit_everywhere(data, stores)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=_workflow(), as_json=st.booleans())
 def test_fuzz_file_loader_accepts_or_refuses_in_one_line(data: dict[str, Any], as_json: bool,
