@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from panray.core.cluster_runner import CLUSTER_ARGV0
 from panray.documents import read_document
-from panray.exceptions import WorkflowValidationError
+from panray.exceptions import WorkflowValidationError, show
 from panray.payload import SLEEP
 from panray.validation import (
     ARG_MAX, MEMORY_MULTIPLIER_MAX, SLEEP_MAX, BoundaryModel, EnvName, EnvValue, ExitCode, Int32, Label, Name,
@@ -137,7 +137,7 @@ class Workflow(BoundaryModel):
     def _no_parents_on_init_or_final(self) -> Workflow:
         for kind, job in (("init_job", self.init_job), ("final_job", self.final_job)):
             if job is not None and job.parents:
-                raise ValueError(f"{kind} {job.name!r} has parents; it runs "
+                raise ValueError(f"{kind} {show(job.name)} has parents; it runs "
                                  + ("before every root job" if kind == "init_job" else "after every job")
                                  + " by itself, so give it none")
         return self
@@ -168,7 +168,7 @@ def load_campaign_file(path: str | Path, max_jobs: int = DEFAULT_MAX_WORKFLOW_JO
         jobs = wf.get("jobs") if isinstance(wf, dict) else None
         if isinstance(jobs, list) and len(jobs) > max_jobs:
             raise WorkflowValidationError(
-                f"{source}: workflow {wf.get('name')!r} has {len(jobs):,} jobs, more than the "
+                f"{source}: workflow {show(str(wf.get('name')))} has {len(jobs):,} jobs, more than the "
                 f"maximum of {max_jobs:,} (setting max_workflow_jobs)"
             )
     if "workflows" in data:
