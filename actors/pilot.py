@@ -94,6 +94,13 @@ class _Sleepers:
             return due
 
 
+def _refused(d: Dispatch, pilot: str, site: str, sent: float, exc: Exception) -> Outcome:
+    """The outcome of a job whose own data the pilot cannot run: a payload (user) error, exit 127."""
+    now = time.time()
+    return Outcome(d.job_id, d.attempt_nr, pilot, site, sent, now, now, 127, "payload",
+                   f"pilot cannot run this job: {exc!r}"[:500], None, None)
+
+
 @ray.remote(num_cpus=0, max_concurrency=8)
 class Pilot:
     """Pulls from ``site-queue:<site>`` and runs payloads; see the module docstring."""
@@ -210,24 +217,31 @@ class Pilot:
         noops: dict[str, list[Outcome]] = defaultdict(list)
         used = 0
         for d in batch:
-            if not d.payload:
-                noops[d.manager].append(
-                    Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, now, now, now, 0, None, None, None, None)
-                )
-                continue
-            seconds = sleep_seconds(d.payload)
-            if seconds is not None:
-                self._sleeping.add(d, now, seconds)
-                self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
-                continue
-            used += 1
-            proc = PayloadProcess(d, self.pilot_id, self._services)
-            self._running[(d.manager, d.job_id)] = proc
-            self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
-            self._pool.submit(self._run_one, proc, now)
+            try:
+                used += self._start_one(d, now, noops)
+            except Exception as exc:  # one bad job fails alone, as the user's error; the loop goes on
+                noops[d.manager].append(_refused(d, self.pilot_id, self.site, now, exc))
         for wf, outs in noops.items():
             self._reports.add_ended(wf, outs)
         return used
+
+    def _start_one(self, d: Dispatch, now: float, noops: dict[str, list[Outcome]]) -> int:
+        """Start one job: 1 if it took a slot."""
+        if not d.payload:
+            noops[d.manager].append(
+                Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, now, now, now, 0, None, None, None, None)
+            )
+            return 0
+        seconds = sleep_seconds(d.payload)
+        if seconds is not None:
+            self._sleeping.add(d, now, seconds)
+            self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
+            return 0
+        proc = PayloadProcess(d, self.pilot_id, self._services)
+        self._running[(d.manager, d.job_id)] = proc
+        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
+        self._pool.submit(self._run_one, proc, now)
+        return 1
 
     def _run_one(self, proc: PayloadProcess, sent: float) -> None:
         d = proc.d
@@ -236,6 +250,8 @@ class Pilot:
             r = proc.run()
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
                           r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
+        except (ValueError, TypeError) as exc:  # the job's own data (command, environment) is unusable
+            out = _refused(d, self.pilot_id, self.site, sent, exc)
         except Exception as exc:  # the pilot itself failed to run it: a system error
             proc.pilot_error(exc)
             now = time.time()

@@ -212,7 +212,11 @@ class WorkflowManager:
                 self._wake.clear()
                 now = time.time()
                 while self._inbox:
-                    self._handle(self._inbox.popleft(), now)
+                    msg = self._inbox.popleft()
+                    try:
+                        self._handle(msg, now)
+                    except Exception:  # one bad message must not stop the workflow's other jobs
+                        log.exception("workflow %s: could not handle %s", self.workflow_id, msg[0])
                 if now - last_expire >= self._expire_every:
                     self._ready.extend(self.core.expire(now))
                     last_expire = now

@@ -87,7 +87,9 @@ class Panray:
 
     def submit_campaign(self, campaign: Campaign) -> list[int]:
         """Validate, persist and start every workflow of a campaign; returns workflow ids."""
-        new = build_campaign(campaign, self.catalog)
+        new = build_campaign(campaign, self.catalog, max_jobs=self.settings.max_workflow_jobs,
+                             placement=self.settings.placement)
+        self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
         ids = [w.workflow_id for w in self.store.submit(new).workflows]
         for wf_id in ids:
             self._start_manager(wf_id)
@@ -138,7 +140,7 @@ class Panray:
         if workflow_id is not None:
             rows = [w for w in rows if w.workflow_id == workflow_id]
             if not rows:
-                raise NotFoundError(f"no workflow {workflow_id}")
+                raise NotFoundError(f"no workflow {workflow_id} in this store")
         return [self._summary(w) for w in rows]
 
     def _summary(self, w: WorkflowRow) -> WorkflowSummary:

@@ -61,8 +61,9 @@ from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import NotFoundError, PanrayError
 from panray.models import Job, Workflow
+from panray.placement import place
 from panray.serve import persistent
-from panray.sites import load_catalog
+from panray.sites import SiteCatalog, load_catalog
 from panray.statuses import JobStatus, WorkflowStatus
 from panray.store.base import JobRow, WorkflowRow
 
@@ -290,9 +291,22 @@ def _jsonable(tags: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(tags, default=str))
 
 
+def _clamped_final(final_job: Job, catalog: SiteCatalog) -> Job:
+    """bps's final job with its request shrunk to what its site (the home site) can take.
+
+    Its request comes from bps's defaults (16 cores, 32768 MB), not from the pipeline: refusing
+    the run for it would refuse most bps submissions, so it is clamped whatever the setting.
+    """
+    pinned = final_job.model_copy(update={"site": final_job.site or Workflow.model_fields["home_site"].default})
+    [placed] = place([pinned], catalog, workflow="bps final job", mode="clamp")
+    return final_job.model_copy(update={"request_memory": placed.request_memory, "request_cpus": placed.request_cpus})
+
+
 def convert(gwf: GenericWorkflow, *, submit_dir: Path | None = None, sites: Iterable[str] = (),
-            owner: str | None = None, meta: dict[str, Any] | None = None) -> Workflow:
-    """The panray Workflow of a GenericWorkflow (see the module docstring)."""
+            owner: str | None = None, meta: dict[str, Any] | None = None,
+            catalog: SiteCatalog | None = None) -> Workflow:
+    """The panray Workflow of a GenericWorkflow (see the module docstring); with a ``catalog`` the
+    final job's request is clamped to its site's limits."""
     resolver = _Resolver(gwf, submit_dir)
     known_sites = set(sites)
     nodes, edges = _flatten(gwf)
@@ -335,6 +349,8 @@ def convert(gwf: GenericWorkflow, *, submit_dir: Path | None = None, sites: Iter
     if final is not None and not isinstance(final, GenericWorkflowJob):
         raise PanrayError("a final GenericWorkflow (several final jobs) is not supported; use one final job")
     final_job = job(final, gwf) if final is not None else None
+    if final_job is not None and catalog is not None:
+        final_job = _clamped_final(final_job, catalog)
     return Workflow(name=gwf.name, jobs=jobs, init_job=init_job, final_job=final_job,
                     **({"owner": owner} if owner else {}))
 
@@ -361,9 +377,10 @@ class PanrayWorkflow(BaseWmsWorkflow):
                 if key in config}
         if out_prefix:
             meta["path"] = str(out_prefix)
+        catalog = load_catalog(settings.sites_file)
         wf.workflow = convert(
             generic_workflow, submit_dir=Path(out_prefix) if out_prefix else None,
-            sites=load_catalog(settings.sites_file).names(), meta=meta,
+            sites=catalog.names(), meta=meta, catalog=catalog,
         )
         return wf
 

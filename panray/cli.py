@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from panray import monitor
 from panray.api import Panray
 from panray.config import Settings
-from panray.exceptions import PanrayError
+from panray.exceptions import NotFoundError, PanrayError
 from panray.statuses import FINAL_JOB_STATES
 
 if TYPE_CHECKING:  # the logging bridge pulls in the Google clients: imported only by `panray logs`
@@ -57,7 +56,7 @@ def cmd_demo(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_submit(pr: Panray, args: argparse.Namespace) -> int:
     from panray.models import load_campaign_file
 
-    campaign = load_campaign_file(args.file)
+    campaign = load_campaign_file(args.file, max_jobs=pr.settings.max_workflow_jobs)
     ids = pr.submit_campaign(campaign)
     return _run_and_show(pr, ids, wait=not args.no_wait)
 
@@ -69,6 +68,7 @@ def cmd_status(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs(pr: Panray, args: argparse.Namespace) -> int:
+    pr.status(args.workflow)  # an unknown workflow is an error, not an empty table
     if args.quanta:
         quanta = [q for q in pr.store.quanta(args.workflow) if not args.status or q.status in args.status]
         print(monitor.to_json(quanta) if args.json else monitor.quanta_table(quanta))
@@ -108,6 +108,7 @@ def _stored_files(pr: Panray, job: Any, attempt: int) -> list[str]:
 
 
 def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
+    pr.status(args.workflow)
     reached = pr.cancel(args.workflow, task_id=args.task, job_ids=args.job)
     if args.task is None and args.job is None:
         print(f"workflow {args.workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
@@ -138,7 +139,7 @@ def cmd_resume(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_prompt_notify(pr: Panray, args: argparse.Namespace) -> int:
     from panray import prompt
 
-    detectors = [int(d) for d in args.detectors.split(",")] if args.detectors else None
+    detectors = _detectors(args.detectors) if args.detectors else None
     prompt.check_detectors(args.instrument, detectors or ())
     prompt.start(pr.settings, catalog=pr.runtime.catalog)
     for visit in range(args.visit, args.visit + args.visits):
@@ -146,6 +147,13 @@ def cmd_prompt_notify(pr: Panray, args: argparse.Namespace) -> int:
     prompt.flush(args.instrument)
     print(prompt.format_stats(prompt.stats(args.instrument)))
     return 0
+
+
+def _detectors(text: str) -> list[int]:
+    try:
+        return [int(d) for d in text.split(",")]
+    except ValueError:
+        raise PanrayError(f"--detectors {text[:60]!r}: expected comma-separated detector numbers, e.g. 0,1,2") from None
 
 
 def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
@@ -168,6 +176,8 @@ def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
         return 0
     if args.job is None and args.task is None:
         raise PanrayError("give a JOB or --task T")
+    if args.job is not None:
+        pr.store.job(args.job)  # an unknown job is an error, not an empty listing
     sink = make_sink(pr.settings)
     if args.follow:
         if args.job is None:
@@ -258,6 +268,7 @@ def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
     from panray.sites import Decision, format_explanation
 
+    pr.store.job(args.job)
     rows = pr.store.decisions(args.job)
     if args.json:
         print(monitor.to_json([{**r._asdict(), "decision": json.loads(r.decision)} for r in rows]))
@@ -305,6 +316,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML settings file (default: $PANRAY_CONFIG)")
     p.add_argument("--db", help="state store URL: sqlite:///path or postgresql://... (default: $PANRAY_DB)")
     p.add_argument("--home", help="panray home directory (default: $PANRAY_HOME or ~/.panray)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run a ci_hsc-shaped demo campaign across the three sites")
@@ -402,18 +414,42 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Arguments holding store ids, and what they name; ids are 1 .. 2**63 - 1 in both databases.
+_ID_ARGS = {"workflow": "workflow", "job": "job", "task": "task"}
+_ID_MAX = 2**63 - 1
+
+
+def _check_ids(args: argparse.Namespace) -> None:
+    """An id no store can hold is unknown, like any other missing one (not an overflow)."""
+    for attr, what in _ID_ARGS.items():
+        value = getattr(args, attr, None)
+        for n in value if isinstance(value, list) else [value]:
+            if isinstance(n, int) and not 0 < n <= _ID_MAX:
+                raise NotFoundError(f"no {what} {n} in this store")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; every expected failure is one line on stderr and exit 2 (``--debug``: traceback)."""
     args = parser().parse_args(argv)
     try:
+        _check_ids(args)
         if getattr(args, "local", False):
             return int(args.func(args))
         with Panray(_settings(args)) as pr:
             return int(args.func(pr, args))
-    except PanrayError as exc:
-        print(f"panray: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except (PanrayError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"panray: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: still one line, the traceback behind --debug
+        if args.debug:
+            raise
+        print(f"panray: internal error: {type(exc).__name__}: {str(exc)[:200]} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Production sets ``PANRAY_DB`` to a ``postgresql://`` URL, ``PANRAY_RAY_ADDRESS``
 by ``PANRAY_CONFIG``.
 
 Examples:
-    >>> s = Settings.load(env={"PANRAY_HOME": "/tmp/x", "PANRAY_HEARTBEAT_TIMEOUT": "5"})
+    >>> s = Settings.load(env={"PANRAY_HOME": "/tmp/x", "PANRAY_HEARTBEAT_INTERVAL": "1",
+    ...                        "PANRAY_HEARTBEAT_TIMEOUT": "5"})
     >>> s.resolved_db_url, s.heartbeat_timeout
     ('sqlite:////tmp/x/panray.db', 5.0)
 """
@@ -17,18 +18,27 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, model_validator
 
+from panray.documents import read_document
 from panray.exceptions import ConfigError
+from panray.validation import INT32_MAX, BoundaryModel
+
+_DAY = 86_400.0
 
 
-class Settings(BaseModel):
-    """Every knob in one place; field names are the config-file keys."""
+def _seconds(default: float, most: float = 30 * _DAY) -> Any:
+    """A finite, positive number of seconds, at most ``most``."""
+    return Field(default=default, gt=0, le=most, allow_inf_nan=False)
+
+
+class Settings(BoundaryModel):
+    """Every knob in one place; field names are the config-file keys. Out-of-range values raise ConfigError."""
 
     model_config = ConfigDict(extra="forbid")
+    _error = ConfigError
 
     home: Path = Field(default_factory=lambda: Path.home() / ".panray")
     db_url: str | None = Field(default=None, description="sqlite:///path or postgresql://...")
@@ -40,21 +50,33 @@ class Settings(BaseModel):
     cloud_logging_endpoint: str | None = None
     storage: str | None = Field(default=None, description="local directory or gs://bucket[/prefix]")
     storage_endpoint: str | None = None
-    log_interval: float = 2.0
-    log_spool_bytes: int = Field(default=64 * 1024 * 1024, gt=0,
+    log_interval: float = _seconds(2.0, 3600.0)
+    heartbeat_interval: float = _seconds(60.0, _DAY)
+    heartbeat_timeout: float = _seconds(7200.0)
+    sent_timeout: float = _seconds(1800.0)
+    memory_tolerance: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False,
+                                    description="a payload is killed above request_memory x this")
+    flush_interval: float = _seconds(0.2, 60.0)
+    release_batch: int = Field(default=500, ge=1, le=1_000_000)
+    max_system_retries: int = Field(default=3, ge=0, le=1000)
+    embedded_cpus_per_site: int = Field(default=8, ge=1, le=1024)
+    log_spool_bytes: int = Field(default=64 * 1024 * 1024, gt=0, le=2**40,
                                  description="a pilot's undelivered log entries kept (memory and disk)")
-    heartbeat_interval: float = 60.0
-    heartbeat_timeout: float = 7200.0
-    sent_timeout: float = 1800.0
-    memory_tolerance: float = 1.0
-    flush_interval: float = 0.2
-    release_batch: int = 500
-    max_system_retries: int = 3
-    embedded_cpus_per_site: int = 8
     payload_user: str | None = Field(default=None, description="run payloads as this Unix user (needs a root "
                                      "server); None = the server's own user, who can read the home")
     payload_dir: Path | None = Field(default=None, description="payload work dirs; default: <home>-work, "
                                      "outside the private home")
+    max_workflow_jobs: int = Field(default=1_000_000, ge=1, le=INT32_MAX, description="jobs in one workflow")
+    placement: Literal["refuse", "clamp"] = Field(
+        default="refuse", description="a job no site could take: refuse the workflow, or shrink its request"
+    )
+
+    @model_validator(mode="after")
+    def _timeouts_above_interval(self) -> Settings:
+        if self.heartbeat_timeout <= self.heartbeat_interval:
+            raise ValueError(f"heartbeat_timeout {self.heartbeat_timeout:g} s must exceed heartbeat_interval "
+                             f"{self.heartbeat_interval:g} s, or every running job is lost")
+        return self
 
     @property
     def resolved_db_url(self) -> str:
@@ -80,21 +102,16 @@ class Settings(BaseModel):
         data: dict[str, object] = {}
         path = path or env.get("PANRAY_CONFIG")
         if path:
-            try:
-                data.update(yaml.safe_load(Path(path).read_text()) or {})
-            except (OSError, yaml.YAMLError) as exc:
-                raise ConfigError(f"{path}: cannot read config: {exc}") from None
+            loaded = read_document(path, ConfigError)
+            if loaded is not None and not isinstance(loaded, dict):
+                raise ConfigError(f"{path}: expected a mapping of settings (key: value), "
+                                  f"got a {type(loaded).__name__}")
+            data.update(loaded or {})
         for key in cls.model_fields:
             name = "PANRAY_" + key.upper()
             if name in env:
                 data[key] = env[name]
         if "PANRAY_DB" in env:
             data["db_url"] = env["PANRAY_DB"]
-        try:
-            settings = cls.model_validate(data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise ConfigError(
-                f"{path or 'environment'}: {'.'.join(map(str, first['loc']))}: {first['msg']}"
-            ) from None
-        return settings
+        source = f"{path} and environment" if path else "environment"
+        return cls.model_validate(data, source=f"settings ({source})")

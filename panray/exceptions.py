@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
+SHOW_MAX = 60  #: characters of a name shown in a message; longer ones are cut and sized
+
+
+def show(name: str, limit: int = SHOW_MAX, *, quote: bool = True) -> str:
+    """A name for a one-line message: quoted, control characters escaped, long ones cut.
+
+    Examples:
+        >>> show("a\\nb")
+        "'a\\\\nb'"
+        >>> show("a" * 2**20)
+        "'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...' (1 MB)"
+    """
+    text = repr(name[:limit])
+    if not quote:
+        text = text[1:-1]
+    if len(name) <= limit:
+        return text
+    n = len(name)
+    size = f"{n / 2**20:.0f} MB" if n >= 2**20 else f"{n / 1024:.0f} kB" if n >= 1024 else f"{n} characters"
+    return f"{text[:-1]}...{text[-1]} ({size})" if quote else f"{text}... ({size})"
+
 
 class PanrayError(Exception):
     """Base of every panray error; catch this to handle any of them."""
 
 
-class WorkflowValidationError(PanrayError):
-    """A workflow is malformed; nothing of it was stored."""
+class WorkflowValidationError(PanrayError, ValueError):
+    """A workflow is malformed; nothing of it was stored (a ValueError too, as pydantic's errors were)."""
+
+
+CYCLE_SHOWN = 20  #: jobs of a cycle named in its message
 
 
 class CycleError(WorkflowValidationError):
@@ -16,7 +40,8 @@ class CycleError(WorkflowValidationError):
 
     def __init__(self, cycle: list[str]):
         self.cycle = cycle
-        super().__init__("cycle in job graph: " + " -> ".join(cycle + cycle[:1]))
+        shown = [show(n, quote=False) for n in cycle[:CYCLE_SHOWN]] + ([f"... ({len(cycle) - CYCLE_SHOWN} more)"] if len(cycle) > CYCLE_SHOWN else [])
+        super().__init__("cycle in job graph: " + " -> ".join(shown + shown[:1]))
 
 
 class DanglingParentError(WorkflowValidationError):
@@ -24,7 +49,7 @@ class DanglingParentError(WorkflowValidationError):
 
     def __init__(self, job: str, parent: str):
         self.job, self.parent = job, parent
-        super().__init__(f"job {job!r} names parent {parent!r}, which is not in the workflow")
+        super().__init__(f"job {show(job)} names parent {show(parent)}, which is not in the workflow")
 
 
 class DuplicateJobError(WorkflowValidationError):
@@ -32,7 +57,7 @@ class DuplicateJobError(WorkflowValidationError):
 
     def __init__(self, names: list[str]):
         self.names = names
-        shown = ", ".join(repr(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
+        shown = ", ".join(show(n) for n in names[:10]) + (" ..." if len(names) > 10 else "")
         super().__init__(f"duplicate job names: {shown}")
 
 
@@ -41,7 +66,7 @@ class UnknownSiteError(PanrayError):
 
     def __init__(self, site: str, known: list[str]):
         self.site, self.known = site, known
-        super().__init__(f"unknown site {site!r}; known sites: {', '.join(sorted(known))}")
+        super().__init__(f"unknown site {show(site)}; known sites: {', '.join(sorted(known))}")
 
 
 class SiteConfigError(PanrayError):
@@ -60,8 +85,16 @@ class NotFoundError(PanrayError):
     """A campaign, workflow, task or job id that the state store does not hold."""
 
 
-class ConfigError(PanrayError):
+class ConfigError(PanrayError, ValueError):
     """panray's own settings (config file or environment) are invalid."""
+
+
+class StoreError(PanrayError):
+    """The state store cannot be opened or used: unreachable, corrupt, read-only, wrong schema."""
+
+
+class PlacementError(WorkflowValidationError):
+    """A job that no site of the catalog could ever take (memory, cores, or its pinned site)."""
 
 
 class ClusterCycleError(WorkflowValidationError):
@@ -73,14 +106,14 @@ class ClusterCycleError(WorkflowValidationError):
 
     def __init__(self, jobs: list[str], links: list[tuple[str, str]]):
         self.jobs, self.links = jobs, links
-        via = ", ".join(f"{p} -> {c}" for p, c in links)
+        via = ", ".join(f"{show(p, quote=False)} -> {show(c, quote=False)}" for p, c in links[:CYCLE_SHOWN])
         super().__init__(
-            "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
+            "clustering would create a cycle between jobs " + " -> ".join(show(j, quote=False) for j in jobs + jobs[:1])
             + f" (quanta: {via}); put these quanta in the same cluster or in none"
         )
 
 
-class StoreUnavailableError(PanrayError):
+class StoreUnavailableError(StoreError):
     """The state store could not be reached (connection lost, server restarting, file locked).
 
     ``in_doubt`` is true when the failure came while committing: the transaction may have been

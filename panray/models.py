@@ -13,52 +13,99 @@ Examples:
 from __future__ import annotations
 
 import getpass
-import json
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from panray.exceptions import WorkflowValidationError
+from panray.core.cluster_runner import CLUSTER_ARGV0
+from panray.documents import read_document
+from panray.exceptions import WorkflowValidationError, show
+from panray.payload import SLEEP
+from panray.validation import (
+    ARG_MAX, MEMORY_MULTIPLIER_MAX, SLEEP_MAX, BoundaryModel, EnvName, EnvValue, ExitCode, Int32, Label, Name,
+    PositiveInt32, jsonable_tags,
+)
 
 DEFAULT_RETRY_UNLESS_EXIT = (1, 2)
+DEFAULT_MAX_WORKFLOW_JOBS = 1_000_000  #: jobs in one workflow (Settings.max_workflow_jobs)
 
 
-class Job(BaseModel):
-    """One job: a quantum (or a cluster of quanta) with its command and resource request."""
+class Job(BoundaryModel):
+    """One job: a quantum (or a cluster of quanta) with its command and resource request.
+
+    Limits are those of :mod:`panray.validation`. ``queue`` and ``priority`` are recorded (bps
+    passes them, the monitor shows them) but brokerage does not use them yet.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1)
-    label: str = Field(min_length=1, description="pipeline-task label; one task per label")
+    name: Name
+    label: Label = Field(description="pipeline-task label; one task per label")
     command: list[str] | str | None = Field(
         default=None, description="argv list, or a shell line run as bash -c (encoded); None = no-op"
     )
-    parents: list[str] = Field(default_factory=list)
-    environment: dict[str, str] = Field(default_factory=dict)
-    request_memory: int = Field(default=2048, gt=0, description="MB")
-    request_cpus: int = Field(default=1, gt=0)
-    memory_multiplier: float | None = Field(default=None, ge=1.0)
-    request_memory_max: int | None = Field(default=None, gt=0, description="MB")
-    max_attempts: int = Field(default=3, ge=1)
-    retry_unless_exit: list[int] = Field(default_factory=lambda: list(DEFAULT_RETRY_UNLESS_EXIT))
-    site: str | None = Field(default=None, description="pin to this site")
-    queue: str | None = None
-    priority: int = 0
-    inputs: list[str] = Field(default_factory=list, description="input dataset names")
-    outputs: list[str] = Field(default_factory=list, description="output dataset names")
-    tags: dict[str, Any] = Field(default_factory=dict, description="e.g. the data ID")
+    parents: list[Name] = Field(default_factory=list)
+    environment: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    request_memory: PositiveInt32 = Field(default=2048, description="MB")
+    request_cpus: PositiveInt32 = 1
+    memory_multiplier: float | None = Field(default=None, ge=1.0, le=MEMORY_MULTIPLIER_MAX, allow_inf_nan=False)
+    request_memory_max: PositiveInt32 | None = Field(default=None, description="MB")
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    retry_unless_exit: list[ExitCode] = Field(default_factory=lambda: list(DEFAULT_RETRY_UNLESS_EXIT))
+    site: Label | None = Field(default=None, description="pin to this site")
+    queue: Label | None = Field(default=None, description="recorded, not used by brokerage yet")
+    priority: Int32 = Field(default=0, description="recorded, not used by brokerage yet")
+    inputs: list[Name] = Field(default_factory=list, description="input dataset names")
+    outputs: list[Name] = Field(default_factory=list, description="output dataset names")
+    tags: dict[str, Any] = Field(default_factory=dict, description="e.g. the data ID; plain JSON")
 
     @field_validator("command")
     @classmethod
-    def _command_not_empty(cls, v: list[str] | str | None) -> list[str] | str | None:
-        if isinstance(v, list) and not v:
+    def _check_command(cls, v: list[str] | str | None) -> list[str] | str | None:
+        if v is None:
+            return v
+        if isinstance(v, str):
+            _check_arg(v, 0)
+            return v
+        if not v:
             raise ValueError("command argv is empty (use null for a no-op job)")
+        if v[0] == SLEEP:
+            return [SLEEP, str(_sleep_seconds(v))]
+        if v[0] == CLUSTER_ARGV0:  # built by panray: its spec travels in a file, not as an argument
+            return v
+        for i, arg in enumerate(v):
+            _check_arg(arg, i)
         return v
 
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _check_tags(cls, v: Any) -> Any:
+        return jsonable_tags(v) if isinstance(v, dict) and v else v
 
-class ClusterRule(BaseModel):
+
+def _check_arg(arg: str, i: int) -> None:
+    if "\x00" in arg:
+        raise ValueError(f"command argument {i} contains a NUL character")
+    if len(arg) > ARG_MAX:
+        raise ValueError(f"command argument {i} has {len(arg):,} characters, more than {ARG_MAX:,}")
+
+
+def _sleep_seconds(argv: list[str]) -> float:
+    """``[panray:sleep, S]``: S seconds, parsed here so that a pilot never meets a bad one."""
+    if len(argv) != 2:
+        raise ValueError(f"{SLEEP} takes one argument, SECONDS (got {len(argv) - 1})")
+    try:
+        seconds = float(argv[1])
+    except ValueError:
+        raise ValueError(f"{SLEEP}: {argv[1][:40]!r} is not a number of seconds") from None
+    if not (math.isfinite(seconds) and 0.0 <= seconds <= SLEEP_MAX):
+        raise ValueError(f"{SLEEP}: {seconds} seconds is outside 0 .. {SLEEP_MAX:g}")
+    return seconds
+
+
+class ClusterRule(BoundaryModel):
     """Put quanta of ``labels`` sharing ``dimensions`` (tags keys) in one job, at most ``max_size`` each.
 
     Without dimensions: ``max_size`` quanta of the labels per job. See :mod:`panray.dag.clustering`.
@@ -66,58 +113,65 @@ class ClusterRule(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, description="the cluster jobs' label")
-    labels: list[str] = Field(min_length=1)
-    dimensions: list[str] = Field(default_factory=list)
-    max_size: int | None = Field(default=None, gt=0)
+    name: Label = Field(description="the cluster jobs' label")
+    labels: list[Label] = Field(min_length=1)
+    dimensions: list[Label] = Field(default_factory=list)
+    max_size: PositiveInt32 | None = None
 
 
-class Workflow(BaseModel):
-    """A DAG of jobs (an iDDS request), with an optional init job and final job."""
+class Workflow(BoundaryModel):
+    """A DAG of jobs (an iDDS request), with an optional init job and final job (neither has parents)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
-    owner: str = Field(default_factory=getpass.getuser)
-    home_site: str = "USDF"
+    name: Name
+    owner: Label = Field(default_factory=getpass.getuser)
+    home_site: Label = "USDF"
     jobs: list[Job]
     init_job: Job | None = Field(default=None, description="runs before every root job")
     final_job: Job | None = Field(default=None, description="runs after all jobs, even failed ones")
-    task_chunk_size: int = Field(default=10_000, gt=0)
+    task_chunk_size: PositiveInt32 = 10_000
     clustering: list[ClusterRule] = Field(default_factory=list, description="first matching rule wins")
 
+    @model_validator(mode="after")
+    def _no_parents_on_init_or_final(self) -> Workflow:
+        for kind, job in (("init_job", self.init_job), ("final_job", self.final_job)):
+            if job is not None and job.parents:
+                raise ValueError(f"{kind} {show(job.name)} has parents; it runs "
+                                 + ("before every root job" if kind == "init_job" else "after every job")
+                                 + " by itself, so give it none")
+        return self
 
-class Campaign(BaseModel):
+
+class Campaign(BoundaryModel):
     """A set of workflows submitted and followed together."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1)
-    owner: str = Field(default_factory=getpass.getuser)
+    name: Name
+    owner: Label = Field(default_factory=getpass.getuser)
     workflows: list[Workflow] = Field(min_length=1)
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
-    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {where}: {first['msg']}{more}"
+def load_campaign_file(path: str | Path, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS) -> Campaign:
+    """Load a campaign or a single workflow from YAML or JSON; errors name the file, workflow and field.
 
-
-def load_campaign_file(path: str | Path) -> Campaign:
-    """Load a campaign or a single workflow from YAML or JSON; errors name the file and field."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise WorkflowValidationError(f"{path}: cannot read: {exc}".splitlines()[0]) from None
+    The file is read as :func:`panray.documents.read_document` allows (a regular file, bounded
+    size, nesting and YAML alias expansion); a workflow of more than ``max_jobs`` jobs is
+    refused before any job is validated.
+    """
+    source = str(path)
+    data = read_document(path, WorkflowValidationError)
     if not isinstance(data, dict):
-        raise WorkflowValidationError(f"{path}: expected a mapping with 'workflows' or 'jobs'")
-    try:
-        if "workflows" in data:
-            return Campaign.model_validate(data)
-        wf = Workflow.model_validate(data)
-    except ValidationError as err:
-        raise WorkflowValidationError(_one_line(err, str(path))) from None
+        raise WorkflowValidationError(f"{source}: expected a mapping with 'workflows' or 'jobs'")
+    for wf in data.get("workflows", []) if isinstance(data.get("workflows"), list) else [data]:
+        jobs = wf.get("jobs") if isinstance(wf, dict) else None
+        if isinstance(jobs, list) and len(jobs) > max_jobs:
+            raise WorkflowValidationError(
+                f"{source}: workflow {show(str(wf.get('name')))} has {len(jobs):,} jobs, more than the "
+                f"maximum of {max_jobs:,} (setting max_workflow_jobs)"
+            )
+    if "workflows" in data:
+        return Campaign.model_validate(data, source=source)
+    wf = Workflow.model_validate(data, source=source)
     return Campaign(name=wf.name, owner=wf.owner, workflows=[wf])

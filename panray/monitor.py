@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,8 +12,16 @@ from panray.api import WorkflowSummary
 from panray.store.base import AttemptRow, JobRow, QuantumRow
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """A cell with control characters escaped: a stored name or diagnostic never drives the terminal."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text) if _CONTROL.search(text) else text
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    cells = [[("" if v is None else _printable(str(v))) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[k]) for r in cells]) for k, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     out = [line, "  ".join("-" * w for w in widths)]

@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import math
 
 NOOP = ""
 #: ``["panray:sleep", SECONDS]`` is held by the pilot as a timer, without a process: the
@@ -28,8 +29,13 @@ def occupies_slot(encoded: str) -> bool:
 
 
 def sleep_seconds(encoded: str) -> float | None:
-    """The duration of an in-process sleep payload, else ``None``."""
-    return float(encoded[len(_SLEEP_PREFIX):]) if encoded.startswith(_SLEEP_PREFIX) else None
+    """The duration of an in-process sleep payload, else ``None``; ValueError if it is not a finite ``>= 0``."""
+    if not encoded.startswith(_SLEEP_PREFIX):
+        return None
+    seconds = float(encoded[len(_SLEEP_PREFIX):])
+    if not (math.isfinite(seconds) and seconds >= 0):  # a NaN deadline would spin the pilot's timer loop
+        raise ValueError(f"sleep payload of {seconds} seconds")
+    return seconds
 
 
 def encode_command(command: list[str] | str | None) -> str:

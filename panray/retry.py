@@ -61,7 +61,7 @@ def decide(
         return RetryDecision(False, request_memory, f"attempts exhausted ({user_failures} of {spec.max_attempts})")
     if error_class == "memory" and spec.memory_multiplier:
         cap = spec.request_memory_max or request_memory
-        new = min(int(request_memory * spec.memory_multiplier), max(cap, request_memory))
+        new = int(min(request_memory * spec.memory_multiplier, max(cap, request_memory)))  # float first: no overflow
         if new <= request_memory:
             return RetryDecision(False, request_memory, f"out of memory at the cap of {cap} MB")
         return RetryDecision(True, new, f"out of memory: retry with {new} MB")

@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from panray import ray_auth
 from panray.config import Settings
-from panray.exceptions import ConfigError
+from panray.exceptions import ConfigError, PanrayError
 from panray.home import private_dir, write_private
 from panray.sites import SiteCatalog, load_catalog
 from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_local_cluster
@@ -87,6 +88,17 @@ def _running_embedded(settings: Settings) -> str | None:
     return str(info["address"])
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in one line when nothing listens at a ``host:port`` address: ray.init would retry for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in host:
+        return  # ray://, auto and other forms: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise PanrayError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+
+
 def connect(settings: Settings, *, start: bool = True, detached: bool = False) -> Runtime:
     """Connect to (or, embedded, start) the cluster and make sure panray's actors run.
 
@@ -107,6 +119,7 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         token = None if settings.ray_address else ray_auth.known_token(settings.home)
         if token is not None:
             ray_auth.use_token(token)
+        _check_reachable(address)
         rt.owns_ray = True
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     elif not start:

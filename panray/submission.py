@@ -12,9 +12,10 @@ from collections.abc import Iterable
 
 from panray.cluster_jobs import cluster_jobs
 from panray.dag import build_graph, partition_tasks
-from panray.exceptions import UnknownSiteError, WorkflowValidationError
-from panray.models import Campaign, Job, Workflow
+from panray.exceptions import PanrayError, UnknownSiteError, WorkflowValidationError, show
+from panray.models import DEFAULT_MAX_WORKFLOW_JOBS, Campaign, Job, Workflow
 from panray.payload import encode_command
+from panray.placement import Mode, place
 from panray.sites import SiteCatalog
 from panray.store.base import NewCampaign, NewJob, NewTask, NewWorkflow
 
@@ -46,11 +47,19 @@ def _check_sites(jobs: Iterable[Job], home_site: str, catalog: SiteCatalog) -> N
             raise UnknownSiteError(j.site, known)
 
 
-def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
-    """Validate one workflow and shape its rows; raises a WorkflowValidationError naming the problem."""
+def build_workflow(wf: Workflow, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
+                   placement: Mode = "refuse") -> NewWorkflow:
+    """Validate one workflow and shape its rows; raises a WorkflowValidationError naming the problem.
+
+    ``max_jobs`` bounds the workflow's size; ``placement`` says what happens to a job no site
+    could take (:func:`panray.placement.place`).
+    """
     jobs = list(wf.jobs)
     if not jobs:
-        raise WorkflowValidationError(f"workflow {wf.name!r} has no jobs")
+        raise WorkflowValidationError(f"workflow {show(wf.name)} has no jobs")
+    if len(jobs) > max_jobs:
+        raise WorkflowValidationError(f"workflow {show(wf.name)} has {len(jobs):,} jobs, more than the maximum of "
+                                      f"{max_jobs:,} (setting max_workflow_jobs); split it into several workflows")
     clustered = cluster_jobs(wf) if wf.clustering else None
     if clustered is not None:
         jobs = list(clustered.jobs)
@@ -64,9 +73,10 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
     graph = build_graph([j.name for j in jobs], parents)
     if wf.final_job is not None:
         if wf.final_job.name in graph.index:
-            raise WorkflowValidationError(f"final job name {wf.final_job.name!r} is also a job name")
+            raise WorkflowValidationError(f"final job name {show(wf.final_job.name)} is also a job name")
         jobs.append(wf.final_job.model_copy(update={"site": wf.final_job.site or wf.home_site}))
     _check_sites(jobs, wf.home_site, catalog)
+    jobs = place(jobs, catalog, workflow=wf.name, mode=placement)
     tasks, task_of = partition_tasks([j.label for j in jobs], wf.task_chunk_size)
     n_init = 1 if wf.init_job is not None else 0
     final_idx = len(jobs) - 1 if wf.final_job is not None else -1
@@ -90,6 +100,15 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog) -> NewWorkflow:
     )
 
 
-def build_campaign(campaign: Campaign, catalog: SiteCatalog) -> NewCampaign:
-    """All workflows validated before any is stored."""
-    return NewCampaign(campaign.name, campaign.owner, [build_workflow(w, catalog) for w in campaign.workflows])
+def build_campaign(campaign: Campaign, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
+                   placement: Mode = "refuse") -> NewCampaign:
+    """All workflows validated before any is stored; an error of a campaign's workflow names it."""
+    built = []
+    for w in campaign.workflows:
+        try:
+            built.append(build_workflow(w, catalog, max_jobs=max_jobs, placement=placement))
+        except PanrayError as exc:
+            if not str(exc).startswith("workflow "):
+                exc.args = (f"workflow {show(w.name)}: {exc}",)  # the same error class, its message prefixed
+            raise
+    return NewCampaign(campaign.name, campaign.owner, built)

@@ -181,6 +181,23 @@ def panray_env(cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return cluster
 
 
+def test_bps_default_final_job_is_clamped_to_the_home_site() -> None:
+    """bps asks 16 cores / 32768 MB for its final job by default: more cores than any shipped site has."""
+    from panray.sites import load_catalog
+    from panray.submission import build_campaign
+    from panray.models import Campaign
+
+    gwf = GenericWorkflow("big-final")
+    sh = GenericWorkflowExec("sh", "/bin/sh", False)
+    gwf.add_job(GenericWorkflowJob("a", label="a", executable=sh, arguments="-c true"))
+    gwf.add_final(GenericWorkflowJob("finalJob", label="finalJob", executable=sh, arguments="-c true",
+                                     request_cpus=16, request_memory=32768))
+    catalog = load_catalog()
+    wf = convert(gwf, sites=SITES, catalog=catalog)
+    assert wf.final_job is not None and (wf.final_job.request_cpus, wf.final_job.request_memory) == (8, 32768)
+    build_campaign(Campaign(name="c", workflows=[wf]), catalog)  # placeable with the default placement: refuse
+
+
 def _shell_workflow(fail: str, once: Path) -> GenericWorkflow:
     """init -> a1,a2 -> b1,b2 (b_i after a_i) + final; job ``fail`` exits 1 until ``once`` exists."""
     gwf = GenericWorkflow("rt")

@@ -187,9 +187,9 @@ class PayloadProcess:
                         launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
                         start_new_session=True, preexec_fn=preexec,
                     )
-            except OSError as exc:
-                self._event("start_failed", f"cannot start {argv[0]!r}: {exc}", level="ERROR")
-                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")
+            except (OSError, ValueError) as exc:  # ValueError: a NUL or '=' the OS refuses in argv or env
+                self._event("start_failed", f"cannot start {argv[0][:200]!r}: {exc}", level="ERROR")
+                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0][:200]!r}: {exc}")
             self._event("started", f"payload started with pid {self._proc.pid}", pid=self._proc.pid)
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.locality import DataLocality
 from panray.dag import JobGraph, Releaser
-from panray.retry import SYSTEM, USER_CLASSES, RetrySpec, decide
+from panray.retry import SYSTEM, USER_CLASSES, RetryDecision, RetrySpec, decide
 from panray.statuses import (
     CODE_OF,
     FINAL_CODES,
@@ -321,11 +321,14 @@ class WorkflowCore:
         else:
             self.system_failures[i] += 1
         row = self.rows[i]
-        d = decide(
-            RetrySpec.from_json(row.max_attempts, row.retry), error_class=error_class, exit_code=exit_code,
-            user_failures=self.user_failures[i], system_failures=self.system_failures[i],
-            request_memory=self.memory[i], max_system_retries=self.settings.max_system_retries,
-        )
+        try:
+            d = decide(
+                RetrySpec.from_json(row.max_attempts, row.retry), error_class=error_class, exit_code=exit_code,
+                user_failures=self.user_failures[i], system_failures=self.system_failures[i],
+                request_memory=self.memory[i], max_system_retries=self.settings.max_system_retries,
+            )
+        except Exception as exc:  # a retry policy that cannot be applied fails this job alone, for good
+            d = RetryDecision(False, self.memory[i], f"retry rules of this job cannot be applied: {exc!r}"[:300])
         self.diag[i] = f"{diag}; {d.reason}" if diag else d.reason
         self._dirty.add(i)
         if d.retry and not self.cancelled:

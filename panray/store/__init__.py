@@ -10,10 +10,11 @@ Examples:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from panray.exceptions import ConfigError
-from panray.home import create_private, private_dir
+from panray.exceptions import ConfigError, StoreError
+from panray.home import create_private
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
@@ -75,9 +76,13 @@ def open_store(url: str) -> StateStore:
         from panray.store.sqlite import SQLiteStore
 
         try:
-            create_private(private_dir(Path(path).parent) / Path(path).name)  # SQLite gives -wal/-shm its mode
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # new directories are private
         except OSError as exc:
-            raise ConfigError(f"state store {path}: cannot open: {exc.strerror}") from None
+            raise StoreError(f"state store {url}: cannot create its directory: {exc.strerror}") from None
+        try:
+            create_private(Path(path))  # SQLite gives -wal/-shm the file's mode
+        except OSError as exc:
+            raise StoreError(f"state store {path}: cannot open: {exc.strerror}") from None
         return SQLiteStore(path)
     if url.startswith(_POSTGRES):
         from panray.store.postgres import PostgresStore

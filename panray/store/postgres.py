@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import threading
+from urllib.parse import urlsplit, urlunsplit
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
 
-from panray.exceptions import StoreUnavailableError
+from panray.exceptions import StoreError, StoreUnavailableError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
@@ -52,6 +53,17 @@ _UPDATE_JOBS = "UPDATE jobs SET {} FROM tmp_job_state t WHERE jobs.job_id = t.jo
 _UPSERT_ATTEMPTS = f"INSERT INTO attempts ({_ATTEMPT_COLUMNS}) SELECT {_ATTEMPT_COLUMNS} FROM tmp_attempts {ATTEMPT_ON_CONFLICT}"
 
 
+def _without_password(url: str) -> str:
+    """The URL for a message: a password never lands in an error line or a log."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+    except ValueError:
+        return "postgresql://(unparsable URL)"
+
+
 class PostgresStore(SQLStore):
     """PostgreSQL backend; one connection per store, shared by the process's threads under a lock.
 
@@ -66,6 +78,12 @@ class PostgresStore(SQLStore):
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._schema_ready = False
+        try:
+            with self._lock:
+                self._connection()
+        except psycopg.Error as exc:  # a bad URL, a refused connection, bad credentials
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreError(f"state store {_without_password(url)}: cannot connect: {first}") from None
         self._ensure_schema()
         self._schema_ready = True
         with self._lock:

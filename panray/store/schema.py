@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
-from panray.exceptions import NotFoundError, PanrayError, StoreUnavailableError, WorkflowValidationError
+from panray.exceptions import NotFoundError, PanrayError, StoreError, StoreUnavailableError, WorkflowValidationError
 from panray.sites.catalog import SiteStatus
 from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, WorkflowStatus
 from panray.store.base import (
@@ -330,6 +330,10 @@ class SQLStore(QuantaSQL, StateStore):
                 cur.execute(d.schema_lock)
             cur.execute(d.sql(d.table_exists), ("schema_version",))
             if cur.fetchone() is None:
+                cur.execute(d.sql(d.table_exists), ("jobs",))
+                if cur.fetchone() is not None:
+                    raise StoreError(f"state store {self.url} has panray's tables but no schema_version: "
+                                     "not a store this panray made; use a new database")
                 for statement in d.ddl():
                     cur.execute(statement)
                 cur.execute(d.sql("INSERT INTO schema_version (version) VALUES (?)"), (SCHEMA_VERSION,))
@@ -338,7 +342,7 @@ class SQLStore(QuantaSQL, StateStore):
             cur.execute("SELECT version FROM schema_version")
             found = [r[0] for r in cur.fetchall()]
         if found != [SCHEMA_VERSION]:
-            raise PanrayError(
+            raise StoreError(
                 f"state store {self.url} has schema version {found}, this panray needs {SCHEMA_VERSION}; "
                 "use a matching panray or a new database"
             )
@@ -438,7 +442,7 @@ class SQLStore(QuantaSQL, StateStore):
                 (cancelled, time.time(), workflow_id),
             )
             if cur.rowcount != 1:
-                raise NotFoundError(f"workflow {workflow_id} is not in state store {self.url}")
+                raise NotFoundError(f"no workflow {workflow_id} in this store")
 
     def _raise_missing(self, cur: Cursor, table: str, key: str, ids: list[int]) -> None:
         """Name the ids of a batch that the store does not hold (the batch is rolled back)."""
@@ -563,5 +567,5 @@ class SQLStore(QuantaSQL, StateStore):
         cur.execute(text, (key,))
         row = cur.fetchone()
         if row is None:
-            raise NotFoundError(f"{what} {key} is not in state store {self.url}")
+            raise NotFoundError(f"no {what} {key} in this store")
         return row

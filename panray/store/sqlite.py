@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from panray.exceptions import StoreUnavailableError
+from panray.exceptions import StoreError, StoreUnavailableError
 from panray.store.base import AttemptRow, JobState
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
@@ -60,6 +60,13 @@ class SQLiteStore(SQLStore):
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise StoreError(f"state store {self.url}: not a regular file")
+        try:
+            with self._lock:
+                self._connection()
+        except sqlite3.Error as exc:
+            raise StoreError(f"state store {self.url}: cannot open: {exc}") from None
         self._ensure_schema()
 
     def _connection(self) -> sqlite3.Connection:
@@ -92,10 +99,11 @@ class SQLiteStore(SQLStore):
                 conn.rollback()
                 raise rejected(self.url, exc) from exc
             except sqlite3.OperationalError as exc:
-                if _primary_code(exc) not in _TRANSIENT:
-                    conn.rollback()
-                    raise
-                self._give_up(exc, committing, reopen=_primary_code(exc) not in _BUSY)
+                if _primary_code(exc) in _TRANSIENT:
+                    self._give_up(exc, committing, reopen=_primary_code(exc) not in _BUSY)
+                raise self._failed(conn, exc, write) from exc  # read-only, no such table, ...
+            except sqlite3.DatabaseError as exc:  # corrupt, not a database
+                raise self._failed(conn, exc, write) from exc
             except BaseException:
                 conn.rollback()
                 raise
@@ -113,6 +121,15 @@ class SQLiteStore(SQLStore):
                 self._conn.close()
                 self._conn = None
         raise StoreUnavailableError(self.url, exc, in_doubt=committing) from exc
+
+    def _failed(self, conn: sqlite3.Connection, exc: sqlite3.Error, write: bool) -> StoreError:
+        """Roll back and say what failed: a store no retry can fix (read-only, corrupt)."""
+        try:
+            conn.rollback()
+        except sqlite3.Error:  # the transaction was never begun (BEGIN itself failed)
+            pass
+        done = "; nothing of this change was stored" if write else ""
+        return StoreError(f"state store {self.url}: {exc}{done}")
 
     def _bulk_insert(self, cur: Cursor, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
         marks = ", ".join("?" * len(columns))
