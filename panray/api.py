@@ -241,13 +241,14 @@ class Panray:
         else:
             self._start_manager(workflow_id, retry=True)
 
-    def resume(self) -> list[int]:
-        """Start managers for every workflow not ended (after a crash); returns their ids.
+    def resume(self, workflow_ids: Sequence[int] | None = None) -> list[int]:
+        """Start managers for every workflow not ended (after a crash), or for these; returns their ids.
 
         Each manager reloads its workflow from the store: jobs that were running are retried as
         system errors, queued jobs are brokered again, finished jobs stay finished.
         """
-        ids = [w.workflow_id for w in self.store.workflows(active_only=True)]
+        ids = [w.workflow_id for w in self.store.workflows(active_only=True)
+               if workflow_ids is None or w.workflow_id in workflow_ids]
         for wf_id in ids:
             self._start_manager(wf_id)
         return ids

@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -61,10 +62,12 @@ from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import NotFoundError, PanrayError
 from panray.models import Job, Workflow
+from panray.orphans import cancel_orphan, driven
 from panray.placement import place
-from panray.serve import persistent
+from panray.serve import persistent, server_info
 from panray.sites import SiteCatalog, load_catalog
 from panray.statuses import JobStatus, WorkflowStatus
+from panray.store import store_exists
 from panray.store.base import JobRow, WorkflowRow
 
 __all__ = ["PanrayService", "PanrayWorkflow", "RunRef", "job_state", "run_state"]
@@ -168,6 +171,8 @@ class RunRef:
 _ENV = re.compile(r"<ENV:([^>]+)>")
 _FILE = re.compile(r"<FILE:([^>]+)>")
 _CMDVAL = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: cmdvals that name a path: a relative one is relative to where bps ran, like bps's own files.
+PATH_CMDVALS = frozenset({"butlerConfig", "qgraphFile"})
 
 
 class _Resolver:
@@ -177,16 +182,27 @@ class _Resolver:
     queries), ``<FILE:name>`` the file's full path (panray stages nothing: jobs see the submit
     directory), ``<ENV:X>`` becomes ``${X}`` so that the job's own environment decides.
     Values may hold placeholders themselves, hence the loop.
+
+    Jobs run in their own work directories, so every relative path is made absolute once, against
+    the directory bps ran in (``base``), as bps itself built it: file URIs and executables
+    (bps already joins a relative ``submitPath`` into them) and the repository paths in
+    :data:`PATH_CMDVALS`.
     """
 
-    def __init__(self, gwf: GenericWorkflow, submit_dir: Path | None):
+    def __init__(self, gwf: GenericWorkflow, base: Path):
         self.gwf = gwf
-        self.submit_dir = submit_dir
+        self.base = base
 
-    def _path(self, uri: str, transferred: bool) -> str:
-        if transferred and self.submit_dir is not None and not os.path.isabs(uri) and "://" not in uri:
-            return str(self.submit_dir / uri)
-        return uri
+    def _path(self, uri: str) -> str:
+        if not uri or os.path.isabs(uri) or "://" in uri or "<" in uri or "{" in uri or "$" in uri:
+            return uri
+        return str(self.base / uri)
+
+    def cmdvals(self, job: GenericWorkflowJob) -> dict[str, Any]:
+        values = dict(job.cmdvals)
+        for key in PATH_CMDVALS.intersection(values):
+            values[key] = self._path(str(values[key]))
+        return values
 
     def file(self, container: GenericWorkflow, name: str) -> str:
         for graph in (container, self.gwf):
@@ -194,7 +210,7 @@ class _Resolver:
                 f = graph.get_file(name)
             except KeyError:
                 continue
-            return self._path(f.src_uri or name, f.wms_transfer)
+            return self._path(f.src_uri or name)
         raise PanrayError(f"command line names <FILE:{name}> but the workflow has no such file")
 
     def text(self, text: str, cmdvals: dict[str, Any], container: GenericWorkflow) -> str:
@@ -210,9 +226,9 @@ class _Resolver:
     def command(self, job: GenericWorkflowJob, container: GenericWorkflow) -> str:
         if job.executable is None:
             raise PanrayError(f"bps job {job.name!r} has no executable")
-        exe = self._path(job.executable.src_uri or job.executable.name, job.executable.transfer_executable)
+        exe = self._path(job.executable.src_uri or job.executable.name)
         line = f"{exe} {job.arguments}" if job.arguments else exe
-        line = self.text(line, job.cmdvals, container)
+        line = self.text(line, self.cmdvals(job), container)
         exports = self.exports(job, container)
         return f"{exports}{line}" if exports else line
 
@@ -222,7 +238,7 @@ class _Resolver:
         for key, value in job.environment.items():
             text = str(value)
             if _ENV.search(text) or _FILE.search(text) or _CMDVAL.search(text):
-                resolved = self.text(text, job.cmdvals, container)
+                resolved = self.text(text, self.cmdvals(job), container)
                 quoted = re.sub(r'(["\\`])', r"\\\1", resolved)
                 out.append(f'export {key}="{quoted}"\n')
         return "".join(out)
@@ -302,12 +318,15 @@ def _clamped_final(final_job: Job, catalog: SiteCatalog) -> Job:
     return final_job.model_copy(update={"request_memory": placed.request_memory, "request_cpus": placed.request_cpus})
 
 
-def convert(gwf: GenericWorkflow, *, submit_dir: Path | None = None, sites: Iterable[str] = (),
+def convert(gwf: GenericWorkflow, *, base: Path | None = None, sites: Iterable[str] = (),
             owner: str | None = None, meta: dict[str, Any] | None = None,
             catalog: SiteCatalog | None = None) -> Workflow:
-    """The panray Workflow of a GenericWorkflow (see the module docstring); with a ``catalog`` the
-    final job's request is clamped to its site's limits."""
-    resolver = _Resolver(gwf, submit_dir)
+    """The panray Workflow of a GenericWorkflow (see the module docstring).
+
+    ``base`` is the directory relative paths are relative to: where bps runs (the default); with a
+    ``catalog`` the final job's request is clamped to its site's limits.
+    """
+    resolver = _Resolver(gwf, (base or Path.cwd()).absolute())
     known_sites = set(sites)
     nodes, edges = _flatten(gwf)
     parents: dict[str, list[str]] = {}
@@ -378,10 +397,7 @@ class PanrayWorkflow(BaseWmsWorkflow):
         if out_prefix:
             meta["path"] = str(out_prefix)
         catalog = load_catalog(settings.sites_file)
-        wf.workflow = convert(
-            generic_workflow, submit_dir=Path(out_prefix) if out_prefix else None,
-            sites=catalog.names(), meta=meta, catalog=catalog,
-        )
+        wf.workflow = convert(generic_workflow, sites=catalog.names(), meta=meta, catalog=catalog)
         return wf
 
     def write(self, out_prefix: str) -> None:
@@ -409,6 +425,12 @@ class PanrayService(BaseWmsService):
     def _open(self, settings: Settings | None = None) -> Panray:
         return Panray(settings or Settings.load())
 
+    def _open_existing(self, settings: Settings) -> Panray:
+        """The store of a run to read or act on: a missing one is an error, never created."""
+        if not store_exists(settings.resolved_db_url):
+            raise NotFoundError(f"no panray store at {_redact(settings.resolved_db_url)}")
+        return self._open(settings)
+
     # -- submit --------------------------------------------------------------------------------
 
     def prepare(self, config: BpsConfig, generic_workflow: GenericWorkflow,
@@ -420,7 +442,11 @@ class PanrayService(BaseWmsService):
         return wf
 
     def submit(self, workflow: PanrayWorkflow, **kwargs: Any) -> None:
-        """Submit; returns at once on a persistent cluster, waits on an embedded one."""
+        """Submit; returns at once on a persistent cluster, waits on an embedded one.
+
+        An embedded submit says its run id at once and shows progress while it waits; if it is
+        interrupted, the run stops with its cluster and says how to resume or cancel it.
+        """
         assert workflow.workflow is not None
         settings = Settings.load()
         with self._open(settings) as pr:
@@ -429,22 +455,37 @@ class PanrayService(BaseWmsService):
             workflow.run_id = ref.run_id
             workflow.run_ref = ref
             _write_run_file(workflow.submit_path, ref)
-            if not persistent(settings):
-                log.info("no panray server: embedded cluster, waiting for workflow %s to end", wf_id)
-                pr.wait([wf_id])
+            if persistent(settings):
+                return
+            print(f"panray run {ref.run_id}: no panray server, running on an embedded cluster until it ends "
+                  "(`panray serve` first makes bps submit return at once)", file=sys.stderr, flush=True)
+            try:
+                pr.wait([wf_id], progress=sys.stderr.isatty())
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: run {ref.run_id} stopped with its embedded cluster; "
+                      f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it",
+                      file=sys.stderr, flush=True)
+                raise
 
     def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
-        """Rerun the failed, pruned and cancelled jobs of an ended run in place, then its final job."""
+        """Rerun the failed, pruned and cancelled jobs of an ended run in place, then its final job.
+
+        A run whose embedded submit was interrupted (nothing drives it) goes on where it stopped.
+        """
         try:
             ref = RunRef.parse(wms_workflow_id)
+            pr = self._open_existing(ref.settings)
         except PanrayError as exc:
             return None, None, str(exc)
-        with self._open(ref.settings) as pr:
+        with pr:
             try:
                 row = pr.status(ref.workflow_id)[0]
-                if not pr.jobs(ref.workflow_id, status=list(_RERUN)):
+                if _orphan(pr, ref):
+                    pr.resume([ref.workflow_id])  # the interrupted run goes on where it stopped
+                elif not pr.jobs(ref.workflow_id, status=list(_RERUN)):
                     return None, None, f"run {ref.run_id}: every job finished, nothing to restart"
-                pr.retry(ref.workflow_id)
+                else:
+                    pr.retry(ref.workflow_id)
             except (PanrayError, NotFoundError) as exc:
                 return None, None, str(exc)
             if not persistent(ref.settings):
@@ -458,11 +499,15 @@ class PanrayService(BaseWmsService):
         """Run ids of the active runs (the ones cancel can act on)."""
         if wms_id is not None:
             ref = RunRef.parse(wms_id)
+            if not store_exists(ref.settings.resolved_db_url):
+                return []
             with self._open(ref.settings) as pr:
                 rows = [w.workflow_id for w in pr.store.workflows(active_only=True)
                         if w.workflow_id == ref.workflow_id]
             return [RunRef(i, ref.settings).run_id for i in rows]
         settings = Settings.load()
+        if not store_exists(settings.resolved_db_url):
+            return []
         with self._open(settings) as pr:
             return [RunRef(w.workflow_id, settings).run_id for w in pr.store.workflows(active_only=True)
                     if user is None or w.owner == user]
@@ -473,15 +518,18 @@ class PanrayService(BaseWmsService):
         if wms_workflow_id is not None:
             try:
                 ref = RunRef.parse(wms_workflow_id)
-                with self._open(ref.settings) as pr:
+                with self._open_existing(ref.settings) as pr:
                     rows = [w for w in pr.store.workflows() if w.workflow_id == ref.workflow_id]
                     if not rows:
                         return [], f"no panray run {ref.run_id}"
-                    return [_run_report(pr, rows[0], ref, detailed=True)], ""
+                    message = _orphan_message(ref) if _orphan(pr, ref) else ""
+                    return [_run_report(pr, rows[0], ref, detailed=True, orphan=bool(message))], message
             except (PanrayError, NotFoundError) as exc:
                 return [], str(exc)
         settings = Settings.load()
         since = time.time() - hist * 86400
+        if not store_exists(settings.resolved_db_url):
+            return [], f"no panray store at {_redact(settings.resolved_db_url)}"
         with self._open(settings) as pr:
             rows = [w for w in pr.store.workflows()
                     if (user is None or w.owner == user) and (w.ended is None or w.ended >= since)]
@@ -490,7 +538,9 @@ class PanrayService(BaseWmsService):
     def get_status(self, wms_workflow_id: str, hist: float = 1, is_global: bool = False) -> tuple[WmsStates, str]:
         try:
             ref = RunRef.parse(wms_workflow_id)
-            with self._open(ref.settings) as pr:
+            with self._open_existing(ref.settings) as pr:
+                if _orphan(pr, ref):
+                    return WmsStates.HELD, _orphan_message(ref)
                 return run_state(pr.status(ref.workflow_id)[0].status), ""
         except (PanrayError, NotFoundError) as exc:
             return WmsStates.UNKNOWN, str(exc)
@@ -499,31 +549,60 @@ class PanrayService(BaseWmsService):
         """Kills running payloads through the workflow's manager; needs its cluster to be up."""
         try:
             ref = RunRef.parse(wms_id)
-            with self._open(ref.settings) as pr:
+            with self._open_existing(ref.settings) as pr:
                 if pr.is_final(ref.workflow_id):
                     return False, f"run {ref.run_id} has already ended"
                 if pr.cancel(ref.workflow_id):
                     return True, ""
-                return False, (f"run {ref.run_id} marked cancelled, but its manager is unreachable "
-                               "(is PANRAY_RAY_ADDRESS set to the panray cluster?)")
+                if not driven(ref.settings):
+                    n = cancel_orphan(pr.store, ref.workflow_id)
+                    return True, (f"run {ref.run_id} had no panray driving it (its embedded submit ended); "
+                                  f"{n} jobs marked cancelled")
+                where = ref.settings.ray_address or f"the panray server of {ref.settings.home}"
+                return False, (f"run {ref.run_id} marked cancelled, but its manager did not answer on {where}; "
+                               "it is cancelled when the manager runs again")
         except (PanrayError, NotFoundError) as exc:
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
-        """The state store answers, and the cluster too when ``PANRAY_RAY_ADDRESS`` names one."""
+        """The state store answers, and so does the cluster a submit would use (server or address).
+
+        A store that does not exist yet is no failure (the first submit creates it) and is not
+        created here.
+        """
         settings = Settings.load()
+        server = server_info(settings)
         try:
-            with self._open(settings) as pr:
-                pr.store.workflows(active_only=True)
-                if settings.ray_address is not None:
-                    pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
+            if store_exists(settings.resolved_db_url):
+                with self._open(settings) as pr:
+                    pr.store.workflows(active_only=True)
+                    if settings.ray_address is not None or server is not None:
+                        pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
+                store = _redact(settings.resolved_db_url)
+            else:
+                store = f"{_redact(settings.resolved_db_url)} (none yet: the first submit creates it)"
         except Exception as exc:  # any failure to reach panray is ping's answer, not a crash
             return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
-        where = settings.ray_address or "embedded (no PANRAY_RAY_ADDRESS: submit waits for each run)"
-        return 0, f"panray store {_redact(settings.resolved_db_url)}, cluster {where}"
+        if settings.ray_address is not None:
+            where = f"cluster {settings.ray_address} (PANRAY_RAY_ADDRESS)"
+        elif server is not None:
+            where = f"panray server pid {server['pid']} on {server['address']} (home {settings.home})"
+        else:
+            where = "embedded (no panray server in this home: submit waits for each run)"
+        return 0, f"panray store {store}, {where}"
 
 
-def _run_report(pr: Panray, w: WorkflowRow, ref: RunRef, *, detailed: bool) -> WmsRunReport:
+def _orphan(pr: Panray, ref: RunRef) -> bool:
+    """The run has not ended and nothing drives it (see :mod:`panray.orphans`)."""
+    return not driven(ref.settings) and not pr.is_final(ref.workflow_id)
+
+
+def _orphan_message(ref: RunRef) -> str:
+    return (f"run {ref.run_id} is held: no panray drives it (its embedded submit ended); "
+            f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it")
+
+
+def _run_report(pr: Panray, w: WorkflowRow, ref: RunRef, *, detailed: bool, orphan: bool = False) -> WmsRunReport:
     jobs: list[JobRow] = pr.jobs(w.workflow_id)
     meta = dict(json.loads(jobs[0].tags or "{}").get("bps", {})) if jobs else {}
     counts = dict.fromkeys(WmsStates, 0)
@@ -545,7 +624,8 @@ def _run_report(pr: Panray, w: WorkflowRow, ref: RunRef, *, detailed: bool) -> W
         project=meta.get("project"), campaign=meta.get("campaign"), payload=meta.get("payloadName"),
         operator=meta.get("operator", w.owner),
         run_summary=";".join(f"{label}:{n}" for label, n in per_label.items()),
-        state=run_state(w.status), jobs=reports if detailed else None, total_number_jobs=len(jobs),
+        state=WmsStates.HELD if orphan else run_state(w.status), jobs=reports if detailed else None,
+        total_number_jobs=len(jobs),
         job_state_counts=counts, job_summary=summary,
         exit_code_summary={label: codes.get(label, []) for label in per_label},
     )

@@ -55,6 +55,11 @@ def _read(settings: Settings) -> dict[str, Any] | None:
     return info if _alive(pid, info.get("started")) else None
 
 
+def cluster_owner(settings: Settings) -> dict[str, Any] | None:
+    """``cluster.json`` of the live panray process (a server, or an embedded run) of this home."""
+    return _read(settings)
+
+
 def server_info(settings: Settings) -> dict[str, Any] | None:
     """``cluster.json`` of a live ``panray serve`` in this home, else None."""
     info = _read(settings)

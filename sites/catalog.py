@@ -22,10 +22,11 @@ Examples:
 from __future__ import annotations
 
 import importlib.resources
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -33,6 +34,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from panray.exceptions import SiteConfigError, UnknownSiteError
 
 SHARE_TOLERANCE = 0.01
+#: ``slots: auto`` gives every site pilots with, in all, this many payloads per core of the machine
+#: (payloads wait on I/O too), split by DRP share, and no more than one per ``AUTO_MB_PER_SLOT``
+#: of its memory; at least ``AUTO_MIN_SLOTS`` per pilot, so that a few long payloads never hold a
+#: small site's every slot.
+AUTO_SLOTS_PER_CORE = 2
+AUTO_MB_PER_SLOT = 2048
+AUTO_MIN_SLOTS = 2
+
+
+def auto_slots(drp_share: float, pilots: int, cores: int | None = None, memory_mb: int | None = None) -> int:
+    """Slots per pilot that ``slots: auto`` means on a machine of ``cores`` and ``memory_mb`` (default: this one).
+
+    Examples:
+        >>> auto_slots(0.40, pilots=2, cores=2, memory_mb=24000), auto_slots(0.40, pilots=2, cores=32, memory_mb=256000)
+        (2, 13)
+    """
+    cores = cores or os.cpu_count() or 1
+    if memory_mb is None:
+        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    total = min(cores * AUTO_SLOTS_PER_CORE, max(1, memory_mb // AUTO_MB_PER_SLOT))
+    return max(AUTO_MIN_SLOTS, round(total * drp_share / max(pilots, 1)))
 
 
 class SiteStatus(str, Enum):
@@ -59,11 +81,22 @@ class SiteConfig(BaseModel):
     memory_max_mb: int = Field(gt=0, description="highest memory per core a job may ask, MB")
     max_cores: int = Field(gt=0, description="most cores one job may ask")
     pilots: int = Field(ge=0, description="batch pilots kept running")
-    slots: int = Field(gt=0, description="concurrent payloads per pilot")
+    slots: int = Field(gt=0, description="concurrent payloads per pilot; 'auto' in the file: see auto_slots")
     prompt_pilots: int = Field(default=0, ge=0, description="semi-persistent prompt-processing pilots")
     storage_endpoint: str = Field(pattern=r"^[a-z][a-z0-9+.-]*://", description="where outputs land")
     ray_resource: str = Field(default="", description="Ray custom resource marking its nodes")
     home_queue: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_slots(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("slots") == "auto":
+            try:
+                share, pilots = float(data.get("drp_share", 0)), int(data.get("pilots", 1))
+            except (TypeError, ValueError):
+                return data  # the field checks name the bad value
+            data = {**data, "slots": auto_slots(share, pilots)}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SiteConfig:

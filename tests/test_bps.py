@@ -7,6 +7,7 @@ when it is missing, because the plugin is a supported interface.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -47,17 +48,40 @@ def _edges(wf) -> set[tuple[str, str]]:
 
 
 def test_three_labels_init_first_final_apart() -> None:
-    wf = convert(make_3_label_workflow("w", final=True), submit_dir=Path("/sub"), sites=SITES)
+    wf = convert(make_3_label_workflow("w", final=True), base=Path("/sub"), sites=SITES)
     assert wf.init_job is not None and wf.init_job.name == "pipetaskInit"
     assert "pipetaskInit" not in {j.name for j in wf.jobs}
     assert len(wf.jobs) == 18
     assert ("pipetaskInit", "label1_301_10") in _edges(wf)
     assert ("label1_301_10", "label2_301_10") in _edges(wf)
-    # the final job's executable is transferred by bps: it lives in the submit directory
+    # a relative executable is relative to where bps ran (``base``), once
     assert wf.final_job is not None and wf.final_job.command == "/sub/finalJob.bash"
     assert wf.final_job.parents == []
     assert {j.label for j in wf.jobs} == {"label1", "label2", "label3"}
     assert wf.jobs[0].tags["visit"] == 10001 and wf.jobs[0].tags["quanta_counts"] == {"label1": 1}
+
+
+def test_relative_paths_resolve_once_against_where_bps_ran(tmp_path: Path) -> None:
+    """bps joins a relative submitPath into its file URIs; panray must not join it again."""
+    gwf = GenericWorkflow("rel")
+    job = GenericWorkflowJob(
+        "pipetaskInit", "pipetaskInit", executable=GenericWorkflowExec("pipetask", "bin/pipetask"),
+        arguments="pre-exec-init-qbb {butlerConfig} <FILE:runQgraphFile> {outputRun}",
+        cmdvals={"butlerConfig": "repo", "outputRun": "u/me/run"},
+    )
+    gwf.add_job(job)
+    gwf.add_job_inputs("pipetaskInit", [GenericWorkflowFile("runQgraphFile", "submit/u/me/run/mock.qg",
+                                                             wms_transfer=True)])
+    final = GenericWorkflowJob("finalJob", "finalJob", executable=GenericWorkflowExec(
+        "final_job.bash", "submit/u/me/run/final_job.bash", transfer_executable=True),
+        arguments="{butlerConfig}", cmdvals={"butlerConfig": "/abs/repo"})
+    gwf.add_final(final)
+    wf = convert(gwf, base=tmp_path, sites=SITES)
+    assert wf.init_job is not None and wf.final_job is not None
+    assert wf.init_job.command == (f"{tmp_path}/bin/pipetask pre-exec-init-qbb {tmp_path}/repo "
+                                   f"{tmp_path}/submit/u/me/run/mock.qg u/me/run")
+    # absolute paths stay as they are; the output run is a collection name, not a path
+    assert wf.final_job.command == f"{tmp_path}/submit/u/me/run/final_job.bash /abs/repo"
 
 
 def test_noop_jobs_only_order() -> None:
@@ -157,6 +181,23 @@ def test_run_id_round_trip_hides_password(tmp_path: Path) -> None:
     ref = RunRef.parse("3", pg)
     assert ref.run_id == "3@postgresql://u@db:5432/panray"
     assert RunRef.parse(ref.run_id, pg).settings.db_url == "postgresql://u:secret@db:5432/panray"
+
+
+def test_read_only_commands_create_no_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """report, status, cancel and restart of a run in a home without a store say so and create nothing."""
+    monkeypatch.setenv("PANRAY_HOME", str(tmp_path / "empty-home"))
+    for var in ("PANRAY_DB", "PANRAY_RAY_ADDRESS", "PANRAY_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    missing = tmp_path / "nonexistent"
+    run_id = f"4@{missing}"
+    svc = PanrayService({})
+    assert svc.report(run_id) == ([], f"no panray store at sqlite:///{missing}/panray.db")
+    assert svc.get_status(run_id) == (WmsStates.UNKNOWN, f"no panray store at sqlite:///{missing}/panray.db")
+    assert svc.cancel(run_id)[0] is False and svc.restart(run_id)[0] is None
+    assert svc.list_submitted_jobs(run_id) == [] and svc.report()[0] == []
+    code, message = svc.ping(None)
+    assert code == 0 and "none yet" in message and "embedded" in message
+    assert not missing.exists() and not (tmp_path / "empty-home").exists()
 
 
 # -- on a real cluster --------------------------------------------------------------------------
@@ -315,3 +356,59 @@ def test_bps_submitcmd_end_to_end(panray_env: str, tmp_path: Path) -> None:
     rep = subprocess.run([*bps, "report", "--id", run_id], capture_output=True, text=True, timeout=60, env=env)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "SUCCEEDED" in rep.stdout
+
+
+INTERRUPTED_SUBMIT = """
+import sys
+from lsst.ctrl.bps import GenericWorkflow, GenericWorkflowExec, GenericWorkflowJob
+from panray.bps import PanrayService
+gwf = GenericWorkflow("interrupted")
+sleep = GenericWorkflowExec("sleep", "/bin/sleep", False)
+gwf.add_job(GenericWorkflowJob("first", label="a", executable=sleep, arguments="300", request_memory=100))
+gwf.add_job(GenericWorkflowJob("second", label="b", executable=sleep, arguments="1", request_memory=100),
+            ["first"], None)
+svc = PanrayService({})
+svc.submit(svc.prepare({}, gwf, out_prefix=sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_interrupted_embedded_submit_is_held_then_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C on an embedded submit: the run id was printed at once, bps status says HELD (not RUNNING),
+    and bps cancel ends the run in the store although no manager or cluster is left."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
+    env["PANRAY_HOME"] = str(home)
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SUBMIT, str(tmp_path / "submit")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monkeypatch.setenv("PANRAY_HOME", str(home))
+    monkeypatch.delenv("PANRAY_RAY_ADDRESS", raising=False)
+    run_id = f"1@{home}"
+    deadline = time.monotonic() + 120
+    try:
+        while not (home / "panray.db").exists() or PanrayService({}).report(run_id)[0][0].job_state_counts[
+                WmsStates.RUNNING] == 0:
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first payload never started"
+            time.sleep(0.3)
+        assert PanrayService({}).get_status(run_id)[0] == WmsStates.RUNNING  # driven by the submitting process
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert f"panray run {run_id}: no panray server" in err
+    assert f"interrupted: run {run_id} stopped with its embedded cluster" in err
+    state, message = PanrayService({}).get_status(run_id)
+    assert state == WmsStates.HELD and "no panray drives it" in message and "bps restart" in message
+    [run], message = PanrayService({}).report(run_id)
+    assert run.state == WmsStates.HELD and "held" in message
+    started = time.monotonic()
+    ok, message = PanrayService({}).cancel(run_id)
+    took = time.monotonic() - started
+    assert ok and "2 jobs marked cancelled" in message, message
+    assert took < 10, f"cancel of an orphan took {took:.1f} s"
+    assert PanrayService({}).get_status(run_id)[0] == WmsStates.DELETED
+    with Panray() as pr:
+        assert {j.name: j.status for j in pr.jobs(1)} == {"first": "cancelled", "second": "cancelled"}
+        assert pr.status(1)[0].status == WorkflowStatus.CANCELLED.value

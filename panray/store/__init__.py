@@ -58,6 +58,7 @@ __all__ = [
     "WorkflowRow",
     "WorkflowSnapshot",
     "open_store",
+    "store_exists",
 ]
 
 _SQLITE = "sqlite://"
@@ -89,3 +90,14 @@ def open_store(url: str) -> StateStore:
 
         return PostgresStore(url)
     raise ConfigError(f"state store URL {url!r}: expected sqlite:///abs/path or postgresql://...")
+
+
+def store_exists(url: str) -> bool:
+    """Whether a store is there to read, without creating one (a read-only query must not).
+
+    An SQLite store is its file; a PostgreSQL server is taken to hold one (its tables are checked
+    when it is opened).
+    """
+    if url.startswith(_SQLITE):
+        return os.path.isfile(url[len(_SQLITE) :])
+    return True
