@@ -6,20 +6,15 @@ import argparse
 import json
 import sys
 import time
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from panray import monitor
 from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import PanrayError
 from panray.statuses import FINAL_JOB_STATES
-
-if TYPE_CHECKING:  # the logging bridge pulls in the Google clients: imported only by `panray logs`
-    from panray.logging_bridge import LogSink
-
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings.load(args.config)
@@ -45,7 +40,7 @@ def cmd_demo(pr: Panray, args: argparse.Namespace) -> int:
 
     wf = demo_workflow(visits=args.visits, detectors=args.detectors)
     ids = pr.submit(wf)
-    print(f"submitted demo workflow {ids[0]}: {len(wf.jobs) + 1} jobs across {', '.join(pr.catalog.names())}")
+    print(f"submitted demo workflow {ids[0]}: {len(wf.jobs) + 1} jobs across {', '.join(r['site'] for r in pr.sites())}")
     code = _run_and_show(pr, ids, wait=True)
     per_site: dict[str, int] = {}
     for j in pr.jobs(ids[0]):
@@ -70,25 +65,25 @@ def cmd_status(pr: Panray, args: argparse.Namespace) -> int:
 
 def cmd_jobs(pr: Panray, args: argparse.Namespace) -> int:
     if args.quanta:
-        quanta = [q for q in pr.store.quanta(args.workflow) if not args.status or q.status in args.status]
+        quanta = [q for q in pr.quanta(args.workflow) if not args.status or q.status in args.status]
         print(monitor.to_json(quanta) if args.json else monitor.quanta_table(quanta))
         return 0
     rows = pr.jobs(args.workflow, status=args.status)
-    pss = pr.store.max_pss(args.workflow)
+    pss = pr.max_pss(args.workflow)
     print(monitor.to_json(monitor.job_records(rows, pss)) if args.json else monitor.jobs_table(rows, pss))
     return 0
 
 
 def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
-    job = pr.store.job(args.job)
-    attempts = pr.store.attempts(args.job)
+    job = pr.job(args.job)
+    attempts = pr.attempts(args.job)
     if args.json:
         print(monitor.to_json([{"job": job._asdict(), "attempts": [a._asdict() for a in attempts]}]))
         return 0
     print(monitor.jobs_table([job], {a.job_id: a.max_pss_kb for a in attempts[-1:] if a.max_pss_kb is not None}))
     print()
     print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
-    transfers = pr.store.transfers(args.job)
+    transfers = pr.transfers(args.job)
     if transfers:
         print("\ninputs transferred (the job ran away from them):")
         print(monitor.table(["attempt", "dataset", "from", "to"],
@@ -125,15 +120,8 @@ def cmd_resume(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_prompt_notify(pr: Panray, args: argparse.Namespace) -> int:
-    from panray import prompt
-
     detectors = [int(d) for d in args.detectors.split(",")] if args.detectors else None
-    prompt.check_detectors(args.instrument, detectors or ())
-    prompt.start(pr.settings, catalog=pr.runtime.catalog)
-    for visit in range(args.visit, args.visit + args.visits):
-        print(prompt.format_report(prompt.notify(visit, detectors, args.instrument)))
-    prompt.flush(args.instrument)
-    print(prompt.format_stats(prompt.stats(args.instrument)))
+    print(pr.prompt_notify(args.visit, visits=args.visits, detectors=detectors, instrument=args.instrument))
     return 0
 
 
@@ -146,27 +134,20 @@ def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.logging_bridge import make_object_store, make_sink
-
     if args.files:
         if args.job is None:
             raise PanrayError("--files needs a JOB")
-        job = pr.store.job(args.job)
-        attempt = args.attempt or job.attempt_nr
-        from panray.logging_bridge import attempt_prefix
-
-        for key in make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt)):
+        for key in pr.log_files(args.job, args.attempt):
             print(key)
         return 0
     if args.job is None and args.task is None:
         raise PanrayError("give a JOB or --task T")
-    sink = make_sink(pr.settings)
     if args.follow:
         if args.job is None:
             raise PanrayError("--follow needs a JOB")
-        _follow_logs(pr, sink, args.job, args.attempt, args.grep)
+        _follow_logs(pr, args.job, args.attempt, args.grep)
         return 0
-    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
+    for e in pr.logs(args.job, task_id=args.task, attempt=args.attempt, grep=args.grep):
         _print_entry(e)
     return 0
 
@@ -179,7 +160,7 @@ def _print_entry(e: dict[str, Any]) -> None:
           f"{e.get('label', '')}: {e.get('message', '')}", flush=True)
 
 
-def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None) -> None:
+def _follow_logs(pr: Panray, job_id: int, attempt: int | None, grep: str | None) -> None:
     """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
 
     The store is read before the sink: a pilot drains a payload's last lines into the sink
@@ -188,9 +169,9 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
     final = {s.value for s in FINAL_JOB_STATES}
     shown = 0
     while True:
-        job = pr.store.job(job_id)
+        job = pr.job(job_id)
         ended = job.status in final or (attempt is not None and job.attempt_nr > attempt)
-        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep)
+        entries = pr.logs(job_id, attempt=attempt, grep=grep)
         for e in entries[shown:]:
             _print_entry(e)
         shown = len(entries)
@@ -200,16 +181,13 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
 
 
 def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.site_ops import site_rows
-
-    rows = site_rows(pr)
+    rows = pr.sites()
     if args.json:
         print(monitor.to_json(rows))
         return 0
-    shares = {s.name: f"{s.drp_share:.0%}" for s in pr.catalog}
     print(monitor.table(
         ["site", "status", "DRP share", "nodes", "pilots", "queued", "running", "finished", "failed"],
-        [(r["site"], r["status"], shares[r["site"]], "-" if r["nodes"] is None else r["nodes"] or "none",
+        [(r["site"], r["status"], f"{r['drp_share']:.0%}", "-" if r["nodes"] is None else r["nodes"] or "none",
           *("-" if r[k] is None else r[k] for k in ("pilots", "queued", "running")), r["finished"], r["failed"])
          for r in rows],
     ))
@@ -217,9 +195,7 @@ def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.site_ops import set_site_status
-
-    applied = set_site_status(pr, args.site, args.status)
+    applied = pr.set_site_status(args.site, args.status)
     print(f"site {args.site}: {args.status}" + ("" if applied else " (recorded; applied when the cluster starts)"))
     return 0
 
@@ -227,7 +203,7 @@ def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
     from panray.sites import Decision, format_explanation
 
-    rows = pr.store.decisions(args.job)
+    rows = pr.decisions(args.job)
     if args.json:
         print(monitor.to_json([{**r._asdict(), "decision": json.loads(r.decision)} for r in rows]))
         return 0

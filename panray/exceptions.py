@@ -78,3 +78,15 @@ class ClusterCycleError(WorkflowValidationError):
             "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
             + f" (quanta: {via}); put these quanta in the same cluster or in none"
         )
+
+
+class AuthenticationError(PanrayError):
+    """A request without a valid token: missing, malformed, expired, or not from a trusted issuer."""
+
+
+class PermissionDeniedError(PanrayError):
+    """An authenticated user asked for an action the rules do not allow; the message names the rule."""
+
+
+class ConflictError(PanrayError):
+    """An action that the target's current state does not allow (e.g. retry of a running workflow)."""

@@ -16,6 +16,7 @@ from panray.exceptions import ConfigError
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
+    AuditRow,
     ChangeBatch,
     DecisionRow,
     HistoryRow,
@@ -38,6 +39,7 @@ from panray.store.base import (
 __all__ = [
     "SCHEMA_VERSION",
     "AttemptRow",
+    "AuditRow",
     "ChangeBatch",
     "DecisionRow",
     "HistoryRow",
