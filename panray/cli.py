@@ -234,6 +234,18 @@ BENCHMARKS = {
 }
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token signed with the home's local key (the embedded server's issuer)."""
+    import getpass
+
+    from panray.identity import Role
+    from panray.server.auth import issue_token
+
+    roles = [Role(r) for r in args.role] if args.role else list(Role)
+    print(issue_token(_settings(args), args.user or getpass.getuser(), {Role.USER, *roles}, hours=args.hours))
+    return 0
+
+
 def cmd_bench(pr: Panray, args: argparse.Namespace) -> int:
     import subprocess
 
@@ -250,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML settings file (default: $PANRAY_CONFIG)")
     p.add_argument("--db", help="state store URL: sqlite:///path or postgresql://... (default: $PANRAY_DB)")
     p.add_argument("--home", help="panray home directory (default: $PANRAY_HOME or ~/.panray)")
+    p.add_argument("--url", help="a panray server's HTTP API, e.g. http://127.0.0.1:8470 (default: $PANRAY_URL)")
+    p.add_argument("--token", help="bearer token for --url (default: $PANRAY_TOKEN, else PANRAY_HOME/token)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run a ci_hsc-shaped demo campaign across the three sites")
@@ -319,6 +333,13 @@ def parser() -> argparse.ArgumentParser:
     sv.add_argument("--stop", action="store_true", help="stop the server of this home and its cluster")
     sv.set_defaults(func=cmd_serve)
 
+    tk = sub.add_parser("token", help="print a token for the embedded server (signed with the home's key)")
+    tk.add_argument("--user", help="user name (default: the local user)")
+    tk.add_argument("--role", action="append", choices=["user", "production", "admin"],
+                    help="role to grant (repeatable; default: all, as the local user has embedded)")
+    tk.add_argument("--hours", type=float, default=24.0, help="lifetime")
+    tk.set_defaults(func=cmd_token, local=True)
+
     bn = sub.add_parser("bench", help="run a benchmark script with sensible defaults")
     bn.add_argument("name", choices=sorted(BENCHMARKS))
     bn.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script instead of the defaults")
@@ -344,7 +365,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with Panray(_settings(args)) as pr:
+        if getattr(args, "local", False):
+            return int(args.func(args))
+        with Panray(_settings(args), url=args.url, token=args.token) as pr:
             return int(args.func(pr, args))
     except PanrayError as exc:
         print(f"panray: error: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from panray.exceptions import ConfigError
+from panray.identity import Role
 
 
 class Settings(BaseModel):
@@ -49,6 +50,19 @@ class Settings(BaseModel):
     release_batch: int = 500
     max_system_retries: int = 3
     embedded_cpus_per_site: int = 8
+    # -- the HTTP server (``panray serve``) and its tokens; see panray.server -----------------
+    server_host: str = Field(default="127.0.0.1", description="address the HTTP API binds")
+    server_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    server_max_body: int = Field(default=256 * 2**20, gt=0, description="bytes; a 200k-job workflow is ~100 MiB")
+    auth_jwks: str | None = Field(default=None, description="issuer's JWKS file or https URL; None = local key")
+    auth_issuer: str = "panray-local"
+    auth_audience: str = "panray"
+    auth_user_claim: str = "sub"
+    auth_groups_claim: str = Field(default="groups", description="e.g. wlcg.groups")
+    auth_roles: dict[str, Role] = Field(
+        default_factory=lambda: {r.value: r for r in Role},
+        description="group -> role (user, production, admin), e.g. /rubin/Role=production: production",
+    )
 
     @property
     def resolved_db_url(self) -> str:

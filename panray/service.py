@@ -88,17 +88,19 @@ Progress = Callable[[dict[str, Any], bool], None]
 class Service:
     """The state store, the site catalog and (lazily) the Ray cluster with panray's actors."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, runtime: Any = None):
+        """``runtime``: a cluster connection made by the caller (``panray serve``), who also ends it."""
         self.settings = settings
         self.store: StateStore = open_store(settings.resolved_db_url)
         self.catalog = load_catalog(settings.sites_file)
-        self._runtime: Any = None
+        self._runtime: Any = runtime
+        self._owns_runtime = runtime is None
         self._managers: dict[int, Any] = {}  # handles of managers this service started
 
     def close(self) -> None:
-        if self._runtime is not None:
+        if self._runtime is not None and self._owns_runtime:
             self._runtime.shutdown()
-            self._runtime = None
+        self._runtime = None
         self.store.close()
 
     @property

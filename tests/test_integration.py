@@ -1,16 +1,28 @@
-"""End to end on the embedded three-site loopback cluster, on SQLite and PostgreSQL."""
+"""End to end on the embedded three-site loopback cluster, on SQLite and PostgreSQL, and over HTTP to a server."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import embedded_session, fresh_store
 
 from panray import Job, Panray, Workflow
 from panray.dag import drp
+
+
+@pytest.fixture(params=["sqlite", "postgres", "remote"])
+def pr(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
+    """Each test embedded on both backends, and as a client of a server over HTTP (SQLite behind it)."""
+    if request.param == "remote":
+        yield request.getfixturevalue("remote_pr")
+        return
+    with fresh_store(request.param, request, tmp_path) as url, embedded_session(url, panray_home) as session:
+        yield session
 
 
 def _wait_for(cond, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -58,7 +70,7 @@ def test_dag_runs_on_every_site_in_parent_order(pr: Panray, tmp_path: Path) -> N
     assert fan_in and fan_out
     runs = (tmp_path / "runs.txt").read_text().split()
     assert sorted(runs) == sorted(j.name for j in wf.jobs)  # every job ran exactly once
-    history = pr.store.history(jobs[-1].job_id)
+    history = pr.history(jobs[-1].job_id)
     assert [h.status for h in history] == ["defined", "assigned", "activated", "sent", "starting", "running",
                                            "finished"]
     assert [h.time for h in history] == sorted(h.time for h in history)
@@ -124,6 +136,6 @@ def test_retryable_failure_gets_new_attempts(pr: Panray, tmp_path: Path) -> None
     assert pr.wait([wf_id], timeout=60) == {wf_id: "Finished"}
     job = pr.jobs(wf_id)[0]
     assert job.attempt_nr == 3 and job.status == "finished"
-    attempts = pr.store.attempts(job.job_id)
+    attempts = pr.attempts(job.job_id)
     assert [(a.attempt_nr, a.status, a.exit_code, a.error_class) for a in attempts] == [
         (1, "failed", 3, "payload"), (2, "failed", 3, "payload"), (3, "finished", 0, None)]
