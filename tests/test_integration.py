@@ -139,3 +139,36 @@ def test_retryable_failure_gets_new_attempts(pr: Panray, tmp_path: Path) -> None
     attempts = pr.attempts(job.job_id)
     assert [(a.attempt_nr, a.status, a.exit_code, a.error_class) for a in attempts] == [
         (1, "failed", 3, "payload"), (2, "failed", 3, "payload"), (3, "finished", 0, None)]
+
+
+@pytest.mark.slow
+def test_thousand_jobs_with_failures_cancel_and_retry_over_http(remote_pr: Panray, tmp_path: Path) -> None:
+    """1,000 jobs through the server: 5 roots fail, one is cancelled while it runs; a retry reruns them all."""
+    pr, fixed, started = remote_pr, tmp_path / "fixed", tmp_path / "started"
+    fail = ["bash", "-c", '[ -e "$1" ] || exit 1', "f", str(fixed)]
+    slow = ["bash", "-c", 'touch "$2"; [ -e "$1" ] || exec sleep 300', "s", str(fixed), str(started)]
+    jobs = []
+    for r in range(50):
+        jobs.append(Job(name=f"root{r}", label="isr", command=slow if r == 0 else fail if r <= 5 else ["true"]))
+        jobs += [Job(name=f"c{r}.{k}", label="calibrate", parents=[f"root{r}"], command=["true"]) for k in range(19)]
+    [wf_id] = pr.submit(Workflow(name="thousand", jobs=jobs))
+    _wait_for(started.exists, what="the slow root to start")
+    [slow_job] = pr.jobs(wf_id, label="isr", limit=1)
+    assert slow_job.name == "root0"
+    assert pr.cancel(wf_id, job_ids=[slow_job.job_id])
+    assert pr.wait([wf_id], timeout=180) == {wf_id: "SubFinished"}
+
+    counts = pr.status(wf_id)[0].jobs
+    assert counts == {"finished": 880, "failed": 5, "cancelled": 1, "closed": 114}
+    assert len(pr.jobs(wf_id)) == 1000  # paged through the server
+    assert {j.name for j in pr.jobs(wf_id, ["failed"])} == {f"root{r}" for r in range(1, 6)}
+    page = pr.jobs(wf_id, ["closed"], label="calibrate", limit=10, offset=100)
+    assert [j.name for j in page] == [f"c5.{k}" for k in range(5, 15)]
+
+    fixed.touch()
+    pr.retry(wf_id)
+    assert pr.wait([wf_id], timeout=180) == {wf_id: "Finished"}
+    rows = {j.name: j for j in pr.jobs(wf_id)}
+    assert {j.status for j in rows.values()} == {"finished"}
+    assert rows["root3"].attempt_nr == rows["root0"].attempt_nr == 2 and rows["root9"].attempt_nr == 1
+    assert [a.status for a in pr.attempts(rows["root3"].job_id)] == ["failed", "finished"]
