@@ -88,9 +88,15 @@ Progress = Callable[[dict[str, Any], bool], None]
 class Service:
     """The state store, the site catalog and (lazily) the Ray cluster with panray's actors."""
 
-    def __init__(self, settings: Settings, *, runtime: Any = None):
-        """``runtime``: a cluster connection made by the caller (``panray serve``), who also ends it."""
+    def __init__(self, settings: Settings, *, runtime: Any = None, summary_ttl: float = 0.0):
+        """``runtime``: a cluster connection made by the caller (``panray serve``), who also ends it.
+
+        ``summary_ttl``: seconds a running workflow's job counts may be reused; a server sets it
+        so that many users polling one big workflow cost one count query per period, not one each.
+        """
         self.settings = settings
+        self.summary_ttl = summary_ttl
+        self._summaries: dict[int, tuple[float, WorkflowRow, WorkflowSummary]] = {}
         self.store: StateStore = open_store(settings.resolved_db_url)
         self.catalog = load_catalog(settings.sites_file)
         self._runtime: Any = runtime
@@ -214,6 +220,18 @@ class Service:
         return [self._summary(w) for w in rows]
 
     def _summary(self, w: WorkflowRow) -> WorkflowSummary:
+        """Counted from the jobs, or reused within ``summary_ttl`` while the workflow row is unchanged
+        (an ended workflow's row changes with its last flush, so a final summary is never stale)."""
+        now = time.monotonic()
+        cached = self._summaries.get(w.workflow_id)
+        if cached is not None and cached[1] == w and now - cached[0] < self.summary_ttl:
+            return cached[2]
+        summary = self._count(w)
+        if self.summary_ttl > 0:
+            self._summaries[w.workflow_id] = (now, w, summary)
+        return summary
+
+    def _count(self, w: WorkflowRow) -> WorkflowSummary:
         per_task = self.store.job_counts(w.workflow_id)
         jobs: dict[str, int] = {}
         tasks: dict[str, int] = {}

@@ -114,7 +114,7 @@ def pr(store_url: str, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
 # ---------------------------------------------------------------------------------------------
 
 from panray.identity import Role  # noqa: E402
-from panray.server import Authenticator, HttpServer  # noqa: E402
+from panray.server import SUMMARY_TTL, Authenticator, HttpServer  # noqa: E402
 from panray.server.auth import issue_token  # noqa: E402
 from panray.service import Service  # noqa: E402
 
@@ -129,7 +129,7 @@ def server_settings(panray_home: Path, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def http_server(cluster: Panray, server_settings: Settings) -> Iterator[HttpServer]:
     """``panray serve``'s HTTP API (embedded issuer) on the session's cluster, in this process."""
-    service = Service(server_settings)
+    service = Service(server_settings, summary_ttl=SUMMARY_TTL)
     http = HttpServer(service, Authenticator(server_settings), port=0).start()
     yield http
     http.stop()

@@ -29,10 +29,12 @@ from panray.server.app import create_app
 from panray.server.auth import Authenticator, issue_token, save_token
 from panray.service import Service
 
-__all__ = ["Authenticator", "FrontDoor", "HttpServer", "create_app"]
+__all__ = ["SUMMARY_TTL", "Authenticator", "FrontDoor", "HttpServer", "create_app"]
 
 #: Lifetime of the token ``panray serve`` leaves in the home for its local user.
 LOCAL_TOKEN_HOURS = 30 * 24.0
+#: Seconds a running workflow's job counts are reused between users polling it (see Service).
+SUMMARY_TTL = 1.0
 
 _START_TIMEOUT = 30.0
 
@@ -83,7 +85,7 @@ class FrontDoor:
     @classmethod
     def open(cls, settings: Settings, runtime: Any) -> FrontDoor:
         """Serve ``runtime``'s cluster; embedded issuer: the local user's token goes to the home's token file."""
-        service = Service(settings, runtime=runtime)
+        service = Service(settings, runtime=runtime, summary_ttl=SUMMARY_TTL)
         try:
             http = HttpServer(service, Authenticator(settings)).start()
         except BaseException:
