@@ -11,12 +11,13 @@ What is measured
        workflow is cancelled as soon as it is in, so that its jobs do not run.
     2. ``polling``: a workflow of ``--poll-jobs`` no-op jobs runs twice, alone and while
        ``--clients`` concurrent clients (asyncio, one connection each) loop over
-       ``GET /status?workflow_id`` and a random 100-job page of ``GET /workflows/{id}/jobs``;
+       ``GET /status?workflow_id`` and a random 100-job page of ``GET /workflows/{id}/jobs``,
+       then wait ``--interval`` seconds (a monitor page refreshing; 0 = as fast as they can);
        p50/p99 latency of those requests, and the workflow's throughput (jobs/s from created
        to ended) with and without the polling, and their ratio.
 
 Usage
-    python -m benchmarks.server --jobs 200000 --poll-jobs 50000 --clients 50 [--json]
+    python -m benchmarks.server --jobs 200000 --poll-jobs 50000 --clients 50 [--interval 1] [--json]
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def measure_submit(home: Path, info: dict[str, Any], n: int) -> dict[str, Any]:
             "stored_jobs": stored, "ok": stored == len(wf.jobs)}
 
 
-async def _poll(url: str, token: str, wf_id: int, n_jobs: int, stop: asyncio.Event, out: list[float]) -> None:
+async def _poll(url: str, token: str, wf_id: int, n_jobs: int, interval: float, stop: asyncio.Event,
+                out: list[float]) -> None:
     import httpx
 
     async with httpx.AsyncClient(base_url=url + "/api/v1", headers={"Authorization": f"Bearer {token}"},
@@ -116,26 +118,28 @@ async def _poll(url: str, token: str, wf_id: int, n_jobs: int, stop: asyncio.Eve
                 r = await c.get(path, params=params)
                 out.append(time.perf_counter() - t0)
                 r.raise_for_status()
+            if interval:
+                await asyncio.sleep(rng.uniform(0.5, 1.5) * interval)  # think time of a user, not a sync
 
 
-async def _run_polled(pr: Any, url: str, token: str, n: int, clients: int) -> tuple[int, list[float]]:
+async def _run_polled(pr: Any, url: str, token: str, n: int, clients: int, interval: float) -> tuple[int, list[float]]:
     [wf_id] = await asyncio.to_thread(pr.submit, _workflow(n, f"bench-poll-{n}-{clients}"))
     stop, latencies = asyncio.Event(), []
-    pollers = [asyncio.create_task(_poll(url, token, wf_id, n, stop, latencies)) for _ in range(clients)]
+    pollers = [asyncio.create_task(_poll(url, token, wf_id, n, interval, stop, latencies)) for _ in range(clients)]
     await asyncio.to_thread(pr.wait, [wf_id], timeout=1800)
     stop.set()
     await asyncio.gather(*pollers)
     return wf_id, latencies
 
 
-def measure_polling(home: Path, info: dict[str, Any], n: int, clients: int) -> dict[str, Any]:
+def measure_polling(home: Path, info: dict[str, Any], n: int, clients: int, interval: float) -> dict[str, Any]:
     from panray import Panray, Settings
 
     token = (home / "token").read_text().strip()
-    out: dict[str, Any] = {"jobs": n, "clients": clients}
+    out: dict[str, Any] = {"jobs": n, "clients": clients, "interval_s": interval}
     with Panray(Settings(home=home), url=info["url"]) as pr:
         for mode, k in (("alone", 0), ("polled", clients)):
-            wf_id, latencies = asyncio.run(_run_polled(pr, info["url"], token, n, k))
+            wf_id, latencies = asyncio.run(_run_polled(pr, info["url"], token, n, k, interval))
             [w] = [w for w in pr.workflows() if w.workflow_id == wf_id]
             assert w.status == "Finished", w.status
             out[f"{mode}_jobs_per_s"] = n / (w.ended - w.created)
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=200_000, help="size of the submitted workflow")
     ap.add_argument("--poll-jobs", type=int, default=50_000, help="size of the workflow run under polling")
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds each client waits between polls")
     ap.add_argument("--json", action="store_true", help="also print the result JSON on stdout")
     args = ap.parse_args(argv)
     info_m, vers = machine_info(), versions()
@@ -159,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     with served(home) as info:
         submit = measure_submit(home, info, args.jobs)
         print(format_table([submit], ["jobs", "embedded_s", "http_s", "http_over_embedded", "stored_jobs", "ok"]))
-        polling = measure_polling(home, info, args.poll_jobs, args.clients)
-        print(format_table([polling], ["jobs", "clients", "requests", "p50_ms", "p99_ms", "alone_jobs_per_s",
+        polling = measure_polling(home, info, args.poll_jobs, args.clients, args.interval)
+        print(format_table([polling], ["jobs", "clients", "interval_s", "requests", "p50_ms", "p99_ms", "alone_jobs_per_s",
                                        "polled_jobs_per_s", "throughput_ratio"]))
     payload = {"machine": info_m, "versions": vers, "submit": submit, "polling": polling}
     path = write_json("server", payload)

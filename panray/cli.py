@@ -216,12 +216,14 @@ def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(pr: Panray, args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Runs without a Panray session: the server is the service, never a client of one."""
     from panray import serve
 
+    settings = _settings(args)
     if args.stop:
-        return serve.stop_server(pr.settings)
-    return serve.serve(pr.settings)
+        return serve.stop_server(settings)
+    return serve.serve(settings)
 
 
 #: ``panray bench NAME``: the benchmark scripts of a checkout, with defaults that fit a laptop.
@@ -331,7 +333,7 @@ def parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="keep the cluster and panray's actors up for other processes")
     sv.add_argument("--stop", action="store_true", help="stop the server of this home and its cluster")
-    sv.set_defaults(func=cmd_serve)
+    sv.set_defaults(func=cmd_serve, local=True)
 
     tk = sub.add_parser("token", help="print a token for the embedded server (signed with the home's key)")
     tk.add_argument("--user", help="user name (default: the local user)")

@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from panray import Job, Panray, Settings, Workflow
-from panray.exceptions import NotFoundError, PermissionDeniedError
+from panray.exceptions import AuthenticationError, NotFoundError, PermissionDeniedError
 from panray.server import Authenticator, HttpServer
 from panray.service import Service
 
@@ -210,3 +210,33 @@ def test_remote_client_raises_the_same_errors(server: HttpServer, keys: dict[str
             pr.set_site_status("UKDF", "offline")
         with pytest.raises(NotFoundError, match="no workflow 987654"):
             pr.retry(987654)
+
+
+def test_cli_talks_to_the_server_and_prints_its_refusals(server: HttpServer, keys: dict[str, Any],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from panray.cli import main
+
+    bob = ["--url", server.url, "--token", _token(keys, "bob")]
+    assert main([*bob, "status", "--json"]) == 0
+    assert isinstance(json.loads(capsys.readouterr().out), list)
+    assert main([*bob, "site", "set-status", "UKDF", "offline"]) == 2
+    assert capsys.readouterr().err == "panray: error: only role production or admin may set site status site UKDF\n"
+    assert main(["--url", server.url, "--token", "nonsense", "status"]) == 2
+    assert capsys.readouterr().err.startswith("panray: error: malformed token")
+
+
+def test_local_key_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from panray.cli import main
+    from panray.identity import Identity, Role
+
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "token"]) == 2
+    assert "no signing key" in capsys.readouterr().err
+    authenticator = Authenticator(Settings(home=home))  # what panray serve does: creates the key
+    assert (home / "server-key.pem").stat().st_mode & 0o777 == 0o600
+    assert main(["--home", str(home), "token", "--user", "erin", "--role", "production", "--hours", "1"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert authenticator.identify(token) == Identity("erin", frozenset({Role.USER, Role.PRODUCTION}))
+    other = Authenticator(Settings(home=tmp_path / "other-home"))  # another home's key does not verify it
+    with pytest.raises(AuthenticationError, match="Signature verification failed"):
+        other.identify(token)
