@@ -8,7 +8,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs"]
+SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.server",
+               "panray.configs"]
 
 
 def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
