@@ -240,3 +240,14 @@ def test_local_key_and_tokens(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     other = Authenticator(Settings(home=tmp_path / "other-home"))  # another home's key does not verify it
     with pytest.raises(AuthenticationError, match="Signature verification failed"):
         other.identify(token)
+
+
+def test_a_taken_port_is_a_clear_error(server: HttpServer, tmp_path: Path) -> None:
+    from panray.exceptions import PanrayError
+
+    service = Service(Settings(home=tmp_path))
+    try:
+        with pytest.raises(PanrayError, match=rf"^cannot serve HTTP on 127.0.0.1:{server.port} .*in use"):
+            HttpServer(service, Authenticator(service.settings), port=server.port)
+    finally:
+        service.close()

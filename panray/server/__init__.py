@@ -45,9 +45,15 @@ class HttpServer:
     def __init__(self, service: Service, authenticator: Authenticator, *, host: str | None = None,
                  port: int | None = None, max_body: int | None = None):
         s = service.settings
-        self._socket = socket.socket(socket.AF_INET6 if ":" in (host or s.server_host) else socket.AF_INET)
+        where = (host or s.server_host, s.server_port if port is None else port)
+        self._socket = socket.socket(socket.AF_INET6 if ":" in where[0] else socket.AF_INET)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host or s.server_host, s.server_port if port is None else port))
+        try:
+            self._socket.bind(where)
+        except OSError as exc:
+            self._socket.close()
+            raise PanrayError(f"cannot serve HTTP on {where[0]}:{where[1]} (server_host, server_port): "
+                              f"{exc.strerror}") from None
         self.host, self.port = self._socket.getsockname()[:2]
         app = create_app(service, authenticator, max_body=max_body)
         config = uvicorn.Config(app, log_level="warning", timeout_keep_alive=30, access_log=False)
