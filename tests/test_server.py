@@ -251,3 +251,28 @@ def test_a_taken_port_is_a_clear_error(server: HttpServer, tmp_path: Path) -> No
             HttpServer(service, Authenticator(service.settings), port=server.port)
     finally:
         service.close()
+
+
+def test_the_rules_in_one_place() -> None:
+    from panray.identity import Identity, Role, local_identity
+    from panray.service import OPERATOR_ACTIONS, OWNER_ACTIONS, authorize
+
+    alice, bob = Identity("alice"), Identity("bob")
+    operators = [Identity("p", frozenset({Role.USER, Role.PRODUCTION})),
+                 Identity("a", frozenset({Role.USER, Role.ADMIN})),
+                 local_identity()]
+    for action in sorted(OWNER_ACTIONS):
+        authorize(alice, action, owner="alice", target="workflow 3")
+        for op in operators:
+            authorize(op, action, owner="alice", target="workflow 3")
+        rule = rf"^only the owner \(alice\) or role production may {action} workflow 3$"
+        with pytest.raises(PermissionDeniedError, match=rule):
+            authorize(bob, action, owner="alice", target="workflow 3")
+    for action in sorted(OPERATOR_ACTIONS):
+        for op in operators:
+            authorize(op, action, target="site UKDF")
+        with pytest.raises(PermissionDeniedError, match="^only role production or admin may"):
+            authorize(alice, action, target="site UKDF")
+    authorize(bob, "submit")
+    with pytest.raises(PermissionDeniedError, match="unknown action 'drop-tables'"):
+        authorize(local_identity(), "drop-tables")
