@@ -48,7 +48,8 @@ API = "/api/v1"
 MAX_PAGE = 10_000  #: most jobs one page returns
 DEFAULT_PAGE = 1_000
 MAX_WAIT = 30.0  #: seconds one wait request may block; clients ask again
-THREADS = 100  #: threadpool size: waits, submits and reads of many users at once
+THREADS = 100  #: threadpool size: submits and reads of many users at once
+WAITERS = 32  #: long-polling waits at once, on their own limiter so that they never starve the rest
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -163,6 +164,8 @@ Who = Annotated[Identity, Depends(identity)]
 def create_app(service: Service, authenticator: Authenticator, *, max_body: int | None = None) -> FastAPI:
     """The ASGI app over one service; tokens checked by ``authenticator``."""
 
+    waiters = anyio.CapacityLimiter(WAITERS)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
@@ -254,7 +257,8 @@ def create_app(service: Service, authenticator: Authenticator, *, max_body: int 
     async def wait(who: Who, workflow_id: int, timeout: Annotated[float, Query(ge=0, le=MAX_WAIT)] = 10.0) -> Response:
         """The final status once the workflow has ended, or null after ``timeout`` seconds."""
         try:
-            final = await call(service.wait, [workflow_id], timeout=timeout)
+            final = await anyio.to_thread.run_sync(lambda: service.wait([workflow_id], timeout=timeout),
+                                                   limiter=waiters)
         except TimeoutError:
             return _json({"status": None})
         return _json({"status": final[workflow_id]})
