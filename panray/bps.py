@@ -8,9 +8,13 @@ the bps final job as panray's always-run final job).
 How bps reaches panray. bps builds the service with an empty config for report, status, cancel,
 restart and ping, so the run id says where the workflow lives:
 
+* ``<workflow id>@http(s)://host:port`` for a run submitted to a panray server (``PANRAY_URL``);
+  the token comes from ``PANRAY_TOKEN`` or the token file in ``PANRAY_HOME``;
 * ``<workflow id>@<PANRAY_HOME>`` when the state store is the default SQLite file in the home;
 * ``<workflow id>@<db url without password>`` otherwise (the password comes from ``PANRAY_DB``);
-* a plain ``<workflow id>`` or the submit directory (its ``panray_run.json``) also work.
+* a plain ``<workflow id>`` or the submit directory (its ``panray_run.json``) also work. A submit
+  directory is anyone's to write, so the server or Ray address its file names is used only if it
+  is the one the user configured (``PANRAY_URL``, ``PANRAY_RAY_ADDRESS`` or the home's server).
 
 Anything the id does not say (the Ray address, the password) comes from the ``PANRAY_*``
 variables, as for every panray command.
@@ -39,7 +43,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,31 +138,38 @@ class RunRef:
 
     workflow_id: int
     settings: Settings
+    url: str | None = None  #: the panray server the run was submitted to, if any
 
     @property
     def run_id(self) -> str:
         s = self.settings
+        if self.url is not None:
+            return f"{self.workflow_id}@{self.url}"
         if s.db_url is None:
             return f"{self.workflow_id}@{s.home}"
         return f"{self.workflow_id}@{_redact(s.db_url)}"
 
     @classmethod
-    def parse(cls, wms_id: str | int, env: dict[str, str] | None = None) -> RunRef:
-        """Accepts ``ID``, ``ID@HOME``, ``ID@DB_URL`` or a submit directory; the rest from ``PANRAY_*``."""
+    def parse(cls, wms_id: str | int, env: Mapping[str, str] | None = None) -> RunRef:
+        """Accepts ``ID``, ``ID@URL``, ``ID@HOME``, ``ID@DB_URL`` or a submit directory; the rest from ``PANRAY_*``."""
+        env = os.environ if env is None else env
         base = Settings.load(env=env)
         text = str(wms_id).strip()
         run_file = Path(text) / RUN_FILE
         if not text.isdigit() and run_file.is_file():
             info = json.loads(run_file.read_text())
             ref = cls.parse(info["run_id"], env)
+            _check_trusted(run_file, ref, info.get("ray_address"), base, env)
             if ref.settings.ray_address is None and info.get("ray_address"):
                 ref = cls(ref.workflow_id, ref.settings.model_copy(update={"ray_address": info["ray_address"]}))
             return ref
         wf_id, _, where = text.partition("@")
         if not wf_id.isdigit():
-            raise PanrayError(f"not a panray run id: {text!r} (expected ID, ID@HOME, ID@DB_URL or a submit dir)")
+            raise PanrayError(f"not a panray run id: {text!r} (expected ID, ID@URL, ID@HOME, ID@DB_URL or a submit dir)")
+        if where.startswith(("http://", "https://")):
+            return cls(int(wf_id), base, where.rstrip("/"))
         if not where:
-            return cls(int(wf_id), base)
+            return cls(int(wf_id), base, env.get("PANRAY_URL") or None)
         if "://" not in where:
             return cls(int(wf_id), base.model_copy(update={"home": Path(where), "db_url": None}))
         if base.db_url is not None and _redact(base.db_url) == where:
@@ -408,6 +419,24 @@ class PanrayWorkflow(BaseWmsWorkflow):
         (path / WORKFLOW_FILE).write_text(self.workflow.model_dump_json(indent=1))
 
 
+def _check_trusted(run_file: Path, ref: RunRef, ray_address: str | None, base: Settings,
+                   env: Mapping[str, str]) -> None:
+    """Refuse a run file that would send this user (and their token) to a server, cluster or store
+    they did not configure: anyone who can write the submit directory can write the file."""
+    from panray.serve import server_info
+
+    home, url = server_info(base) or {}, ref.url
+    if url is None and _redact(ref.settings.resolved_db_url) != _redact(base.resolved_db_url):
+        raise PanrayError(f"{run_file} names the state store {_redact(ref.settings.resolved_db_url)}, which is not "
+                          f"your configured one ({_redact(base.resolved_db_url)}); give the run id instead")
+    if url is not None and url not in {env.get("PANRAY_URL", "").rstrip("/"), home.get("url")}:
+        raise PanrayError(f"{run_file} names the server {url}, which is not your configured server "
+                          f"(PANRAY_URL={env.get('PANRAY_URL') or 'unset'}); give the run id instead")
+    if ray_address and base.ray_address is None and ray_address != home.get("address"):
+        raise PanrayError(f"{run_file} names the Ray cluster {ray_address}, which is not your configured one "
+                          "(PANRAY_RAY_ADDRESS unset, no panray server in PANRAY_HOME); give the run id instead")
+
+
 def _write_run_file(submit_path: str | None, ref: RunRef) -> None:
     if not submit_path:
         return
@@ -422,8 +451,11 @@ class PanrayService(BaseWmsService):
     Groups run as blocking groups (panray prunes the descendants of any failed job).
     """
 
-    def _open(self, settings: Settings | None = None) -> Panray:
-        return Panray(settings or Settings.load())
+    def _open(self, settings: Settings | None = None, url: str | None = None) -> Panray:
+        return Panray(settings or Settings.load(), url=url)
+
+    def _open_ref(self, ref: RunRef) -> Panray:
+        return self._open(ref.settings, ref.url)
 
     def _open_existing(self, settings: Settings) -> Panray:
         """The store of a run to read or act on: a missing one is an error, never created."""
@@ -448,13 +480,14 @@ class PanrayService(BaseWmsService):
         interrupted, the run stops with its cluster and says how to resume or cancel it.
         """
         assert workflow.workflow is not None
-        settings = Settings.load()
-        with self._open(settings) as pr:
+        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
+        with self._open(settings, url) as pr:
             [wf_id] = pr.submit(workflow.workflow)
-            ref = RunRef(wf_id, settings)
+            ref = RunRef(wf_id, settings, url)
             workflow.run_id = ref.run_id
             workflow.run_ref = ref
             _write_run_file(workflow.submit_path, ref)
+<<<<<<< HEAD
             if persistent(settings):
                 return
             print(f"panray run {ref.run_id}: no panray server, running on an embedded cluster until it ends "
@@ -466,6 +499,11 @@ class PanrayService(BaseWmsService):
                       f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it",
                       file=sys.stderr, flush=True)
                 raise
+=======
+            if url is None and not persistent(settings):
+                log.info("no panray server: embedded cluster, waiting for workflow %s to end", wf_id)
+                pr.wait([wf_id])
+>>>>>>> server
 
     def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
         """Rerun the failed, pruned and cancelled jobs of an ended run in place, then its final job.
@@ -477,7 +515,11 @@ class PanrayService(BaseWmsService):
             pr = self._open_existing(ref.settings)
         except PanrayError as exc:
             return None, None, str(exc)
+<<<<<<< HEAD
         with pr:
+=======
+        with self._open_ref(ref) as pr:
+>>>>>>> server
             try:
                 row = pr.status(ref.workflow_id)[0]
                 if _orphan(pr, ref):
@@ -488,7 +530,7 @@ class PanrayService(BaseWmsService):
                     pr.retry(ref.workflow_id)
             except (PanrayError, NotFoundError) as exc:
                 return None, None, str(exc)
-            if not persistent(ref.settings):
+            if ref.url is None and not persistent(ref.settings):
                 pr.wait([ref.workflow_id])
         return ref.run_id, row.name, ""
 
@@ -499,6 +541,7 @@ class PanrayService(BaseWmsService):
         """Run ids of the active runs (the ones cancel can act on)."""
         if wms_id is not None:
             ref = RunRef.parse(wms_id)
+<<<<<<< HEAD
             if not store_exists(ref.settings.resolved_db_url):
                 return []
             with self._open(ref.settings) as pr:
@@ -510,6 +553,14 @@ class PanrayService(BaseWmsService):
             return []
         with self._open(settings) as pr:
             return [RunRef(w.workflow_id, settings).run_id for w in pr.store.workflows(active_only=True)
+=======
+            with self._open_ref(ref) as pr:
+                rows = [w.workflow_id for w in pr.workflows(active_only=True) if w.workflow_id == ref.workflow_id]
+            return [RunRef(i, ref.settings, ref.url).run_id for i in rows]
+        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
+        with self._open(settings, url) as pr:
+            return [RunRef(w.workflow_id, settings, url).run_id for w in pr.workflows(active_only=True)
+>>>>>>> server
                     if user is None or w.owner == user]
 
     def report(self, wms_workflow_id: str | None = None, user: str | None = None, hist: float = 0,
@@ -518,29 +569,43 @@ class PanrayService(BaseWmsService):
         if wms_workflow_id is not None:
             try:
                 ref = RunRef.parse(wms_workflow_id)
+<<<<<<< HEAD
                 with self._open_existing(ref.settings) as pr:
                     rows = [w for w in pr.store.workflows() if w.workflow_id == ref.workflow_id]
+=======
+                with self._open_ref(ref) as pr:
+                    rows = [w for w in pr.workflows() if w.workflow_id == ref.workflow_id]
+>>>>>>> server
                     if not rows:
                         return [], f"no panray run {ref.run_id}"
                     message = _orphan_message(ref) if _orphan(pr, ref) else ""
                     return [_run_report(pr, rows[0], ref, detailed=True, orphan=bool(message))], message
             except (PanrayError, NotFoundError) as exc:
                 return [], str(exc)
-        settings = Settings.load()
+        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
         since = time.time() - hist * 86400
+<<<<<<< HEAD
         if not store_exists(settings.resolved_db_url):
             return [], f"no panray store at {_redact(settings.resolved_db_url)}"
         with self._open(settings) as pr:
             rows = [w for w in pr.store.workflows()
+=======
+        with self._open(settings, url) as pr:
+            rows = [w for w in pr.workflows()
+>>>>>>> server
                     if (user is None or w.owner == user) and (w.ended is None or w.ended >= since)]
-            return [_run_report(pr, w, RunRef(w.workflow_id, settings), detailed=False) for w in rows], ""
+            return [_run_report(pr, w, RunRef(w.workflow_id, settings, url), detailed=False) for w in rows], ""
 
     def get_status(self, wms_workflow_id: str, hist: float = 1, is_global: bool = False) -> tuple[WmsStates, str]:
         try:
             ref = RunRef.parse(wms_workflow_id)
+<<<<<<< HEAD
             with self._open_existing(ref.settings) as pr:
                 if _orphan(pr, ref):
                     return WmsStates.HELD, _orphan_message(ref)
+=======
+            with self._open_ref(ref) as pr:
+>>>>>>> server
                 return run_state(pr.status(ref.workflow_id)[0].status), ""
         except (PanrayError, NotFoundError) as exc:
             return WmsStates.UNKNOWN, str(exc)
@@ -549,7 +614,11 @@ class PanrayService(BaseWmsService):
         """Kills running payloads through the workflow's manager; needs its cluster to be up."""
         try:
             ref = RunRef.parse(wms_id)
+<<<<<<< HEAD
             with self._open_existing(ref.settings) as pr:
+=======
+            with self._open_ref(ref) as pr:
+>>>>>>> server
                 if pr.is_final(ref.workflow_id):
                     return False, f"run {ref.run_id} has already ended"
                 if pr.cancel(ref.workflow_id):
@@ -565,6 +634,7 @@ class PanrayService(BaseWmsService):
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
+<<<<<<< HEAD
         """The state store answers, and so does the cluster a submit would use (server or address).
 
         A store that does not exist yet is no failure (the first submit creates it) and is not
@@ -590,6 +660,21 @@ class PanrayService(BaseWmsService):
         else:
             where = "embedded (no panray server in this home: submit waits for each run)"
         return 0, f"panray store {store}, {where}"
+=======
+        """The state store answers, and the cluster too when ``PANRAY_RAY_ADDRESS`` names one."""
+        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
+        try:
+            with self._open(settings, url) as pr:
+                pr.workflows(active_only=True)
+                if settings.ray_address is not None and url is None:
+                    pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
+        except Exception as exc:  # any failure to reach panray is ping's answer, not a crash
+            return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
+        if url is not None:
+            return 0, f"panray server {url}"
+        where = settings.ray_address or "embedded (no PANRAY_RAY_ADDRESS: submit waits for each run)"
+        return 0, f"panray store {_redact(settings.resolved_db_url)}, cluster {where}"
+>>>>>>> server
 
 
 def _orphan(pr: Panray, ref: RunRef) -> bool:

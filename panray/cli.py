@@ -8,17 +8,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from panray import monitor
 from panray.api import Panray
 from panray.config import Settings
 from panray.exceptions import NotFoundError, PanrayError
 from panray.statuses import FINAL_JOB_STATES
-
-if TYPE_CHECKING:  # the logging bridge pulls in the Google clients: imported only by `panray logs`
-    from panray.logging_bridge import LogSink
-
 
 def _settings(args: argparse.Namespace) -> Settings:
     s = Settings.load(args.config)
@@ -44,7 +40,7 @@ def cmd_demo(pr: Panray, args: argparse.Namespace) -> int:
 
     wf = demo_workflow(visits=args.visits, detectors=args.detectors)
     ids = pr.submit(wf)
-    print(f"submitted demo workflow {ids[0]}: {len(wf.jobs) + 1} jobs across {', '.join(pr.catalog.names())}")
+    print(f"submitted demo workflow {ids[0]}: {len(wf.jobs) + 1} jobs across {', '.join(r['site'] for r in pr.sites())}")
     code = _run_and_show(pr, ids, wait=True)
     per_site: dict[str, int] = {}
     for j in pr.jobs(ids[0]):
@@ -70,18 +66,18 @@ def cmd_status(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_jobs(pr: Panray, args: argparse.Namespace) -> int:
     pr.status(args.workflow)  # an unknown workflow is an error, not an empty table
     if args.quanta:
-        quanta = [q for q in pr.store.quanta(args.workflow) if not args.status or q.status in args.status]
+        quanta = [q for q in pr.quanta(args.workflow) if not args.status or q.status in args.status]
         print(monitor.to_json(quanta) if args.json else monitor.quanta_table(quanta))
         return 0
     rows = pr.jobs(args.workflow, status=args.status)
-    pss = pr.store.max_pss(args.workflow)
+    pss = pr.max_pss(args.workflow)
     print(monitor.to_json(monitor.job_records(rows, pss)) if args.json else monitor.jobs_table(rows, pss))
     return 0
 
 
 def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
-    job = pr.store.job(args.job)
-    attempts = pr.store.attempts(args.job)
+    job = pr.job(args.job)
+    attempts = pr.attempts(args.job)
     if args.json:
         print(monitor.to_json([{"job": job._asdict(), "attempts": [a._asdict() for a in attempts]}]))
         return 0
@@ -90,21 +86,14 @@ def cmd_job(pr: Panray, args: argparse.Namespace) -> int:
     print(monitor.attempts_table(attempts) if attempts else "no ended attempt yet")
     if attempts:
         last = attempts[-1].attempt_nr
-        names = [key.rsplit("/", 1)[-1] for key in _stored_files(pr, job, last)]
+        names = [key.rsplit("/", 1)[-1] for key in pr.log_files(args.job, last)]
         print(f"\nfiles of attempt {last}: {', '.join(names) or 'none stored'}")
-    transfers = pr.store.transfers(args.job)
+    transfers = pr.transfers(args.job)
     if transfers:
         print("\ninputs transferred (the job ran away from them):")
         print(monitor.table(["attempt", "dataset", "from", "to"],
                             [(t.attempt_nr, t.dataset, t.source, t.destination) for t in transfers]))
     return 0
-
-
-def _stored_files(pr: Panray, job: Any, attempt: int) -> list[str]:
-    """Keys of an attempt's files in the object store (pilot.log, payload.stdout, ...)."""
-    from panray.logging_bridge import attempt_prefix, make_object_store
-
-    return make_object_store(pr.settings).list(attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt))
 
 
 def cmd_cancel(pr: Panray, args: argparse.Namespace) -> int:
@@ -137,15 +126,8 @@ def cmd_resume(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_prompt_notify(pr: Panray, args: argparse.Namespace) -> int:
-    from panray import prompt
-
     detectors = _detectors(args.detectors) if args.detectors else None
-    prompt.check_detectors(args.instrument, detectors or ())
-    prompt.start(pr.settings, catalog=pr.runtime.catalog)
-    for visit in range(args.visit, args.visit + args.visits):
-        print(prompt.format_report(prompt.notify(visit, detectors, args.instrument)))
-    prompt.flush(args.instrument)
-    print(prompt.format_stats(prompt.stats(args.instrument)))
+    print(pr.prompt_notify(args.visit, visits=args.visits, detectors=detectors, instrument=args.instrument))
     return 0
 
 
@@ -165,30 +147,26 @@ def cmd_prompt_stats(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.logging_bridge import make_sink
-
     if args.files:
         if args.job is None:
             raise PanrayError("--files needs a JOB")
-        job = pr.store.job(args.job)
-        for key in _stored_files(pr, job, args.attempt or job.attempt_nr):
+        for key in pr.log_files(args.job, args.attempt):
             print(key)
         return 0
     if args.job is None and args.task is None:
         raise PanrayError("give a JOB or --task T")
     if args.job is not None:
-        pr.store.job(args.job)  # an unknown job is an error, not an empty listing
-    sink = make_sink(pr.settings)
+        pr.job(args.job)  # an unknown job is an error, not an empty listing
+    source = None if args.source == "all" else args.source
     if args.follow:
         if args.job is None:
             raise PanrayError("--follow needs a JOB")
-        _follow_logs(pr, sink, args.job, args.attempt, args.grep, None if args.source == "all" else args.source)
+        _follow_logs(pr, args.job, args.attempt, args.grep, source)
         return 0
     from panray.logging_bridge.sinks import DROPPED_FIELD
 
     dropped = 0
-    source = None if args.source == "all" else args.source
-    for e in sink.query(job_id=args.job, task_id=args.task, attempt=args.attempt, grep=args.grep, source=source):
+    for e in pr.logs(args.job, task_id=args.task, attempt=args.attempt, grep=args.grep, source=source):
         if DROPPED_FIELD in e:
             dropped += int(e[DROPPED_FIELD])
         else:
@@ -217,8 +195,7 @@ def _print_entry(e: dict[str, Any]) -> None:
           flush=True)
 
 
-def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, grep: str | None,
-                 source: str | None = None) -> None:
+def _follow_logs(pr: Panray, job_id: int, attempt: int | None, grep: str | None, source: str | None = None) -> None:
     """Print a job's entries as they arrive, until the job (or ``attempt``, if given) has ended.
 
     The store is read before the sink: a pilot drains a payload's last lines into the sink
@@ -229,9 +206,9 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
     final = {s.value for s in FINAL_JOB_STATES}
     shown = 0
     while True:
-        job = pr.store.job(job_id)
+        job = pr.job(job_id)
         ended = job.status in final or (attempt is not None and job.attempt_nr > attempt)
-        entries = sink.query(job_id=job_id, attempt=attempt, grep=grep, source=source)
+        entries = pr.logs(job_id, attempt=attempt, grep=grep, source=source)
         for e in entries[shown:]:
             _print_entry(e)
         shown = len(entries)
@@ -241,16 +218,13 @@ def _follow_logs(pr: Panray, sink: LogSink, job_id: int, attempt: int | None, gr
 
 
 def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.site_ops import site_rows
-
-    rows = site_rows(pr)
+    rows = pr.sites()
     if args.json:
         print(monitor.to_json(rows))
         return 0
-    shares = {s.name: f"{s.drp_share:.0%}" for s in pr.catalog}
     print(monitor.table(
         ["site", "status", "DRP share", "nodes", "pilots", "queued", "running", "finished", "failed"],
-        [(r["site"], r["status"], shares[r["site"]], "-" if r["nodes"] is None else r["nodes"] or "none",
+        [(r["site"], r["status"], f"{r['drp_share']:.0%}", "-" if r["nodes"] is None else r["nodes"] or "none",
           *("-" if r[k] is None else r[k] for k in ("pilots", "queued", "running")), r["finished"], r["failed"])
          for r in rows],
     ))
@@ -258,9 +232,7 @@ def cmd_site(pr: Panray, args: argparse.Namespace) -> int:
 
 
 def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
-    from panray.site_ops import set_site_status
-
-    applied = set_site_status(pr, args.site, args.status)
+    applied = pr.set_site_status(args.site, args.status)
     print(f"site {args.site}: {args.status}" + ("" if applied else " (recorded; applied when the cluster starts)"))
     return 0
 
@@ -268,8 +240,8 @@ def cmd_site_status(pr: Panray, args: argparse.Namespace) -> int:
 def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
     from panray.sites import Decision, format_explanation
 
-    pr.store.job(args.job)
-    rows = pr.store.decisions(args.job)
+    pr.job(args.job)
+    rows = pr.decisions(args.job)
     if args.json:
         print(monitor.to_json([{**r._asdict(), "decision": json.loads(r.decision)} for r in rows]))
         return 0
@@ -282,12 +254,14 @@ def cmd_explain(pr: Panray, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(pr: Panray, args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Runs without a Panray session: the server is the service, never a client of one."""
     from panray import serve
 
+    settings = _settings(args)
     if args.stop:
-        return serve.stop_server(pr.settings)
-    return serve.serve(pr.settings)
+        return serve.stop_server(settings)
+    return serve.serve(settings)
 
 
 #: ``panray bench NAME``: the benchmark scripts of a checkout, with defaults that fit a laptop.
@@ -298,6 +272,18 @@ BENCHMARKS = {
     "subprocess": ["--jobs", "3000"],
     "prompt_latency": [],
 }
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a token signed with the home's local key (the embedded server's issuer)."""
+    import getpass
+
+    from panray.identity import Role
+    from panray.server.auth import issue_token
+
+    roles = [Role(r) for r in args.role] if args.role else list(Role)
+    print(issue_token(_settings(args), args.user or getpass.getuser(), {Role.USER, *roles}, hours=args.hours))
+    return 0
 
 
 def cmd_bench(pr: Panray, args: argparse.Namespace) -> int:
@@ -317,6 +303,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--db", help="state store URL: sqlite:///path or postgresql://... (default: $PANRAY_DB)")
     p.add_argument("--home", help="panray home directory (default: $PANRAY_HOME or ~/.panray)")
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    p.add_argument("--url", help="a panray server's HTTP API, e.g. http://127.0.0.1:8470 (default: $PANRAY_URL)")
+    p.add_argument("--token", help="bearer token for --url (default: $PANRAY_TOKEN, else PANRAY_HOME/token)")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="run a ci_hsc-shaped demo campaign across the three sites")
@@ -386,7 +374,14 @@ def parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="keep the cluster and panray's actors up for other processes")
     sv.add_argument("--stop", action="store_true", help="stop the server of this home and its cluster")
-    sv.set_defaults(func=cmd_serve)
+    sv.set_defaults(func=cmd_serve, local=True)
+
+    tk = sub.add_parser("token", help="print a token for the embedded server (signed with the home's key)")
+    tk.add_argument("--user", help="user name (default: the local user)")
+    tk.add_argument("--role", action="append", choices=["user", "production", "admin"],
+                    help="role to grant (repeatable; default: all, as the local user has embedded)")
+    tk.add_argument("--hours", type=float, default=24.0, help="lifetime")
+    tk.set_defaults(func=cmd_token, local=True)
 
     bn = sub.add_parser("bench", help="run a benchmark script with sensible defaults")
     bn.add_argument("name", choices=sorted(BENCHMARKS))
@@ -435,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _check_ids(args)
         if getattr(args, "local", False):
             return int(args.func(args))
-        with Panray(_settings(args)) as pr:
+        with Panray(_settings(args), url=args.url, token=args.token) as pr:
             return int(args.func(pr, args))
     except KeyboardInterrupt:
         return 130

@@ -24,6 +24,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from panray.documents import read_document
 from panray.exceptions import ConfigError
+from panray.identity import Role
 from panray.validation import INT32_MAX, BoundaryModel
 
 _DAY = 86_400.0
@@ -77,6 +78,20 @@ class Settings(BoundaryModel):
             raise ValueError(f"heartbeat_timeout {self.heartbeat_timeout:g} s must exceed heartbeat_interval "
                              f"{self.heartbeat_interval:g} s, or every running job is lost")
         return self
+
+    # -- the HTTP server (``panray serve``) and its tokens; see panray.server -----------------
+    server_host: str = Field(default="127.0.0.1", description="address the HTTP API binds")
+    server_port: int = Field(default=0, ge=0, le=65535, description="0 = pick a free port")
+    server_max_body: int = Field(default=256 * 2**20, gt=0, description="bytes; a 200k-job workflow is ~100 MiB")
+    auth_jwks: str | None = Field(default=None, description="issuer's JWKS file or https URL; None = local key")
+    auth_issuer: str = "panray-local"
+    auth_audience: str = "panray"
+    auth_user_claim: str = "sub"
+    auth_groups_claim: str = Field(default="groups", description="e.g. wlcg.groups")
+    auth_roles: dict[str, Role] = Field(
+        default_factory=lambda: {r.value: r for r in Role},
+        description="group -> role (user, production, admin), e.g. /rubin/Role=production: production",
+    )
 
     @property
     def resolved_db_url(self) -> str:

@@ -124,3 +124,15 @@ class StoreUnavailableError(StoreError):
         self.url, self.in_doubt = url, in_doubt
         first = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
         super().__init__(f"state store {url} unavailable: {first}")
+
+
+class AuthenticationError(PanrayError):
+    """A request without a valid token: missing, malformed, expired, or not from a trusted issuer."""
+
+
+class PermissionDeniedError(PanrayError):
+    """An authenticated user asked for an action the rules do not allow; the message names the rule."""
+
+
+class ConflictError(PanrayError):
+    """An action that the target's current state does not allow (e.g. retry of a running workflow)."""

@@ -95,6 +95,7 @@ def _kill_panray_actors() -> None:
 def serve(settings: Settings) -> int:
     """Start (or join) the cluster with detached actors and block until told to stop."""
     from panray.runtime import connect
+    from panray.server import FrontDoor
 
     existing = _read(settings)
     if existing is not None:
@@ -110,17 +111,21 @@ def serve(settings: Settings) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in signals}  # a stop while starting still cleans up
     rt = connect(settings, start=True, detached=True)
     owns = rt.cluster is not None
+    http = None
     try:
         for sig in signals:  # ray.init may have installed its own handlers
             signal.signal(sig, on_signal)
         address = _cluster_address()
+        http = FrontDoor.open(settings, rt)  # the HTTP API; the local user's token in the home
         me = psutil.Process()
         write_private(_cluster_file(settings), json.dumps({
             "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
+            "url": http.url,
         }))
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
+              f"HTTP API on {http.url} (PANRAY_URL={http.url}; `panray token` prints a token)\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
         if os.geteuid() == 0 and settings.payload_user is None:
             print("warning: payloads run as root and can read this home; set payload_user (PANRAY_PAYLOAD_USER)",
@@ -129,6 +134,8 @@ def serve(settings: Settings) -> int:
             pass
         print("panray server stopping", flush=True)
     finally:
+        if http is not None:
+            http.close()
         if not owns:
             _kill_panray_actors()
         rt.shutdown()  # embedded: disconnects, stops every raylet and removes cluster.json

@@ -21,8 +21,8 @@ from panray.sites import SiteStatus
 from panray.store import StateStore
 
 if TYPE_CHECKING:
-    from panray.api import Panray
     from panray.runtime import Runtime
+    from panray.service import Service as Panray  # the service (its store, catalog and cluster)
 
 #: The statuses an operator may set (``test`` belongs to the catalog).
 OPERATOR_STATUSES = (SiteStatus.ONLINE, SiteStatus.BROKEROFF, SiteStatus.OFFLINE)

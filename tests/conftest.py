@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -46,16 +47,23 @@ def pg_url(pg_server: pgserver.PgServer) -> str:
     return pg_server.create_database("panray_test")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database per test on each backend."""
-    if request.param == "sqlite":
+@contextmanager
+def fresh_store(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database on ``backend`` ("sqlite" or "postgres"), dropped afterwards."""
+    if backend == "sqlite":
         yield f"sqlite://{tmp_path}/state/panray.db"
         return
     server: pgserver.PgServer = request.getfixturevalue("pg_server")
     name = f"panray_{uuid.uuid4().hex[:12]}"
     yield server.create_database(name)
     server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database per test on each backend."""
+    with fresh_store(request.param, request, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
@@ -96,9 +104,53 @@ def cluster(panray_home: Path) -> Iterator[Panray]:
     pr.close()
 
 
+@contextmanager
+def embedded_session(store_url: str, panray_home: Path) -> Iterator[Panray]:
+    session = Panray(Settings(home=panray_home, db_url=store_url, flush_interval=0.05, **FAST))
+    try:
+        yield session
+    finally:
+        session.close()
+
+
 @pytest.fixture
 def pr(store_url: str, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
     """A Panray session on a fresh state store of each backend, sharing the session's cluster."""
-    session = Panray(Settings(home=panray_home, db_url=store_url, flush_interval=0.05, **FAST))
+    with embedded_session(store_url, panray_home) as session:
+        yield session
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP server fixtures: the API under a real uvicorn on 127.0.0.1, on the session's cluster.
+# ---------------------------------------------------------------------------------------------
+
+from panray.identity import Role  # noqa: E402
+from panray.server import SUMMARY_TTL, Authenticator, HttpServer  # noqa: E402
+from panray.server.auth import issue_token  # noqa: E402
+from panray.service import Service  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def server_settings(panray_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """The server's settings: the session cluster's home (its local signing key), its own SQLite store."""
+    db = tmp_path_factory.mktemp("server-store") / "panray.db"
+    return Settings(home=panray_home, db_url=f"sqlite://{db}", flush_interval=0.05, **FAST)
+
+
+@pytest.fixture(scope="session")
+def http_server(cluster: Panray, server_settings: Settings) -> Iterator[HttpServer]:
+    """``panray serve``'s HTTP API (embedded issuer) on the session's cluster, in this process."""
+    service = Service(server_settings, summary_ttl=SUMMARY_TTL)
+    http = HttpServer(service, Authenticator(server_settings), port=0).start()
+    yield http
+    http.stop()
+    service.close()
+
+
+@pytest.fixture
+def remote_pr(http_server: HttpServer, server_settings: Settings) -> Iterator[Panray]:
+    """A Panray that talks to ``http_server`` as alice, with every role (as the local user has)."""
+    token = issue_token(server_settings, "alice", Role, hours=1)
+    session = Panray(server_settings, url=http_server.url, token=token)
     yield session
     session.close()

@@ -1,16 +1,28 @@
-"""End to end on the embedded three-site loopback cluster, on SQLite and PostgreSQL."""
+"""End to end on the embedded three-site loopback cluster, on SQLite and PostgreSQL, and over HTTP to a server."""
 
 from __future__ import annotations
 
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import embedded_session, fresh_store
 
 from panray import Job, Panray, Workflow
 from panray.dag import drp
+
+
+@pytest.fixture(params=["sqlite", "postgres", "remote"])
+def pr(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
+    """Each test embedded on both backends, and as a client of a server over HTTP (SQLite behind it)."""
+    if request.param == "remote":
+        yield request.getfixturevalue("remote_pr")
+        return
+    with fresh_store(request.param, request, tmp_path) as url, embedded_session(url, panray_home) as session:
+        yield session
 
 
 def _wait_for(cond, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
@@ -58,7 +70,7 @@ def test_dag_runs_on_every_site_in_parent_order(pr: Panray, tmp_path: Path) -> N
     assert fan_in and fan_out
     runs = (tmp_path / "runs.txt").read_text().split()
     assert sorted(runs) == sorted(j.name for j in wf.jobs)  # every job ran exactly once
-    history = pr.store.history(jobs[-1].job_id)
+    history = pr.history(jobs[-1].job_id)
     assert [h.status for h in history] == ["defined", "assigned", "activated", "sent", "starting", "running",
                                            "finished"]
     assert [h.time for h in history] == sorted(h.time for h in history)
@@ -124,6 +136,39 @@ def test_retryable_failure_gets_new_attempts(pr: Panray, tmp_path: Path) -> None
     assert pr.wait([wf_id], timeout=60) == {wf_id: "Finished"}
     job = pr.jobs(wf_id)[0]
     assert job.attempt_nr == 3 and job.status == "finished"
-    attempts = pr.store.attempts(job.job_id)
+    attempts = pr.attempts(job.job_id)
     assert [(a.attempt_nr, a.status, a.exit_code, a.error_class) for a in attempts] == [
         (1, "failed", 3, "payload"), (2, "failed", 3, "payload"), (3, "finished", 0, None)]
+
+
+@pytest.mark.slow
+def test_thousand_jobs_with_failures_cancel_and_retry_over_http(remote_pr: Panray, tmp_path: Path) -> None:
+    """1,000 jobs through the server: 5 roots fail, one is cancelled while it runs; a retry reruns them all."""
+    pr, fixed, started = remote_pr, tmp_path / "fixed", tmp_path / "started"
+    fail = ["bash", "-c", '[ -e "$1" ] || exit 1', "f", str(fixed)]
+    slow = ["bash", "-c", 'touch "$2"; [ -e "$1" ] || exec sleep 300', "s", str(fixed), str(started)]
+    jobs = []
+    for r in range(50):
+        jobs.append(Job(name=f"root{r}", label="isr", command=slow if r == 0 else fail if r <= 5 else ["true"]))
+        jobs += [Job(name=f"c{r}.{k}", label="calibrate", parents=[f"root{r}"], command=["true"]) for k in range(19)]
+    [wf_id] = pr.submit(Workflow(name="thousand", jobs=jobs))
+    _wait_for(started.exists, what="the slow root to start")
+    [slow_job] = pr.jobs(wf_id, label="isr", limit=1)
+    assert slow_job.name == "root0"
+    assert pr.cancel(wf_id, job_ids=[slow_job.job_id])
+    assert pr.wait([wf_id], timeout=180) == {wf_id: "SubFinished"}
+
+    counts = pr.status(wf_id)[0].jobs
+    assert counts == {"finished": 880, "failed": 5, "cancelled": 1, "closed": 114}
+    assert len(pr.jobs(wf_id)) == 1000  # paged through the server
+    assert {j.name for j in pr.jobs(wf_id, ["failed"])} == {f"root{r}" for r in range(1, 6)}
+    page = pr.jobs(wf_id, ["closed"], label="calibrate", limit=10, offset=100)
+    assert [j.name for j in page] == [f"c5.{k}" for k in range(5, 15)]
+
+    fixed.touch()
+    pr.retry(wf_id)
+    assert pr.wait([wf_id], timeout=180) == {wf_id: "Finished"}
+    rows = {j.name: j for j in pr.jobs(wf_id)}
+    assert {j.status for j in rows.values()} == {"finished"}
+    assert rows["root3"].attempt_nr == rows["root0"].attempt_nr == 2 and rows["root9"].attempt_nr == 1
+    assert [a.status for a in pr.attempts(rows["root3"].job_id)] == ["failed", "finished"]

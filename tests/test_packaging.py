@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs",
-               "panray.deploy"]
+               "panray.deploy", "panray.server", "panray.core"]
 
 
 def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from panray.statuses import JobStatus, TaskStatus, WorkflowStatus
 from panray.store import (
     SCHEMA_VERSION,
     AttemptRow,
+    AuditRow,
     ChangeBatch,
     HistoryRow,
     JobState,
@@ -324,3 +325,27 @@ def test_volume_submit_and_three_large_batches(store: StateStore) -> None:
     assert [h.status for h in store.history(first + n - 1)] == [
         s for status, _ in flow for s in (status.value, "sent", "starting")
     ]
+
+
+def test_jobs_filter_by_label_and_site_and_page(store: StateStore) -> None:
+    wf = new_workflow("w", 10, labels=("a", "b"))
+    first = store.submit(NewCampaign("c", "alice", [wf])).workflows[0]
+    wf_id, j0 = first.workflow_id, first.first_job_id
+    store.apply(ChangeBatch(jobs=[state(j0 + i, J.DEFINED, site="FrDF" if i < 4 else "UKDF") for i in range(10)]))
+    assert [j.idx for j in store.jobs(wf_id, label="b")] == [1, 3, 5, 7, 9]
+    assert [j.idx for j in store.jobs(wf_id, label="b", site="FrDF")] == [1, 3]
+    assert [j.idx for j in store.jobs(wf_id, limit=3, offset=4)] == [4, 5, 6]
+    assert [j.idx for j in store.jobs(wf_id, offset=8)] == [8, 9]
+    assert store.jobs(wf_id, status=["defined"], label="a", offset=5) == []
+
+
+def test_audit_rows_newest_first_and_outcome_checked(store: StateStore) -> None:
+    rows = [AuditRow(1.0, "alice", "submit", "campaign 'c'", "ok", ""),
+            AuditRow(2.0, "bob", "cancel", "workflow 1", "refused", "only the owner (alice) or role production ...")]
+    store.record_audit(rows)
+    assert store.audit() == rows[::-1]
+    assert store.audit(user="alice", limit=5) == rows[:1]
+    with pytest.raises(PanrayError, match="rejected the batch"):
+        store.record_audit([AuditRow(3.0, "eve", "cancel", "workflow 1", "ok", ""),
+                            AuditRow(3.0, "eve", "cancel", "workflow 1", "maybe", "")])
+    assert len(store.audit()) == 2  # nothing of the refused batch

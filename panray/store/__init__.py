@@ -18,6 +18,7 @@ from panray.home import create_private
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
+    AuditRow,
     ChangeBatch,
     DecisionRow,
     HistoryRow,
@@ -40,6 +41,7 @@ from panray.store.base import (
 __all__ = [
     "SCHEMA_VERSION",
     "AttemptRow",
+    "AuditRow",
     "ChangeBatch",
     "DecisionRow",
     "HistoryRow",

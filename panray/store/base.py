@@ -254,6 +254,17 @@ class TaskRow(NamedTuple):
     status: str
 
 
+class AuditRow(NamedTuple):
+    """One action asked of the service: who, what, on which target, when, and how it ended."""
+
+    time: float
+    user_name: str
+    action: str  #: e.g. "submit", "cancel", "retry", "set-site-status"
+    target: str  #: e.g. "workflow 7", "site UKDF"
+    outcome: str  #: "ok", "refused" or "error"
+    detail: str  #: the refusal's or error's message; "" when ok
+
+
 class WorkflowRow(NamedTuple):
     workflow_id: int
     campaign_id: int
@@ -322,9 +333,11 @@ class StateStore(ABC):
 
     @abstractmethod
     def jobs(
-        self, workflow_id: int, *, status: Sequence[str] | None = None, limit: int | None = None
+        self, workflow_id: int, *, status: Sequence[str] | None = None, limit: int | None = None,
+        label: str | None = None, site: str | None = None, offset: int = 0,
     ) -> list[JobRow]:
-        """Jobs of a workflow in idx order, optionally only those in ``status``."""
+        """Jobs of a workflow in idx order, optionally only those in ``status`` / of ``label`` / at
+        ``site``; ``offset`` and ``limit`` page through them."""
 
     @abstractmethod
     def job(self, job_id: int) -> JobRow:
@@ -369,6 +382,14 @@ class StateStore(ABC):
     @abstractmethod
     def quantum_counts(self, workflow_id: int) -> dict[str, int]:
         """``{status: n}`` over the quanta of a clustered workflow; {} if not clustered."""
+
+    @abstractmethod
+    def record_audit(self, rows: Sequence[AuditRow]) -> None:
+        """Append audit rows (one per action asked of the service)."""
+
+    @abstractmethod
+    def audit(self, *, user: str | None = None, limit: int = 100) -> list[AuditRow]:
+        """The latest audit rows, newest first, optionally of one user."""
 
     @abstractmethod
     def close(self) -> None:

@@ -29,6 +29,7 @@ from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, Workfl
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
+    AuditRow,
     ChangeBatch,
     DecisionRow,
     HistoryRow,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 FIRST_ATTEMPT = 1
 JOB_KINDS = ("job", "init", "final")
 COUNTERS = ("campaign", "workflow", "task", "job")
+AUDIT_OUTCOMES = ("ok", "refused", "error")
 
 
 def _one_of(column: str, values: Iterable[str]) -> str:
@@ -117,6 +119,10 @@ _DDL = (
     """CREATE TABLE site_status (
         site TEXT PRIMARY KEY, status TEXT NOT NULL CHECK {site_status}, modified {float} NOT NULL)""",
     "CREATE TABLE batch_marks (writer TEXT PRIMARY KEY, seq {id} NOT NULL)",
+    """CREATE TABLE audit (
+        seq {serial}, time {float} NOT NULL, user_name TEXT NOT NULL, action TEXT NOT NULL,
+        target TEXT NOT NULL, outcome TEXT NOT NULL CHECK {audit_outcome}, detail TEXT NOT NULL)""",
+    "CREATE INDEX audit_user ON audit (user_name)",
 )
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -124,6 +130,7 @@ _CHECKS = {
     "workflow_status": _one_of("status", (s.value for s in WorkflowStatus)),
     "job_kind": _one_of("kind", JOB_KINDS),
     "site_status": _one_of("status", (s.value for s in SiteStatus)),
+    "audit_outcome": _one_of("outcome", AUDIT_OUTCOMES),
 }
 
 
@@ -165,6 +172,7 @@ _MARK_BATCH = (
 )
 _ACTIVE = " NOT " + _one_of("status", (s.value for s in FINAL_WORKFLOW_STATES))
 _MISSING_CHUNK = 500
+_NO_LIMIT = 2**62  #: an OFFSET needs a LIMIT on SQLite, and PostgreSQL refuses SQLite's -1
 
 
 class Cursor(Protocol):
@@ -493,7 +501,8 @@ class SQLStore(QuantaSQL, StateStore):
         return counts
 
     def jobs(
-        self, workflow_id: int, *, status: Sequence[str] | None = None, limit: int | None = None
+        self, workflow_id: int, *, status: Sequence[str] | None = None, limit: int | None = None,
+        label: str | None = None, site: str | None = None, offset: int = 0,
     ) -> list[JobRow]:
         text, params = JOB_SELECT + " WHERE workflow_id = ?", [workflow_id]
         if status is not None:
@@ -502,10 +511,14 @@ class SQLStore(QuantaSQL, StateStore):
                 return []
             text += f" AND status IN ({', '.join('?' * len(statuses))})"
             params.extend(statuses)
+        for column, value in (("label", label), ("site", site)):
+            if value is not None:
+                text += f" AND {column} = ?"
+                params.append(value)
         text += " ORDER BY idx"
-        if limit is not None:
-            text += " LIMIT ?"
-            params.append(limit)
+        if limit is not None or offset:
+            text += " LIMIT ? OFFSET ?"
+            params.extend((_NO_LIMIT if limit is None else limit, offset))
         with _gc_paused():
             return list(map(JobRow._make, self._fetch(text, params)))
 
@@ -556,6 +569,20 @@ class SQLStore(QuantaSQL, StateStore):
                 ),
                 (str(site), SiteStatus(status).value, time.time()),
             )
+
+    @retried()
+    def record_audit(self, rows: Sequence[AuditRow]) -> None:
+        if rows:
+            with self._transaction(write=True) as cur:
+                self._bulk_insert(cur, "audit", AuditRow._fields, rows)
+
+    @retried()
+    def audit(self, *, user: str | None = None, limit: int = 100) -> list[AuditRow]:
+        text, params = f"SELECT {_cols(AuditRow._fields)} FROM audit", []
+        if user is not None:
+            text += " WHERE user_name = ?"
+            params.append(user)
+        return list(map(AuditRow._make, self._fetch(text + " ORDER BY seq DESC LIMIT ?", [*params, limit])))
 
     @retried()
     def _fetch(self, text: str, params: Sequence[Any]) -> list[Any]:
