@@ -3,10 +3,8 @@
 
 Examples:
     >>> from panray.monitor import table
-    >>> print(table(["id", "status"], [(1, "running")]))
-    id  status
-    --  -------
-    1   running
+    >>> table(["id", "status"], [(1, "running")]).splitlines()[2]
+    '1   running'
 """
 
 from panray.monitor.tables import (
