@@ -43,6 +43,7 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.monitor_sql import MONITOR_DDL, MonitorSQL
 from panray.store.quanta import QUANTA_DDL, QuantaSQL
 
 FIRST_ATTEMPT = 1
@@ -132,7 +133,7 @@ class Dialect:
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
 
     def ddl(self) -> list[str]:
-        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL]
+        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL]
 
     def sql(self, text: str) -> str:
         return text if self.param == "?" else text.replace("?", self.param)
@@ -247,7 +248,7 @@ _FAILURES = (
 )
 
 
-class SQLStore(QuantaSQL, StateStore):
+class SQLStore(QuantaSQL, MonitorSQL, StateStore):
     """A :class:`StateStore` over any SQL database that :class:`Dialect` can describe.
 
     Subclasses provide a transaction (``_transaction``) and the bulk moves; every other method,

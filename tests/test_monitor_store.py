@@ -1,0 +1,93 @@
+"""The monitor's reads of the state store, on SQLite and PostgreSQL (the ``store`` fixture runs both)."""
+
+from __future__ import annotations
+
+from panray.statuses import JobStatus
+from panray.store import ChangeBatch, DecisionRow, JobQuery, NewCampaign, StateStore, WorkflowQuery
+
+from test_store import attempt, new_workflow, state
+
+J = JobStatus
+
+
+def _two_workflows(store: StateStore) -> tuple[int, int, int]:
+    """Workflow A (9 jobs over labels a, b, c, chained) and B (2 jobs); returns (A, first job of A, B)."""
+    beta = new_workflow("beta", 2)
+    beta.owner = "bob"
+    a, b = store.submit(NewCampaign("c", "alice", [new_workflow("alpha", 9, ("a", "b", "c")), beta])).workflows
+    return a.workflow_id, a.first_job_id, b.workflow_id
+
+
+def test_job_page_filters_sorts_pages_and_counts(store: StateStore) -> None:
+    wf, first, _ = _two_workflows(store)
+    store.apply(ChangeBatch(jobs=[
+        state(first + 0, J.FAILED, site="USDF", exit_code=3, error_class="payload", start_time=10.0, end_time=15.0),
+        state(first + 3, J.FAILED, site="FrDF", exit_code=137, error_class="memory", start_time=10.0, end_time=90.0),
+        state(first + 6, J.FINISHED, site="USDF", exit_code=0, start_time=10.0, end_time=11.0),
+        state(first + 1, J.RUNNING, site="USDF", start_time=10.0),
+    ]))
+    rows, total = store.job_page(wf, JobQuery(limit=4))
+    assert total == 9 and [r.idx for r in rows] == [0, 1, 2, 3]
+    rows, total = store.job_page(wf, JobQuery(limit=4, offset=8))
+    assert total == 9 and [r.idx for r in rows] == [8]
+    rows, total = store.job_page(wf, JobQuery(status=("failed",)))
+    assert total == 2 and [r.idx for r in rows] == [0, 3]
+    assert [r.idx for r in store.job_page(wf, JobQuery(label="a"))[0]] == [0, 3, 6]
+    assert [r.idx for r in store.job_page(wf, JobQuery(site="USDF"))[0]] == [0, 1, 6]
+    assert [r.idx for r in store.job_page(wf, JobQuery(exit_code=137))[0]] == [3]
+    assert [r.idx for r in store.job_page(wf, JobQuery(error_class="payload", site="USDF"))[0]] == [0]
+    assert [r.idx for r in store.job_page(wf, JobQuery(sort="-duration", limit=3))[0]] == [3, 0, 6]
+    assert [r.name for r in store.job_page(wf, JobQuery(name="alpha-1"))[0]] == ["alpha-1"]
+    assert store.job_page(wf, JobQuery(status=("cancelled",))) == ([], 0)
+
+
+def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore) -> None:
+    wf, first, other = _two_workflows(store)
+    other_job = store.jobs(other)[0].job_id
+    store.apply(ChangeBatch(
+        jobs=[state(first, J.FAILED, start_time=10.0, end_time=14.0, request_memory=3000),
+              state(first + 3, J.FINISHED, start_time=10.0, end_time=12.0)],
+        attempts=[attempt(first, 1, J.FAILED, diag="file /a/1.fits missing", max_pss_kb=7000),
+                  attempt(first, 2, J.FAILED, diag="file /a/2.fits missing", max_pss_kb=9000),
+                  attempt(first + 3, 1, J.FAILED, exit_code=137, error_class="memory", diag="oom", max_pss_kb=3000),
+                  attempt(first + 3, 2, J.FINISHED, exit_code=0, error_class=None, diag=None, max_pss_kb=4000),
+                  attempt(other_job, 1, J.FAILED, diag="not mine", max_pss_kb=99999)],
+    ))
+    tasks = store.tasks(wf)
+    by_task = {(r.task_id, r.status): r for r in store.task_stats(wf)}
+    task_a = tasks[0].task_id
+    assert by_task[(task_a, "failed")].n == 1 and by_task[(task_a, "failed")].wall_seconds == 4.0
+    assert by_task[(task_a, "failed")].max_request_memory == 3000
+    assert by_task[(task_a, "finished")].max_wall_seconds == 2.0
+    assert by_task[(task_a, "pending")].n == 1
+    assert sum(r.n for r in by_task.values()) == 9
+    assert store.task_max_pss(wf) == {task_a: 9000}
+    groups = store.error_groups(wf)
+    assert sum(g.attempts for g in groups) == 3 and "not mine" not in {g.diag for g in groups}
+    oom = next(g for g in groups if g.exit_code == 137)
+    assert (oom.error_class, oom.attempts, oom.jobs, oom.example_job_id) == ("memory", 1, 1, first + 3)
+    assert store.jobs_max_pss([first, first + 3, first + 1]) == {first: 9000, first + 3: 4000}
+
+
+def test_workflow_list_counts_and_label_edges(store: StateStore) -> None:
+    wf, first, other = _two_workflows(store)
+    store.apply(ChangeBatch(jobs=[state(first, J.RUNNING)], tasks=[(store.tasks(wf)[0].task_id, "running")]))
+    rows, total = store.find_workflows(WorkflowQuery())
+    assert total == 2 and [r.workflow_id for r in rows] == [other, wf]
+    assert [r.name for r in store.find_workflows(WorkflowQuery(owner="bob"))[0]] == ["beta"]
+    assert [r.name for r in store.find_workflows(WorkflowQuery(name="LPH"))[0]] == ["alpha"]
+    assert store.find_workflows(WorkflowQuery(name="a%a"))[1] == 0  # "%" is no wildcard: matches no name
+    assert store.find_workflows(WorkflowQuery(created_after=rows[0].created + 10))[1] == 0
+    rows, total = store.find_workflows(WorkflowQuery(limit=1, offset=1))
+    assert total == 2 and [r.workflow_id for r in rows] == [wf]
+    assert store.workflow_job_counts([wf, other]) == {wf: {"running": 1, "pending": 8}, other: {"pending": 2}}
+    assert store.workflow_task_counts([wf]) == {wf: {"running": 1, "registered": 2}}
+    # chain 0 -> 1 -> ... over labels a, b, c in turn
+    assert store.label_edges(wf) == [("a", "b"), ("b", "c"), ("c", "a")]
+    assert store.label_edges(other) == [("a", "a")]
+
+
+def test_recent_decisions_newest_first(store: StateStore) -> None:
+    _, first, _ = _two_workflows(store)
+    store.apply(ChangeBatch(decisions=[DecisionRow(first + i, 1, f'{{"site": "S{i}"}}', 100.0 + i) for i in range(5)]))
+    assert [d.job_id for d in store.recent_decisions(limit=3)] == [first + 4, first + 3, first + 2]
