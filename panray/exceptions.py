@@ -78,3 +78,7 @@ class ClusterCycleError(WorkflowValidationError):
             "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
             + f" (quanta: {via}); put these quanta in the same cluster or in none"
         )
+
+
+class PermissionDeniedError(PanrayError):
+    """The caller may not do this; the message states the rule (HTTP 403)."""

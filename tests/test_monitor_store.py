@@ -26,19 +26,21 @@ def test_job_page_filters_sorts_pages_and_counts(store: StateStore) -> None:
         state(first + 6, J.FINISHED, site="USDF", exit_code=0, start_time=10.0, end_time=11.0),
         state(first + 1, J.RUNNING, site="USDF", start_time=10.0),
     ]))
-    rows, total = store.job_page(wf, JobQuery(limit=4))
-    assert total == 9 and [r.idx for r in rows] == [0, 1, 2, 3]
-    rows, total = store.job_page(wf, JobQuery(limit=4, offset=8))
-    assert total == 9 and [r.idx for r in rows] == [8]
-    rows, total = store.job_page(wf, JobQuery(status=("failed",)))
-    assert total == 2 and [r.idx for r in rows] == [0, 3]
-    assert [r.idx for r in store.job_page(wf, JobQuery(label="a"))[0]] == [0, 3, 6]
-    assert [r.idx for r in store.job_page(wf, JobQuery(site="USDF"))[0]] == [0, 1, 6]
-    assert [r.idx for r in store.job_page(wf, JobQuery(exit_code=137))[0]] == [3]
-    assert [r.idx for r in store.job_page(wf, JobQuery(error_class="payload", site="USDF"))[0]] == [0]
-    assert [r.idx for r in store.job_page(wf, JobQuery(sort="-duration", limit=3))[0]] == [3, 0, 6]
-    assert [r.name for r in store.job_page(wf, JobQuery(name="alpha-1"))[0]] == ["alpha-1"]
-    assert store.job_page(wf, JobQuery(status=("cancelled",))) == ([], 0)
+    page = store.job_page(wf, JobQuery(limit=4))
+    assert page.total == 9 and [r.idx for r in page.rows] == [0, 1, 2, 3] and len(page.created) == 4
+    assert all(c > 0 for c in page.created)
+    page = store.job_page(wf, JobQuery(limit=4, offset=8))
+    assert page.total == 9 and [r.idx for r in page.rows] == [8]
+    page = store.job_page(wf, JobQuery(status=("failed",)))
+    assert page.total == 2 and [r.idx for r in page.rows] == [0, 3]
+    assert [r.idx for r in store.job_page(wf, JobQuery(label="a")).rows] == [0, 3, 6]
+    assert [r.idx for r in store.job_page(wf, JobQuery(site="USDF")).rows] == [0, 1, 6]
+    assert [r.idx for r in store.job_page(wf, JobQuery(exit_code=137)).rows] == [3]
+    assert [r.idx for r in store.job_page(wf, JobQuery(error_class="payload", site="USDF")).rows] == [0]
+    assert [r.idx for r in store.job_page(wf, JobQuery(sort="-duration", limit=3)).rows] == [3, 0, 6]
+    assert [r.name for r in store.job_page(wf, JobQuery(name="alpha-1")).rows] == ["alpha-1"]
+    page = store.job_page(wf, JobQuery(status=("cancelled",)))
+    assert (page.rows, page.total) == ([], 0)
 
 
 def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore) -> None:

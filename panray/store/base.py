@@ -301,6 +301,7 @@ class JobQuery:
 class WorkflowQuery:
     """Which workflows the monitor's list shows, newest first."""
 
+    workflow_id: int | None = None
     owner: str | None = None
     status: str | None = None
     name: str | None = None  #: substring of the workflow name
@@ -318,6 +319,15 @@ class TaskStatsRow(NamedTuple):
     max_request_memory: int  #: MB
     wall_seconds: float  #: sum of end - start over the jobs that have both
     max_wall_seconds: float | None
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of a job list: the rows, each job's creation time, and how many jobs match in all."""
+
+    rows: list[JobRow]
+    created: list[float]  #: creation_time of each row, in the same order
+    total: int
 
 
 class ErrorGroupRow(NamedTuple):
@@ -437,7 +447,7 @@ class StateStore(ABC):
         """``{task_id: max PSS kB}`` over every measured attempt of the task's jobs."""
 
     @abstractmethod
-    def job_page(self, workflow_id: int, query: JobQuery) -> tuple[list[JobRow], int]:
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
         """One page of the workflow's jobs matching ``query`` and how many match in all."""
 
     @abstractmethod

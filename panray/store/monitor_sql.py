@@ -14,6 +14,7 @@ from typing import Any
 from panray.store.base import (
     DecisionRow,
     ErrorGroupRow,
+    JobPage,
     JobQuery,
     JobRow,
     TaskStatsRow,
@@ -45,7 +46,7 @@ class MonitorSQL:
 
     def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]:
         where, params = ["1 = 1"], []
-        for clause, value in (("owner = ?", query.owner), ("status = ?", query.status),
+        for clause, value in (("workflow_id = ?", query.workflow_id), ("owner = ?", query.owner), ("status = ?", query.status),
                               ("created >= ?", query.created_after)):
             if value is not None:
                 where.append(clause)
@@ -95,7 +96,7 @@ class MonitorSQL:
                 " WHERE a.job_id BETWEEN ? AND ? AND a.max_pss_kb IS NOT NULL GROUP BY j.task_id")
         return {t: int(kb) for t, kb in self._fetch(text, span)}
 
-    def job_page(self, workflow_id: int, query: JobQuery) -> tuple[list[JobRow], int]:
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
         where, params = ["workflow_id = ?"], [workflow_id]
         if query.status:
             where.append(f"status IN ({_marks(query.status)})")
@@ -111,9 +112,9 @@ class MonitorSQL:
         cond = " AND ".join(where)
         order = JOB_SORTS[query.sort]
         [(total,)] = self._fetch(f"SELECT COUNT(*) FROM jobs WHERE {cond}", params)
-        rows = self._fetch(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {cond} ORDER BY {order} LIMIT ? OFFSET ?",
-                           [*params, query.limit, query.offset])
-        return list(map(JobRow._make, rows)), int(total)
+        rows = self._fetch(f"SELECT {_JOB_COLUMNS}, creation_time FROM jobs WHERE {cond} ORDER BY {order}"
+                           " LIMIT ? OFFSET ?", [*params, query.limit, query.offset])
+        return JobPage([JobRow._make(r[:-1]) for r in rows], [float(r[-1]) for r in rows], int(total))
 
     def jobs_max_pss(self, job_ids: Sequence[int]) -> dict[int, int]:
         if not job_ids:
