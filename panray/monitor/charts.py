@@ -66,5 +66,5 @@ def memory_svg(tsv: str) -> str | None:
         y = _TOP + 12 + 16 * k
         body.append(f'<line x1="{_W - _RIGHT + 10}" y1="{y - 4}" x2="{_W - _RIGHT + 30}" y2="{y - 4}" '
                     f'stroke="{colour}" stroke-width="2"/>')
-        body.append(text(_W - _RIGHT + 34, y, f"{name.upper()} {max(values) / 1024:.0f}"))
+        body.append(text(_W - _RIGHT + 34, y, f"{name.upper()} {max(values) / 1024:.0f} MB"))
     return document(_W, _H, body, label="memory plot: PSS, RSS and VMEM over time", cls="memory-plot")
