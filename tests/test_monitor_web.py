@@ -167,3 +167,114 @@ def test_bulk_actions_follow_the_owner_or_production_rule(staged: tuple[str, dic
     assert prod.status_code == 400                                        # allowed, but the workflow still runs
     assert act(issuer.token("alice"), {"action": "explode", "workflow_id": wf}).status_code == 422
     assert pr.store.job(ids["isr-0"]).attempt_nr == 1                    # nothing was retried
+
+
+# -- in a real browser ---------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: Waits for a gate file (so the workflow is seen running), then ends.
+GATED = 'for i in $(seq 1200); do [ -e "$1" ] && exit 0; sleep 0.1; done; exit 5'
+#: Logs JSON lines, holds ~60 MB for a second (the memory monitor samples it), fails with exit 1
+#: (never retried: a payload error).
+FAILING = """
+import json, sys, time
+block = bytearray(60 * 2**20)
+for n in range(3):
+    print(json.dumps({"levelName": "ERROR", "message": f"bad line {n}: cannot read /repo/visit_{n}.fits"}), flush=True)
+    time.sleep(0.4)
+sys.exit(1)
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's chromium under Playwright, fresh profile. Fails (never skips) if it cannot start."""
+    from playwright.sync_api import Error, sync_playwright
+
+    profile = tempfile.mkdtemp(prefix="panray-chromium-")
+    with sync_playwright() as p:
+        try:
+            context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True,
+                                                           args=CHROMIUM_ARGS)
+        except Error as exc:
+            pytest.fail(f"cannot start {CHROMIUM} (apt-get install chromium): {exc}", pytrace=False)
+        yield context
+        context.close()
+
+
+def _count(page: object, status: str) -> int:
+    loc = page.locator(f'#wf-summary [data-status="{status}"]')  # type: ignore[attr-defined]
+    return int(loc.inner_text()) if loc.count() else 0
+
+
+def _until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := cond():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _log_in(page: object, token: str) -> None:
+    page.locator("#login input").fill(token)  # type: ignore[attr-defined]
+    page.locator("#login button").click()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, browser: object, tmp_path: Path,
+                                                            issuer: TokenIssuer) -> None:
+    gate = tmp_path / "gate"
+    jobs = [Job(name="waiter", label="wait", command=["bash", "-c", GATED, "w", str(gate)]),
+            Job(name="bad", label="isr", command=[sys.executable, "-c", FAILING]),
+            Job(name="child", label="calibrate", parents=["bad"], command=["true"]),
+            Job(name="ok", label="isr", command=["true"])]
+    [wf] = cluster.submit(Workflow(name="browser-run", owner="alice", jobs=jobs))
+    app = FastAPI()
+    app.include_router(monitor_router(PanrayReader(cluster), issuer.authorize, poll_seconds=0.5))
+    with serve(app) as url:
+        page = browser.new_page()  # type: ignore[attr-defined]
+        page.goto(f"{url}/monitor/workflows/{wf}")
+        _log_in(page, issuer.token("alice"))
+        page.wait_for_selector("#wf-summary")
+        page.evaluate("window.notReloaded = true")
+        _until(lambda: _count(page, "running") == 1 and _count(page, "failed") == 1, what="waiter running, bad failed")
+        assert _count(page, "closed") == 1 and page.locator(".dag-node.blocked").count() == 1
+        finished_before = _count(page, "finished")
+        gate.touch()
+        _until(lambda: _count(page, "finished") == finished_before + 1, what="the count of finished jobs to change")
+        _until(lambda: page.locator("#wf-summary .wf-status").inner_text() == "SubFinished", what="the end")
+        assert page.evaluate("window.notReloaded === true")                # updated in place, no reload
+
+        # drill down: the error summary's example is the failed job; its log and memory plot
+        assert "payload exited with code <n>" in page.locator("#errors").inner_text()
+        page.locator("#errors a.example").click()
+        page.wait_for_selector("#job-summary")
+        assert page.locator("#job-status").inner_text() == "failed"
+        _until(lambda: "bad line 2" in page.locator("#log").inner_text(), what="the log lines")
+        assert [line for line in page.locator("#log").inner_text().splitlines() if "bad line" in line][0].endswith(
+            "bad line 0: cannot read /repo/visit_0.fits")
+        assert page.locator("svg.memory-plot polyline.series-pss").count() == 1
+        assert page.locator("a.file", has_text="prmon.txt").count() == 1
+
+        # bulk retry: refused for another user, done for the owner
+        page.goto(f"{url}/monitor/workflows/{wf}")
+        page.locator("#logout").click()
+        page.wait_for_selector("#login:not([hidden])")
+        _log_in(page, issuer.token("mallory"))
+        page.locator("button.act", has_text="retry failed jobs").click()
+        _until(lambda: "only the owner" in page.locator("#act-result").inner_text(), what="the refusal")
+        assert page.locator("#act-result").inner_text() == \
+            f"only the owner (alice) or role production may retry workflow {wf}"
+        bad = next(j for j in cluster.jobs(wf) if j.name == "bad")
+        assert bad.attempt_nr == 1
+        page.locator("#logout").click()
+        page.wait_for_selector("#login:not([hidden])")
+        _log_in(page, issuer.token("alice"))
+        page.locator("button.act", has_text="retry failed jobs").click()
+        _until(lambda: "rerunning" in page.locator("#act-result").inner_text(), what="the owner's retry")
+        _until(lambda: cluster.store.job(bad.job_id).attempt_nr == 2, what="a second attempt of the failed job")
+        assert cluster.wait([wf], timeout=60) == {wf: "SubFinished"}
+        page.close()
