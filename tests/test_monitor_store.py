@@ -60,7 +60,7 @@ def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore)
     task_a = tasks[0].task_id
     assert by_task[(task_a, "failed")].n == 1 and by_task[(task_a, "failed")].wall_seconds == 4.0
     assert by_task[(task_a, "failed")].max_request_memory == 3000
-    assert by_task[(task_a, "finished")].max_wall_seconds == 2.0
+    assert by_task[(task_a, "finished")].wall_seconds == 2.0
     assert by_task[(task_a, "pending")].n == 1
     assert sum(r.n for r in by_task.values()) == 9
     assert store.task_max_pss(wf) == {task_a: 9000}
@@ -93,3 +93,38 @@ def test_recent_decisions_newest_first(store: StateStore) -> None:
     _, first, _ = _two_workflows(store)
     store.apply(ChangeBatch(decisions=[DecisionRow(first + i, 1, f'{{"site": "S{i}"}}', 100.0 + i) for i in range(5)]))
     assert [d.job_id for d in store.recent_decisions(limit=3)] == [first + 4, first + 3, first + 2]
+
+
+def test_kept_task_aggregates_match_the_jobs_after_many_changes(store: StateStore) -> None:
+    """The trigger-kept counts, wall time, memory request and PSS agree with a scan of the jobs."""
+    import random
+
+    wf, first, _ = _two_workflows(store)
+    rng = random.Random(7)
+    statuses = [s.value for s in J]
+    for flush in range(6):  # several flushes, each job seen more than once, some twice in one batch
+        picks = [first + rng.randrange(9) for _ in range(12)]
+        store.apply(ChangeBatch(
+            jobs=[state(j, J(rng.choice(statuses)), start_time=10.0, end_time=10.0 + rng.randrange(50),
+                        request_memory=1000 * (flush + 1)) for j in picks],  # retries only ever ask for more
+            attempts=[attempt(j, rng.randrange(1, 3), J.FAILED, max_pss_kb=10**5 * flush + rng.randrange(10**5)) for j in picks[:4]],
+        ))
+    jobs = store.jobs(wf)
+    expected: dict[tuple[int, str], tuple[int, float]] = {}
+    for j in jobs:
+        n, w = expected.get((j.task_id, j.status), (0, 0.0))
+        wall = (j.end_time - j.start_time) if j.start_time is not None and j.end_time is not None else 0.0
+        expected[(j.task_id, j.status)] = (n + 1, w + wall)
+    kept = {(r.task_id, r.status): (r.n, r.wall_seconds) for r in store.task_stats(wf)}
+    assert kept == expected
+    largest: dict[int, int] = {}
+    for r in store.task_stats(wf):
+        largest[r.task_id] = max(largest.get(r.task_id, 0), r.max_request_memory)
+    assert largest == \
+        {t.task_id: max(j.request_memory for j in jobs if j.task_id == t.task_id) for t in store.tasks(wf)}
+    pss: dict[int, int] = {}
+    for j in jobs:
+        for a in store.attempts(j.job_id):
+            if a.max_pss_kb is not None:
+                pss[j.task_id] = max(pss.get(j.task_id, 0), a.max_pss_kb)
+    assert store.task_max_pss(wf) == pss

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from panray.store import ErrorGroupRow
 
@@ -26,8 +27,11 @@ _RULES = (
 )
 
 
+@lru_cache(maxsize=65536)
 def normalise(message: str | None) -> str:
-    """The message with paths, ids and numbers replaced by ``<path>``, ``<id>``, ``<n>``."""
+    """The message with paths, ids and numbers replaced by ``<path>``, ``<id>``, ``<n>``.
+
+    Cached: a polled error summary sees the same diagnostics again and again."""
     text = (message or "").strip()
     for pattern, placeholder in _RULES:
         text = pattern.sub(placeholder, text)

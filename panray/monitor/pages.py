@@ -145,13 +145,10 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
     per_task: dict[int, dict[str, int]] = {}
     mem: dict[int, int] = {}
     wall: dict[int, float] = {}
-    longest: dict[int, float] = {}
     for r in stats:
         per_task.setdefault(r.task_id, {})[r.status] = r.n
         mem[r.task_id] = max(mem.get(r.task_id, 0), r.max_request_memory)
         wall[r.task_id] = wall.get(r.task_id, 0.0) + r.wall_seconds
-        if r.max_wall_seconds is not None:
-            longest[r.task_id] = max(longest.get(r.task_id, 0.0), r.max_wall_seconds)
     jobs_url = f"{prefix}/workflows/{workflow_id}/jobs"
     total: dict[str, int] = {}
     by_label: dict[str, dict[str, int]] = {}
@@ -168,7 +165,7 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
             t.task_id, link(f"{jobs_url}?task={t.task_id}", t.label), t.chunk, t.status, progress(c),
             counts_html(c, f"{jobs_url}?task={t.task_id}"), rate, mem.get(t.task_id, ""),
             "" if max_pss is None else f"{max_pss / 1024:.0f}", seconds(wall.get(t.task_id)),
-            seconds(longest.get(t.task_id)),
+            seconds(wall.get(t.task_id, 0.0) / ended) if ended else "",
             action_button("cancel task", {"action": "cancel_task", "workflow_id": workflow_id, "task_id": t.task_id})
             if any(s not in _FINAL for s in c) else "",
         ))
@@ -180,7 +177,7 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
         + " · " + link(jobs_url, "all jobs")), id="wf-summary", data_live="1", class_="summary")
     task_table = tag("div", table(
         ["task", "label", "chunk", "status", "progress", "jobs by status", "failure rate", "request MB (max)",
-         "max PSS MB", "wall time (sum)", "longest job", ""], task_rows, class_="tasks"), id="tasks", data_live="1")
+         "max PSS MB", "wall time (sum)", "mean per ended job", ""], task_rows, class_="tasks"), id="tasks", data_live="1")
     dag = tag("div", Html(dag_svg(reader.label_edges(workflow_id), by_label,
                                   lambda label: f"{jobs_url}?{urlencode({'label': label})}")), id="dag", data_live="1")
     return Html(head + summary + tag("div", "", id="act-result", class_="act-result", role="status")

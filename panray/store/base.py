@@ -311,14 +311,13 @@ class WorkflowQuery:
 
 
 class TaskStatsRow(NamedTuple):
-    """Aggregates of one task's jobs in one status (one row per task and status)."""
+    """Aggregates of one task's jobs in one status (one row per task and status), kept by the store."""
 
     task_id: int
     status: str
     n: int
-    max_request_memory: int  #: MB
+    max_request_memory: int  #: MB, the largest any of the task's jobs asked for so far
     wall_seconds: float  #: sum of end - start over the jobs that have both
-    max_wall_seconds: float | None
 
 
 @dataclass(slots=True)
@@ -440,7 +439,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def task_stats(self, workflow_id: int) -> list[TaskStatsRow]:
-        """Per task and job status: count, largest memory request, wall time (one pass)."""
+        """Per task and job status: count, largest memory request, wall time (kept aggregates)."""
 
     @abstractmethod
     def task_max_pss(self, workflow_id: int) -> dict[int, int]:

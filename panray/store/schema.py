@@ -131,9 +131,10 @@ class Dialect:
     param: str  #: the driver's placeholder; shared statements are written with "?"
     table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
+    triggers: tuple[str, ...] = ()  #: backend-specific statements run after the tables exist
 
     def ddl(self) -> list[str]:
-        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL]
+        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL] + list(self.triggers)
 
     def sql(self, text: str) -> str:
         return text if self.param == "?" else text.replace("?", self.param)
