@@ -31,6 +31,9 @@ def test_job_page_filters_sorts_pages_and_counts(store: StateStore) -> None:
     assert all(c > 0 for c in page.created)
     page = store.job_page(wf, JobQuery(limit=4, offset=8))
     assert page.total == 9 and [r.idx for r in page.rows] == [8]
+    assert [r.idx for r in store.job_page(wf, JobQuery(limit=3, after_idx=4)).rows] == [5, 6, 7]
+    assert [r.idx for r in store.job_page(wf, JobQuery(limit=3, before_idx=4)).rows] == [1, 2, 3]
+    assert [r.idx for r in store.job_page(wf, JobQuery(label="a", after_idx=0)).rows] == [3, 6]
     page = store.job_page(wf, JobQuery(status=("failed",)))
     assert page.total == 2 and [r.idx for r in page.rows] == [0, 3]
     assert [r.idx for r in store.job_page(wf, JobQuery(label="a")).rows] == [0, 3, 6]

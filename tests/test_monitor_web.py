@@ -126,7 +126,11 @@ def test_jobs_list_filters_and_pages_on_the_server(staged: tuple[str, dict[str, 
     assert "1 of 3" in r.text and "file /data/visit_17.fits missing" in r.text
     r = _get(f"{base}?limit=3&offset=3", token)
     assert "rows 4-6 of 8" in r.text and len(re.findall(r'<a href="/monitor/jobs/\d+">', r.text)) == 3
-    assert "previous" in r.text and "next" in r.text
+    following = re.search(r'href="([^"]+)" class="next"', r.text).group(1).replace("&amp;", "&")  # type: ignore[union-attr]
+    assert "after=5" in following                                        # paged by key, not by offset
+    r = _get(url + following.replace("/monitor/", "/monitor/fragment/", 1), token)  # what the shell fetches
+    assert "rows 7-8 of 8" in r.text and re.findall(r'<td>(coadd-\d)</td>', r.text) == ["coadd-1", "coadd-2"]
+    assert 'class="next"' not in r.text and 'class="prev"' in r.text
     assert _get(f"{base}?label=coadd", token).text.count('<a href="/monitor/jobs/') == 3
     bad = _get(f"{base}?sort=random", token)
     assert bad.status_code == 400 and bad.json()["detail"] == "unknown sort 'random'; one of idx, -duration"
@@ -278,3 +282,20 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
         _until(lambda: cluster.store.job(bad.job_id).attempt_nr == 2, what="a second attempt of the failed job")
         assert cluster.wait([wf], timeout=60) == {wf: "SubFinished"}
         page.close()
+
+
+def test_workflow_list_search_and_sites(staged: tuple[str, dict[str, int], Panray], issuer: TokenIssuer) -> None:
+    url, ids, _ = staged
+    token, wf = issuer.token("carol"), ids["workflow"]
+    listing = _get(f"{url}/monitor/fragment/?owner=alice", token).text
+    assert f'href="/monitor/workflows/{wf}"' in listing and 'class="progress"' in listing and "rows 1-1 of 1" in listing
+    assert "rows 0-0 of 0" in _get(f"{url}/monitor/fragment/?owner=bob", token).text
+    assert "rows 0-0 of 0" in _get(f"{url}/monitor/fragment/?status=Finished", token).text
+    found = _get(f"{url}/monitor/fragment/search?q=DRP-", token)
+    assert found.headers["X-Panray-Location"] == f"/monitor/workflows/{wf}"    # one match: the page goes there
+    by_id = _get(f"{url}/monitor/fragment/search?q={ids['coadd-2']}", token)
+    assert f"/monitor/jobs/{ids['coadd-2']}" in by_id.text
+    assert "nothing found" in _get(f"{url}/monitor/fragment/search?q=no-such-thing", token).text
+    sites = _get(f"{url}/monitor/fragment/sites", token).text
+    assert all(s in sites for s in ("USDF", "FrDF", "UKDF")) and "35%" in sites and "40%" in sites
+    assert "100%" in sites                                     # the one recorded placement went to USDF

@@ -90,18 +90,22 @@ def counts_html(counts: Mapping[str, int], href: str | None = None) -> Html:
     return Html(" ".join(out) or "-")
 
 
-def pager(base: str, params: Mapping[str, object], offset: int, limit: int, total: int) -> Html:
-    """Previous/next links and the shown range."""
-    keep = {k: v for k, v in params.items() if v not in (None, "", ())}
+def pager(base: str, params: Mapping[str, object], offset: int, limit: int, total: int,
+          keys: tuple[int, int] | None = None) -> Html:
+    """Previous/next links and the shown range; with ``keys`` (first and last idx shown) the
+    links page by key (``before``/``after``), carrying the offset only for the range shown."""
+    keep = {k: v for k, v in params.items() if v not in (None, "", (), [])}
 
-    def at(o: int) -> str:
-        return base + "?" + urlencode({**keep, "offset": o}, doseq=True)
+    def at(o: int, **key: int) -> str:
+        return base + "?" + urlencode({**keep, "offset": o, **key}, doseq=True)
 
     parts = [f"rows {offset + 1 if total else 0}-{min(offset + limit, total)} of {total}"]
     if offset > 0:
-        parts.insert(0, link(at(max(offset - limit, 0)), "previous", class_="prev"))
+        back = max(offset - limit, 0)
+        href = at(back, before=keys[0]) if keys and back else at(back)
+        parts.insert(0, link(href, "previous", class_="prev"))
     if offset + limit < total:
-        parts.append(link(at(offset + limit), "next", class_="next"))
+        parts.append(link(at(offset + limit, **({"after": keys[1]} if keys else {})), "next", class_="next"))
     return tag("p", Html(" ".join(cell(p) for p in parts)), class_="pager")
 
 
@@ -241,7 +245,8 @@ def jobs_page(reader: MonitorReader, prefix: str, workflow_id: int, query: JobQu
               "name": query.name, "sort": query.sort if query.sort != "idx" else None}
     body = table(JOB_COLUMNS, [_job_cells(prefix, j, c, pss) for j, c in zip(page.rows, page.created)],
                  class_="jobs")
-    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total) + body), id="jobs",
+    keys = (page.rows[0].idx, page.rows[-1].idx) if page.rows and query.sort == "idx" else None
+    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total, keys) + body), id="jobs",
                data_live="1")
     head = tag("h1", Html("Jobs of " + link(f"{prefix}/workflows/{workflow_id}", f"workflow {workflow_id}: {wf.name}")))
     return Html(head + form + live)

@@ -130,7 +130,7 @@ def monitor_router(reader: MonitorReader, authorize: Callable[..., Any], *, pref
         caller: who, workflow_id: int, status: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies it
         label: str = "", site: str = "", error_class: str = "", exit_code: str = "", name: str = "",
         task: int | None = None, sort: str = "idx", offset: int = Query(0, ge=0),
-        limit: int = Query(100, ge=1, le=MAX_PAGE),
+        limit: int = Query(100, ge=1, le=MAX_PAGE), after: int | None = None, before: int | None = None,
     ) -> HTMLResponse:
         if sort not in JOB_SORTS:
             raise HTTPException(400, f"unknown sort {sort!r}; one of {', '.join(JOB_SORTS)}")
@@ -138,7 +138,7 @@ def monitor_router(reader: MonitorReader, authorize: Callable[..., Any], *, pref
             raise HTTPException(400, f"exit_code {exit_code!r} is not an integer")
         q = JobQuery(status=tuple(s for s in status if s), label=label or None, site=site or None,
                      error_class=error_class or None, exit_code=int(exit_code) if exit_code else None, task_id=task,
-                     name=name or None, sort=sort, limit=limit, offset=offset)
+                     name=name or None, sort=sort, limit=limit, offset=offset, after_idx=after, before_idx=before)
         return fragment(lambda: pages.jobs_page(reader, prefix, workflow_id, q))
 
     @router.get("/fragment/jobs/{job_id}", response_class=HTMLResponse)

@@ -282,7 +282,9 @@ class JobQuery:
     """Which jobs of a workflow a monitor page shows: every given filter must match.
 
     Pages are ``limit`` rows from ``offset`` in ``sort`` order (``idx``, or ``-duration``: longest
-    first), so no page ever carries a whole workflow.
+    first), so no page ever carries a whole workflow. In ``idx`` order ``after_idx`` / ``before_idx``
+    page by key instead (the rows just after / before that idx), as fast deep in a 200k-job
+    workflow as at its start; ``offset`` then only says where the page is, for display.
     """
 
     status: tuple[str, ...] = ()
@@ -295,6 +297,8 @@ class JobQuery:
     sort: str = "idx"
     limit: int = 100
     offset: int = 0
+    after_idx: int | None = None
+    before_idx: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

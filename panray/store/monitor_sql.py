@@ -152,10 +152,16 @@ class MonitorSQL:
             where.append("name >= ? AND name < ?")  # a prefix as a range: no LIKE escaping, index-friendly
             params.extend([query.name, query.name + "\U0010ffff"])
         cond = " AND ".join(where)
-        order = JOB_SORTS[query.sort]
         [(total,)] = self._fetch(f"SELECT COUNT(*) FROM jobs WHERE {cond}", params)
-        rows = self._fetch(f"SELECT {_JOB_COLUMNS}, creation_time FROM jobs WHERE {cond} ORDER BY {order}"
-                           " LIMIT ? OFFSET ?", [*params, query.limit, query.offset])
+        select = f"SELECT {_JOB_COLUMNS}, creation_time FROM jobs WHERE {cond}"
+        if query.sort == "idx" and query.after_idx is not None:
+            rows = self._fetch(f"{select} AND idx > ? ORDER BY idx LIMIT ?", [*params, query.after_idx, query.limit])
+        elif query.sort == "idx" and query.before_idx is not None:
+            rows = self._fetch(f"{select} AND idx < ? ORDER BY idx DESC LIMIT ?",
+                               [*params, query.before_idx, query.limit])[::-1]
+        else:
+            rows = self._fetch(f"{select} ORDER BY {JOB_SORTS[query.sort]} LIMIT ? OFFSET ?",
+                               [*params, query.limit, query.offset])
         return JobPage([JobRow._make(r[:-1]) for r in rows], [float(r[-1]) for r in rows], int(total))
 
     def jobs_max_pss(self, job_ids: Sequence[int]) -> dict[int, int]:
