@@ -137,7 +137,7 @@ def run(n_jobs: int, requests: int) -> tuple[list[dict[str, Any]], dict[str, Any
             ("jobs: status=failed", f"{base}/workflows/{wf_id}/jobs?status=failed"),
             (f"jobs: label={ids['label']} running", f"{base}/workflows/{wf_id}/jobs?label={ids['label']}&status=running"),
             ("jobs: site=FrDF exit 137", f"{base}/workflows/{wf_id}/jobs?site=FrDF&exit_code=137"),
-            ("jobs: page at offset 150000", f"{base}/workflows/{wf_id}/jobs?offset=150000"),
+            ("jobs: page after idx 150000", f"{base}/workflows/{wf_id}/jobs?after=150000&offset=150000"),
             ("jobs: longest first", f"{base}/workflows/{wf_id}/jobs?sort=-duration"),
             ("job page (failed job)", f"{base}/jobs/{ids['failed_job']}"),
             ("sites", f"{base}/sites"),
