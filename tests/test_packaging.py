@@ -8,7 +8,8 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs"]
+SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs",
+               "panray.monitor"]
 
 
 def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
@@ -21,6 +22,7 @@ def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
     for pkg in SUBPACKAGES:
         assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
     assert "panray/configs/sites.yaml" in names
+    assert {"panray/monitor/static/monitor.js", "panray/monitor/static/monitor.css"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import sys, importlib; sys.path.insert(0, sys.argv[1]);"
