@@ -238,8 +238,10 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
     [wf] = cluster.submit(Workflow(name="browser-run", owner="alice", jobs=jobs))
     app = FastAPI()
     app.include_router(monitor_router(PanrayReader(cluster), issuer.authorize, poll_seconds=0.5))
-    with serve(app) as url:
-        page = browser.new_page()  # type: ignore[attr-defined]
+    first = serve(app)
+    url = first.__enter__()
+    page = browser.new_page()  # type: ignore[attr-defined]
+    try:
         page.goto(f"{url}/monitor/workflows/{wf}")
         _log_in(page, issuer.token("alice"))
         page.wait_for_selector("#wf-summary")
@@ -247,7 +249,11 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
         _until(lambda: _count(page, "running") == 1 and _count(page, "failed") == 1, what="waiter running, bad failed")
         assert _count(page, "closed") == 1 and page.locator(".dag-node.blocked").count() == 1
         finished_before = _count(page, "finished")
-        gate.touch()
+    finally:
+        first.__exit__(None, None, None)                                  # the server goes away ...
+    _until(lambda: "unreachable" in page.locator("#live-status").inner_text(), what="the page to notice")
+    gate.touch()
+    with serve(app, port=int(url.rsplit(":", 1)[1])):                     # ... and comes back on its port
         _until(lambda: _count(page, "finished") == finished_before + 1, what="the count of finished jobs to change")
         _until(lambda: page.locator("#wf-summary .wf-status").inner_text() == "SubFinished", what="the end")
         assert page.evaluate("window.notReloaded === true")                # updated in place, no reload
