@@ -19,7 +19,7 @@ import ray
 
 from panray.actors.names import NAMESPACE, queue_name
 from panray.core.messages import Dispatch, Outcome, Started
-from panray.core.payload_runner import PayloadProcess, RunnerServices
+from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
@@ -127,6 +127,7 @@ class Pilot:
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
+        self._services.user = PayloadUser.lookup(settings.payload_user) if settings.payload_user else None
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""

@@ -362,12 +362,18 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("job", type=int)
     ex.add_argument("--json", action="store_true")
     ex.set_defaults(func=cmd_explain)
+
+    from panray.deploy.command import add_parser as add_deploy_parser
+
+    add_deploy_parser(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if getattr(args, "local", False):
+            return int(args.func(args))
         with Panray(_settings(args)) as pr:
             return int(args.func(pr, args))
     except PanrayError as exc:

@@ -49,6 +49,10 @@ class Settings(BaseModel):
     release_batch: int = 500
     max_system_retries: int = 3
     embedded_cpus_per_site: int = 8
+    payload_user: str | None = Field(default=None, description="run payloads as this Unix user (needs a root "
+                                     "server); None = the server's own user, who can read the home")
+    payload_dir: Path | None = Field(default=None, description="payload work dirs; default: <home>-work, "
+                                     "outside the private home")
 
     @property
     def resolved_db_url(self) -> str:
@@ -64,7 +68,8 @@ class Settings(BaseModel):
 
     @property
     def work_dir(self) -> Path:
-        return self.home / "work"
+        """Outside the home, so that no payload's work dir leads to a secret."""
+        return self.payload_dir or self.home.with_name(self.home.name + "-work")
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -2,8 +2,10 @@
 
 Embedded mode (no ``ray_address``) starts one raylet per site on 127.0.0.1 and records its
 address in ``PANRAY_HOME/cluster.json`` so that other panray commands (``panray cancel`` from a
-second shell) reach the same cluster while it runs. With ``ray_address`` set, panray joins an
-existing cluster whose nodes carry ``site:<NAME>`` resources.
+second shell) reach the same cluster while it runs. That cluster runs with Ray's token
+authentication (panray.ray_auth): joining it takes the home's 0600 token file as well as the
+address. With ``ray_address`` set, panray joins an existing cluster whose nodes carry
+``site:<NAME>`` resources, authenticating as Ray's own ``RAY_AUTH_*`` variables say.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from panray import ray_auth
 from panray.config import Settings
+from panray.exceptions import ConfigError
+from panray.home import private_dir, write_private
 from panray.sites import SiteCatalog, load_catalog
 from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_local_cluster
 
@@ -82,24 +87,40 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
     from panray.actors.names import NAMESPACE
 
     catalog = load_catalog(settings.sites_file)
+    _check_payload_user(settings)
     rt = Runtime(settings, catalog)
     address = settings.ray_address or _running_embedded(settings)
     if ray.is_initialized():
         pass
     elif address:
+        token = None if settings.ray_address else ray_auth.known_token(settings.home)
+        if token is not None:
+            ray_auth.use_token(token)
         rt.owns_ray = True
         ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
     elif not start:
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
     else:
-        settings.home.mkdir(parents=True, exist_ok=True)
+        ray_auth.use_token(ray_auth.new_token(private_dir(settings.home)))
         rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site)
         rt.owns_ray = True
         ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
                  log_to_driver=False)
-        _cluster_file(settings).write_text(json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
+        write_private(_cluster_file(settings), json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
     ensure_actors(rt, detached=detached)
     return rt
+
+
+def _check_payload_user(settings: Settings) -> None:
+    """A bad ``payload_user`` fails here, with one line, rather than in every pilot."""
+    if settings.payload_user is None:
+        return
+    from panray.core.payload_runner import PayloadUser
+
+    try:
+        PayloadUser.lookup(settings.payload_user)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def control_plane() -> Any:

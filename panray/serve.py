@@ -26,6 +26,7 @@ import psutil
 
 from panray.config import Settings
 from panray.exceptions import PanrayError
+from panray.home import write_private
 
 CLUSTER_FILE = "cluster.json"
 
@@ -109,13 +110,16 @@ def serve(settings: Settings) -> int:
             signal.signal(sig, on_signal)
         address = _cluster_address()
         me = psutil.Process()
-        _cluster_file(settings).write_text(json.dumps({
+        write_private(_cluster_file(settings), json.dumps({
             "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
         }))
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
+        if os.geteuid() == 0 and settings.payload_user is None:
+            print("warning: payloads run as root and can read this home; set payload_user (PANRAY_PAYLOAD_USER)",
+                  file=sys.stderr, flush=True)
         while not stop.wait(1.0):
             pass
         print("panray server stopping", flush=True)

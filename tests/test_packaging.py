@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs",
-               "panray.monitor"]
+               "panray.deploy", "panray.monitor"]
 
 
 def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
@@ -22,6 +22,8 @@ def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
     for pkg in SUBPACKAGES:
         assert pkg.replace(".", "/") + "/__init__.py" in names, pkg
     assert "panray/configs/sites.yaml" in names
+    assert {"panray/deploy/values-laptop.yaml", "panray/deploy/values-production.yaml"} <= set(names)
+    assert not [n for n in names if "/crds/" in n]  # reference schemas for the tests, not shipped
     assert {"panray/monitor/static/monitor.js", "panray/monitor/static/monitor.css"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

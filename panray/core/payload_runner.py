@@ -4,12 +4,17 @@ The command arrives encoded (panray.payload) and is executed as an argv list: no
 is ever built. stdout/stderr go to files in the attempt's work directory; the memory monitor
 kills the whole process group when the payload's PSS exceeds its request (out-of-memory is
 real, exit 137), and a cancel kills the group too.
+
+A payload inherits the pilot's environment without panray's or Ray's variables (the store URL,
+the cluster address, tokens), so it cannot act with the server's rights; with ``payload_user``
+it also runs as that unprivileged user, for whom the 0700 home is closed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -33,10 +38,46 @@ OOM_EXIT = 137
 _SETPRIV = shutil.which("setpriv")
 
 
-def _dying_with_pilot(argv: list[str]) -> tuple[list[str], Any]:
-    """The argv and preexec_fn that give the payload SIGKILL when its pilot thread dies."""
+#: Inherited variables a payload never sees: how to reach the store, the cluster or the server.
+PRIVATE_PREFIXES = ("PANRAY_", "RAY_")
+PRIVATE_NAMES = frozenset({"PGPASSWORD", "PGPASSFILE", "BEARER_TOKEN", "BEARER_TOKEN_FILE"})
+
+
+def clean_environment(inherited: dict[str, str]) -> dict[str, str]:
+    """The pilot's environment minus panray's, Ray's and token variables."""
+    return {k: v for k, v in inherited.items() if not k.startswith(PRIVATE_PREFIXES) and k not in PRIVATE_NAMES}
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadUser:
+    """The unprivileged Unix user payloads run as (``payload_user``)."""
+
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+    @classmethod
+    def lookup(cls, name: str) -> PayloadUser:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise ValueError(f"payload_user {name!r}: no such user") from None
+        if os.geteuid() != 0 and pw.pw_uid != os.geteuid():
+            raise ValueError(f"payload_user {name!r}: only a server running as root can run payloads as another user")
+        return cls(name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+    def environment(self) -> dict[str, str]:
+        return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
+
+
+def _dying_with_pilot(argv: list[str], user: PayloadUser | None) -> tuple[list[str], Any]:
+    """The argv and preexec_fn that give the payload SIGKILL when its pilot thread dies, as ``user``."""
     if _SETPRIV:
-        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv], None
+        as_user = [f"--reuid={user.uid}", f"--regid={user.gid}", "--clear-groups"] if user else []
+        return [_SETPRIV, "--pdeathsig", "KILL", *as_user, "--", *argv], None
+    if user:
+        raise OSError("payload_user needs setpriv (util-linux) on the worker node")
     return argv, cluster_runner.die_with_parent
 
 
@@ -62,6 +103,7 @@ class RunnerServices:
     log_interval: float = 2.0
     memory_tolerance: float = 1.0
     memory_interval: float = 0.5
+    user: PayloadUser | None = None  #: run payloads as this user, else as the pilot's
 
 
 class PayloadProcess:
@@ -99,11 +141,15 @@ class PayloadProcess:
         argv = decode_command(self.d.payload)
         assert argv is not None, "no-op jobs are completed by the pilot, not run"
         self.dir.mkdir(parents=True, exist_ok=True)
+        user = self.services.user
+        if user is not None:
+            os.chown(self.dir, user.uid, user.gid)
         if argv[0] == cluster_runner.CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
             (self.dir / cluster_runner.SPEC_FILE).write_text(argv[1])
             argv = [sys.executable, "-I", cluster_runner.__file__, cluster_runner.SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
-        env = dict(os.environ)
+        env = clean_environment(dict(os.environ))
+        env.update(user.environment() if user else {})
         env.update(json.loads(self.d.environment or "{}"))
         env.update(PANRAY_JOB_ID=str(self.d.job_id), PANRAY_ATTEMPT=str(self.d.attempt_nr),
                    PANRAY_WORKFLOW_ID=str(self.d.workflow_id), PANRAY_SITE=self.d.site,
@@ -114,7 +160,7 @@ class PayloadProcess:
                 with self._lock:
                     if self._kill_reason is not None:
                         return PayloadResult(start, time.time(), 130, self._kill_reason, "killed before start")
-                    launch, preexec = _dying_with_pilot(argv)
+                    launch, preexec = _dying_with_pilot(argv, user)
                     self._proc = subprocess.Popen(
                         launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
                         start_new_session=True, preexec_fn=preexec,

@@ -10,9 +10,10 @@ Examples:
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 from panray.exceptions import ConfigError
+from panray.home import create_private, private_dir
 from panray.store.base import (
     SCHEMA_VERSION,
     AttemptRow,
@@ -83,7 +84,10 @@ def open_store(url: str) -> StateStore:
             raise ConfigError(f"state store URL {url!r}: give an absolute path, sqlite:///abs/path")
         from panray.store.sqlite import SQLiteStore
 
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            create_private(private_dir(Path(path).parent) / Path(path).name)  # SQLite gives -wal/-shm its mode
+        except OSError as exc:
+            raise ConfigError(f"state store {path}: cannot open: {exc.strerror}") from None
         return SQLiteStore(path)
     if url.startswith(_POSTGRES):
         from panray.store.postgres import PostgresStore
