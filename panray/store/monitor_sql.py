@@ -33,6 +33,7 @@ MONITOR_DDL = (
     "CREATE INDEX jobs_workflow_label ON jobs (workflow_id, label, idx)",
     "CREATE INDEX jobs_workflow_site ON jobs (workflow_id, site, idx)",
     "CREATE INDEX brokerage_decisions_time ON brokerage_decisions (time)",
+    "CREATE INDEX attempts_failed ON attempts (job_id) WHERE status = 'failed'",  # error summaries read only these
 )
 _ADD_JOB = (
     "INSERT INTO task_job_stats (task_id, status, n, wall, max_request) VALUES ({r}.task_id, {r}.status, {sign},"
