@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SUBPACKAGES = ["panray.actors", "panray.dag", "panray.sites", "panray.logging_bridge", "panray.store", "panray.configs",
-               "panray.deploy", "panray.server", "panray.core"]
+               "panray.deploy", "panray.server", "panray.core", "panray.monitor"]
 
 
 def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
@@ -24,6 +24,7 @@ def test_wheel_holds_subpackages_and_imports_them(tmp_path: Path) -> None:
     assert "panray/configs/sites.yaml" in names
     assert {"panray/deploy/values-laptop.yaml", "panray/deploy/values-production.yaml"} <= set(names)
     assert not [n for n in names if "/crds/" in n]  # reference schemas for the tests, not shipped
+    assert {"panray/monitor/static/monitor.js", "panray/monitor/static/monitor.css"} <= set(names)
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = ("import sys, importlib; sys.path.insert(0, sys.argv[1]);"

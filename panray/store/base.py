@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 3  #: 3: the monitor's indexes (panray.store.monitor_sql)
 
 
 class NewJob(NamedTuple):
@@ -292,6 +292,73 @@ class WorkflowSnapshot:
     quantum_edges: list[tuple[int, int]] = field(default_factory=list)  #: (child idx, parent idx)
 
 
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs of a workflow a monitor page shows: every given filter must match.
+
+    Pages are ``limit`` rows from ``offset`` in ``sort`` order (``idx``, or ``-duration``: longest
+    first), so no page ever carries a whole workflow. In ``idx`` order ``after_idx`` / ``before_idx``
+    page by key instead (the rows just after / before that idx), as fast deep in a 200k-job
+    workflow as at its start; ``offset`` then only says where the page is, for display.
+    """
+
+    status: tuple[str, ...] = ()
+    label: str | None = None
+    site: str | None = None
+    error_class: str | None = None
+    exit_code: int | None = None
+    task_id: int | None = None
+    name: str | None = None  #: prefix of the job name
+    sort: str = "idx"
+    limit: int = 100
+    offset: int = 0
+    after_idx: int | None = None
+    before_idx: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowQuery:
+    """Which workflows the monitor's list shows, newest first."""
+
+    workflow_id: int | None = None
+    owner: str | None = None
+    status: str | None = None
+    name: str | None = None  #: substring of the workflow name
+    created_after: float | None = None  #: epoch seconds
+    limit: int = 50
+    offset: int = 0
+
+
+class TaskStatsRow(NamedTuple):
+    """Aggregates of one task's jobs in one status (one row per task and status), kept by the store."""
+
+    task_id: int
+    status: str
+    n: int
+    max_request_memory: int  #: MB, the largest any of the task's jobs asked for so far
+    wall_seconds: float  #: sum of end - start over the jobs that have both
+
+
+@dataclass(slots=True)
+class JobPage:
+    """One page of a job list: the rows, each job's creation time, and how many jobs match in all."""
+
+    rows: list[JobRow]
+    created: list[float]  #: creation_time of each row, in the same order
+    total: int
+
+
+class ErrorGroupRow(NamedTuple):
+    """Failed attempts of a workflow with one error class, exit code and diagnostic text."""
+
+    error_class: str | None
+    exit_code: int | None
+    diag: str | None
+    attempts: int
+    jobs: int
+    example_job_id: int
+
+
 class StateStore(ABC):
     """SQLite and PostgreSQL implement this; nothing outside ``panray.store`` issues SQL."""
 
@@ -382,6 +449,48 @@ class StateStore(ABC):
     @abstractmethod
     def quantum_counts(self, workflow_id: int) -> dict[str, int]:
         """``{status: n}`` over the quanta of a clustered workflow; {} if not clustered."""
+
+    # -- monitor reads (panray.store.monitor_sql) -------------------------------------------------
+
+    @abstractmethod
+    def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]:
+        """A page of workflows matching ``query``, newest first, and how many match in all."""
+
+    @abstractmethod
+    def workflow_job_counts(self, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """``{workflow_id: {job status: n}}`` for several workflows in one query."""
+
+    @abstractmethod
+    def workflow_task_counts(self, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """``{workflow_id: {task status: n}}`` (stored task statuses) for several workflows."""
+
+    @abstractmethod
+    def task_stats(self, workflow_id: int) -> list[TaskStatsRow]:
+        """Per task and job status: count, largest memory request, wall time (kept aggregates)."""
+
+    @abstractmethod
+    def task_max_pss(self, workflow_id: int) -> dict[int, int]:
+        """``{task_id: max PSS kB}`` over every measured attempt of the task's jobs."""
+
+    @abstractmethod
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
+        """One page of the workflow's jobs matching ``query`` and how many match in all."""
+
+    @abstractmethod
+    def jobs_max_pss(self, job_ids: Sequence[int]) -> dict[int, int]:
+        """``{job_id: max PSS kB}`` of the latest measured attempt of each of these jobs."""
+
+    @abstractmethod
+    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+        """Failed attempts grouped by (error class, exit code, diag), largest group first."""
+
+    @abstractmethod
+    def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
+        """Distinct ``(parent label, child label)`` pairs of the job graph (immutable once stored)."""
+
+    @abstractmethod
+    def recent_decisions(self, *, limit: int) -> list[DecisionRow]:
+        """The latest ``limit`` brokerage decisions over every workflow, newest first."""
 
     @abstractmethod
     def record_audit(self, rows: Sequence[AuditRow]) -> None:

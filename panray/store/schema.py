@@ -46,6 +46,7 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.monitor_sql import MONITOR_DDL, MonitorSQL
 from panray.store.quanta import QUANTA_DDL, QuantaSQL
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,10 @@ class Dialect:
     param: str  #: the driver's placeholder; shared statements are written with "?"
     table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
+    triggers: tuple[str, ...] = ()  #: backend-specific statements run after the tables exist
 
     def ddl(self) -> list[str]:
-        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL]
+        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL] + list(self.triggers)
 
     def sql(self, text: str) -> str:
         return text if self.param == "?" else text.replace("?", self.param)
@@ -297,7 +299,7 @@ _FAILURES = (
 )
 
 
-class SQLStore(QuantaSQL, StateStore):
+class SQLStore(QuantaSQL, MonitorSQL, StateStore):
     """A :class:`StateStore` over any SQL database that :class:`Dialect` can describe.
 
     Subclasses provide a transaction (``_transaction``) and the bulk moves; every other method,

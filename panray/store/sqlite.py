@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from panray.exceptions import StoreError, StoreUnavailableError
 from panray.store.base import AttemptRow, JobState
+from panray.store.monitor_sql import SQLITE_TRIGGERS
 from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
 _BUSY_TIMEOUT_S = 60.0
@@ -34,6 +35,7 @@ _DIALECT = Dialect(
     types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY"},
     param="?",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    triggers=SQLITE_TRIGGERS,
 )
 #: ``?NNN`` parameters take a JobState tuple as it is: job_id is ?1, the rest follow in order.
 _UPDATE_JOB = "UPDATE jobs SET {} WHERE job_id = ?1".format(

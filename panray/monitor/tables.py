@@ -1,4 +1,4 @@
-"""Plain-text tables for operators, in the spirit of the PanDA monitor."""
+"""Plain-text tables for operators (the CLI renderer of the monitor), in the spirit of the PanDA monitor."""
 
 from __future__ import annotations
 

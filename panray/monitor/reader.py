@@ -1,0 +1,194 @@
+"""What the web monitor reads and does, as one narrow interface, and its implementation on a
+:class:`~panray.api.Panray` session (its state store, log sink and object store).
+
+The pages depend only on :class:`MonitorReader`; the service layer can implement it instead, so
+authorization of the bulk actions stays in one place (:meth:`MonitorReader.act`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from panray.exceptions import NotFoundError, PanrayError, PermissionDeniedError
+from panray.statuses import FINAL_WORKFLOW_STATES
+from panray.store import (
+    AttemptRow,
+    DecisionRow,
+    ErrorGroupRow,
+    HistoryRow,
+    JobPage,
+    JobQuery,
+    JobRow,
+    TaskRow,
+    TaskStatsRow,
+    TransferRow,
+    WorkflowQuery,
+    WorkflowRow,
+)
+
+if TYPE_CHECKING:
+    from panray.api import Panray
+    from panray.logging_bridge import LogSink, ObjectStore
+
+#: The role that may act on anyone's workflow, as in PanDA (``/vo/Role=production``).
+PRODUCTION_ROLE = "production"
+
+
+class Caller(Protocol):
+    """Who is asking: the identity the server's authorization dependency returns."""
+
+    user: str
+    roles: frozenset[str]
+
+
+class BulkAction(BaseModel):
+    """An operator's action from the monitor: the request body of ``POST /monitor/api/act``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["retry", "cancel_task", "cancel_jobs"]
+    workflow_id: int
+    task_id: int | None = None
+    job_ids: list[int] = Field(default_factory=list, max_length=10_000)
+
+
+class MonitorReader(Protocol):
+    """The reads the pages need (store rows, nothing rendered) and the one write path."""
+
+    def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]: ...
+    def workflow(self, workflow_id: int) -> WorkflowRow: ...
+    def workflow_job_counts(self, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]: ...
+    def workflow_task_counts(self, workflow_ids: Sequence[int]) -> dict[int, dict[str, int]]: ...
+    def tasks(self, workflow_id: int) -> list[TaskRow]: ...
+    def task_stats(self, workflow_id: int) -> list[TaskStatsRow]: ...
+    def task_max_pss(self, workflow_id: int) -> dict[int, int]: ...
+    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]: ...
+    def label_edges(self, workflow_id: int) -> list[tuple[str, str]]: ...
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage: ...
+    def jobs_max_pss(self, job_ids: Sequence[int]) -> dict[int, int]: ...
+    def job(self, job_id: int) -> JobRow: ...
+    def attempts(self, job_id: int) -> list[AttemptRow]: ...
+    def history(self, job_id: int) -> list[HistoryRow]: ...
+    def decisions(self, job_id: int) -> list[DecisionRow]: ...
+    def transfers(self, job_id: int) -> list[TransferRow]: ...
+    def log_entries(self, job_id: int, attempt: int) -> list[dict[str, Any]]: ...
+    def attempt_files(self, job: JobRow, attempt: int) -> list[str]: ...
+    def attempt_file(self, job: JobRow, attempt: int, name: str) -> bytes: ...
+    def sites(self) -> list[dict[str, Any]]: ...
+    def recent_decisions(self, *, limit: int) -> list[DecisionRow]: ...
+    def act(self, caller: Caller, action: BulkAction) -> str: ...
+
+
+def check_may_act(caller: Caller, workflow: WorkflowRow, verb: str) -> None:
+    """Only the workflow's owner or the production role may retry or cancel it."""
+    if caller.user != workflow.owner and PRODUCTION_ROLE not in caller.roles:
+        raise PermissionDeniedError(f"only the owner ({workflow.owner}) or role {PRODUCTION_ROLE} may {verb} "
+                                    f"workflow {workflow.workflow_id}")
+
+
+class PanrayReader:
+    """:class:`MonitorReader` on a Panray session. Label graphs are cached: they never change."""
+
+    def __init__(self, pr: Panray):
+        self.pr = pr
+        self.store = pr.store
+        self._edges: dict[int, list[tuple[str, str]]] = {}
+        self._lock = threading.Lock()
+        self._sink: LogSink | None = None
+        self._objects: ObjectStore | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """The store's reads of the same names (find_workflows, tasks, job_page, attempts, ...)."""
+        if name in _STORE_READS:
+            return getattr(self.store, name)
+        raise AttributeError(name)
+
+    def workflow(self, workflow_id: int) -> WorkflowRow:
+        rows, _ = self.store.find_workflows(WorkflowQuery(workflow_id=workflow_id, limit=1))
+        if not rows:
+            raise NotFoundError(f"no workflow {workflow_id}")
+        return rows[0]
+
+    def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
+        with self._lock:
+            cached = self._edges.get(workflow_id)
+        if cached is None:
+            cached = self.store.label_edges(workflow_id)
+            with self._lock:
+                self._edges[workflow_id] = cached
+        return cached
+
+    def _log_sink(self) -> LogSink:
+        if self._sink is None:
+            from panray.logging_bridge import make_sink
+
+            self._sink = make_sink(self.pr.settings)
+        return self._sink
+
+    def _object_store(self) -> ObjectStore:
+        if self._objects is None:
+            from panray.logging_bridge import make_object_store
+
+            self._objects = make_object_store(self.pr.settings)
+        return self._objects
+
+    def log_entries(self, job_id: int, attempt: int) -> list[dict[str, Any]]:
+        return self._log_sink().query(job_id=str(job_id), attempt=attempt)
+
+    def attempt_files(self, job: JobRow, attempt: int) -> list[str]:
+        prefix = _prefix(job, attempt)
+        return [key[len(prefix):] for key in self._object_store().list(prefix)]
+
+    def attempt_file(self, job: JobRow, attempt: int, name: str) -> bytes:
+        if name not in self.attempt_files(job, attempt):
+            raise NotFoundError(f"job {job.job_id} attempt {attempt} has no stored file {name!r}")
+        return self._object_store().get(_prefix(job, attempt) + name)
+
+    def sites(self) -> list[dict[str, Any]]:
+        from panray.site_ops import site_rows
+
+        shares = {s.name: s.drp_share for s in self.pr.catalog}
+        return [{**row, "target_share": shares.get(row["site"], 0.0)} for row in site_rows(self.pr)]
+
+    def act(self, caller: Caller, action: BulkAction) -> str:
+        """Retry an ended workflow's failed jobs, or cancel a task or some jobs of a running one."""
+        wf = self.workflow(action.workflow_id)
+        if action.action == "retry":
+            check_may_act(caller, wf, "retry")
+            if wf.status not in {s.value for s in FINAL_WORKFLOW_STATES}:
+                raise PanrayError(f"workflow {wf.workflow_id} is still {wf.status}: the engine retries ended "
+                                  "workflows only (their failed, cancelled and pruned jobs)")
+            self.pr.retry(wf.workflow_id)
+            return f"workflow {wf.workflow_id}: rerunning its failed, cancelled and pruned jobs"
+        check_may_act(caller, wf, "cancel")
+        if action.action == "cancel_task":
+            if action.task_id is None:
+                raise PanrayError("cancel_task needs a task_id")
+            reached = self.pr.cancel(wf.workflow_id, task_id=action.task_id)
+            what = f"task {action.task_id}"
+        else:
+            if not action.job_ids:
+                raise PanrayError("cancel_jobs needs job_ids")
+            reached = self.pr.cancel(wf.workflow_id, job_ids=action.job_ids)
+            what = f"{len(action.job_ids)} jobs"
+        if not reached:
+            raise PanrayError(f"workflow {wf.workflow_id} has no running manager: nothing cancelled")
+        return f"workflow {wf.workflow_id}: cancel of {what} sent to its manager"
+
+
+#: Reads a PanrayReader passes straight to the state store.
+_STORE_READS = frozenset({
+    "find_workflows", "workflow_job_counts", "workflow_task_counts", "tasks", "task_stats", "task_max_pss",
+    "error_groups", "job_page", "jobs_max_pss", "job", "attempts", "history", "decisions", "transfers",
+    "recent_decisions",
+})
+
+
+def _prefix(job: JobRow, attempt: int) -> str:
+    from panray.logging_bridge import attempt_prefix
+
+    return attempt_prefix(job.workflow_id, job.task_id, job.job_id, attempt)
