@@ -83,7 +83,7 @@ def staged(store_url: str, tmp_path: Path, issuer: TokenIssuer) -> Iterator[tupl
     LocalObjectStore(Path(pr.settings.resolved_storage)).put(
         prmon, attempt_prefix(sub.workflow_id, job0.task_id, isr[0], 1) + "prmon.txt")
     app = FastAPI()
-    app.include_router(monitor_router(PanrayReader(pr), issuer.authorize))
+    app.include_router(monitor_router(PanrayReader(pr.service), issuer.authorize))
     with serve(app) as url:
         yield url, {"workflow": sub.workflow_id, **ids}, pr
     pr.close()
@@ -237,7 +237,7 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
             Job(name="ok", label="isr", command=["true"])]
     [wf] = cluster.submit(Workflow(name="browser-run", owner="alice", jobs=jobs))
     app = FastAPI()
-    app.include_router(monitor_router(PanrayReader(cluster), issuer.authorize, poll_seconds=0.5))
+    app.include_router(monitor_router(PanrayReader(cluster.service), issuer.authorize, poll_seconds=0.5))
     first = serve(app)
     url = first.__enter__()
     page = browser.new_page()  # type: ignore[attr-defined]

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from panray.exceptions import NotFoundError, PanrayError, PermissionDeniedError
-from panray.statuses import FINAL_WORKFLOW_STATES
+from panray.exceptions import NotFoundError, PanrayError
 from panray.store import (
     AttemptRow,
     DecisionRow,
@@ -31,11 +30,8 @@ from panray.store import (
 )
 
 if TYPE_CHECKING:
-    from panray.api import Panray
     from panray.logging_bridge import LogSink, ObjectStore
-
-#: The role that may act on anyone's workflow, as in PanDA (``/vo/Role=production``).
-PRODUCTION_ROLE = "production"
+    from panray.service import Service
 
 
 class Caller(Protocol):
@@ -83,19 +79,14 @@ class MonitorReader(Protocol):
     def act(self, caller: Caller, action: BulkAction) -> str: ...
 
 
-def check_may_act(caller: Caller, workflow: WorkflowRow, verb: str) -> None:
-    """Only the workflow's owner or the production role may retry or cancel it."""
-    if caller.user != workflow.owner and PRODUCTION_ROLE not in caller.roles:
-        raise PermissionDeniedError(f"only the owner ({workflow.owner}) or role {PRODUCTION_ROLE} may {verb} "
-                                    f"workflow {workflow.workflow_id}")
-
-
 class PanrayReader:
-    """:class:`MonitorReader` on a Panray session. Label graphs are cached: they never change."""
+    """:class:`MonitorReader` on panray's service: reads from its store, actions through the service,
+    which authorizes and audits them (the one place of the rules). Label graphs are cached: they
+    never change."""
 
-    def __init__(self, pr: Panray):
-        self.pr = pr
-        self.store = pr.store
+    def __init__(self, service: Service):
+        self.service = service
+        self.store = service.store
         self._edges: dict[int, list[tuple[str, str]]] = {}
         self._lock = threading.Lock()
         self._sink: LogSink | None = None
@@ -126,14 +117,14 @@ class PanrayReader:
         if self._sink is None:
             from panray.logging_bridge import make_sink
 
-            self._sink = make_sink(self.pr.settings)
+            self._sink = make_sink(self.service.settings)
         return self._sink
 
     def _object_store(self) -> ObjectStore:
         if self._objects is None:
             from panray.logging_bridge import make_object_store
 
-            self._objects = make_object_store(self.pr.settings)
+            self._objects = make_object_store(self.service.settings)
         return self._objects
 
     def log_entries(self, job_id: int, attempt: int) -> list[dict[str, Any]]:
@@ -149,31 +140,27 @@ class PanrayReader:
         return self._object_store().get(_prefix(job, attempt) + name)
 
     def sites(self) -> list[dict[str, Any]]:
-        from panray.site_ops import site_rows
-
-        shares = {s.name: s.drp_share for s in self.pr.catalog}
-        return [{**row, "target_share": shares.get(row["site"], 0.0)} for row in site_rows(self.pr)]
+        return [{**row, "target_share": row["drp_share"]} for row in self.service.sites()]
 
     def act(self, caller: Caller, action: BulkAction) -> str:
         """Retry an ended workflow's failed jobs, or cancel a task or some jobs of a running one."""
+        from panray.identity import Identity, Role
+
+        who = Identity(caller.user, frozenset(Role(r) for r in caller.roles if r in Role._value2member_map_)
+                       | {Role.USER})
         wf = self.workflow(action.workflow_id)
         if action.action == "retry":
-            check_may_act(caller, wf, "retry")
-            if wf.status not in {s.value for s in FINAL_WORKFLOW_STATES}:
-                raise PanrayError(f"workflow {wf.workflow_id} is still {wf.status}: the engine retries ended "
-                                  "workflows only (their failed, cancelled and pruned jobs)")
-            self.pr.retry(wf.workflow_id)
+            self.service.retry(who, wf.workflow_id)
             return f"workflow {wf.workflow_id}: rerunning its failed, cancelled and pruned jobs"
-        check_may_act(caller, wf, "cancel")
         if action.action == "cancel_task":
             if action.task_id is None:
                 raise PanrayError("cancel_task needs a task_id")
-            reached = self.pr.cancel(wf.workflow_id, task_id=action.task_id)
+            reached = self.service.cancel(who, wf.workflow_id, task_id=action.task_id)
             what = f"task {action.task_id}"
         else:
             if not action.job_ids:
                 raise PanrayError("cancel_jobs needs job_ids")
-            reached = self.pr.cancel(wf.workflow_id, job_ids=action.job_ids)
+            reached = self.service.cancel(who, wf.workflow_id, job_ids=action.job_ids)
             what = f"{len(action.job_ids)} jobs"
         if not reached:
             raise PanrayError(f"workflow {wf.workflow_id} has no running manager: nothing cancelled")

@@ -8,7 +8,7 @@ polled again. Everything ships in the package: no CDN, nothing fetched from outs
 Examples:
     >>> from fastapi import FastAPI                                              # doctest: +SKIP
     >>> app = FastAPI()
-    >>> app.include_router(monitor_router(PanrayReader(pr), authorize))      # pages at /monitor/
+    >>> app.include_router(monitor_router(PanrayReader(pr.service), authorize))      # pages at /monitor/
 """
 
 

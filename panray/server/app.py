@@ -347,6 +347,10 @@ def create_app(service: Service, authenticator: Authenticator, *, max_body: int 
                           instrument=req.instrument)
         return _json({"text": text})
 
+    from panray.monitor.reader import PanrayReader
+    from panray.monitor.web import monitor_router
+
+    app.include_router(monitor_router(PanrayReader(service), identity))  # the operator's pages, /monitor/
     return BodyLimit(app, max_body or service.settings.server_max_body)  # type: ignore[return-value]
 
 
