@@ -457,11 +457,11 @@ class PanrayService(BaseWmsService):
     def _open_ref(self, ref: RunRef) -> Panray:
         return self._open(ref.settings, ref.url)
 
-    def _open_existing(self, settings: Settings) -> Panray:
-        """The store of a run to read or act on: a missing one is an error, never created."""
-        if not store_exists(settings.resolved_db_url):
-            raise NotFoundError(f"no panray store at {_redact(settings.resolved_db_url)}")
-        return self._open(settings)
+    def _open_existing(self, ref: RunRef) -> Panray:
+        """The panray of a run to read or act on: a missing local store is an error, never created."""
+        if ref.url is None and not store_exists(ref.settings.resolved_db_url):
+            raise NotFoundError(f"no panray store at {_redact(ref.settings.resolved_db_url)}")
+        return self._open_ref(ref)
 
     # -- submit --------------------------------------------------------------------------------
 
@@ -487,8 +487,7 @@ class PanrayService(BaseWmsService):
             workflow.run_id = ref.run_id
             workflow.run_ref = ref
             _write_run_file(workflow.submit_path, ref)
-<<<<<<< HEAD
-            if persistent(settings):
+            if url is not None or persistent(settings):
                 return
             print(f"panray run {ref.run_id}: no panray server, running on an embedded cluster until it ends "
                   "(`panray serve` first makes bps submit return at once)", file=sys.stderr, flush=True)
@@ -499,11 +498,6 @@ class PanrayService(BaseWmsService):
                       f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it",
                       file=sys.stderr, flush=True)
                 raise
-=======
-            if url is None and not persistent(settings):
-                log.info("no panray server: embedded cluster, waiting for workflow %s to end", wf_id)
-                pr.wait([wf_id])
->>>>>>> server
 
     def restart(self, wms_workflow_id: str) -> tuple[str | None, str | None, str]:
         """Rerun the failed, pruned and cancelled jobs of an ended run in place, then its final job.
@@ -512,14 +506,10 @@ class PanrayService(BaseWmsService):
         """
         try:
             ref = RunRef.parse(wms_workflow_id)
-            pr = self._open_existing(ref.settings)
+            pr = self._open_existing(ref)
         except PanrayError as exc:
             return None, None, str(exc)
-<<<<<<< HEAD
         with pr:
-=======
-        with self._open_ref(ref) as pr:
->>>>>>> server
             try:
                 row = pr.status(ref.workflow_id)[0]
                 if _orphan(pr, ref):
@@ -541,26 +531,16 @@ class PanrayService(BaseWmsService):
         """Run ids of the active runs (the ones cancel can act on)."""
         if wms_id is not None:
             ref = RunRef.parse(wms_id)
-<<<<<<< HEAD
-            if not store_exists(ref.settings.resolved_db_url):
+            if ref.url is None and not store_exists(ref.settings.resolved_db_url):
                 return []
-            with self._open(ref.settings) as pr:
-                rows = [w.workflow_id for w in pr.store.workflows(active_only=True)
-                        if w.workflow_id == ref.workflow_id]
-            return [RunRef(i, ref.settings).run_id for i in rows]
-        settings = Settings.load()
-        if not store_exists(settings.resolved_db_url):
-            return []
-        with self._open(settings) as pr:
-            return [RunRef(w.workflow_id, settings).run_id for w in pr.store.workflows(active_only=True)
-=======
             with self._open_ref(ref) as pr:
                 rows = [w.workflow_id for w in pr.workflows(active_only=True) if w.workflow_id == ref.workflow_id]
             return [RunRef(i, ref.settings, ref.url).run_id for i in rows]
         settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
+        if url is None and not store_exists(settings.resolved_db_url):
+            return []
         with self._open(settings, url) as pr:
             return [RunRef(w.workflow_id, settings, url).run_id for w in pr.workflows(active_only=True)
->>>>>>> server
                     if user is None or w.owner == user]
 
     def report(self, wms_workflow_id: str | None = None, user: str | None = None, hist: float = 0,
@@ -569,13 +549,8 @@ class PanrayService(BaseWmsService):
         if wms_workflow_id is not None:
             try:
                 ref = RunRef.parse(wms_workflow_id)
-<<<<<<< HEAD
-                with self._open_existing(ref.settings) as pr:
-                    rows = [w for w in pr.store.workflows() if w.workflow_id == ref.workflow_id]
-=======
-                with self._open_ref(ref) as pr:
+                with self._open_existing(ref) as pr:
                     rows = [w for w in pr.workflows() if w.workflow_id == ref.workflow_id]
->>>>>>> server
                     if not rows:
                         return [], f"no panray run {ref.run_id}"
                     message = _orphan_message(ref) if _orphan(pr, ref) else ""
@@ -584,28 +559,19 @@ class PanrayService(BaseWmsService):
                 return [], str(exc)
         settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
         since = time.time() - hist * 86400
-<<<<<<< HEAD
-        if not store_exists(settings.resolved_db_url):
+        if url is None and not store_exists(settings.resolved_db_url):
             return [], f"no panray store at {_redact(settings.resolved_db_url)}"
-        with self._open(settings) as pr:
-            rows = [w for w in pr.store.workflows()
-=======
         with self._open(settings, url) as pr:
             rows = [w for w in pr.workflows()
->>>>>>> server
                     if (user is None or w.owner == user) and (w.ended is None or w.ended >= since)]
             return [_run_report(pr, w, RunRef(w.workflow_id, settings, url), detailed=False) for w in rows], ""
 
     def get_status(self, wms_workflow_id: str, hist: float = 1, is_global: bool = False) -> tuple[WmsStates, str]:
         try:
             ref = RunRef.parse(wms_workflow_id)
-<<<<<<< HEAD
-            with self._open_existing(ref.settings) as pr:
+            with self._open_existing(ref) as pr:
                 if _orphan(pr, ref):
                     return WmsStates.HELD, _orphan_message(ref)
-=======
-            with self._open_ref(ref) as pr:
->>>>>>> server
                 return run_state(pr.status(ref.workflow_id)[0].status), ""
         except (PanrayError, NotFoundError) as exc:
             return WmsStates.UNKNOWN, str(exc)
@@ -614,16 +580,12 @@ class PanrayService(BaseWmsService):
         """Kills running payloads through the workflow's manager; needs its cluster to be up."""
         try:
             ref = RunRef.parse(wms_id)
-<<<<<<< HEAD
-            with self._open_existing(ref.settings) as pr:
-=======
-            with self._open_ref(ref) as pr:
->>>>>>> server
+            with self._open_existing(ref) as pr:
                 if pr.is_final(ref.workflow_id):
                     return False, f"run {ref.run_id} has already ended"
                 if pr.cancel(ref.workflow_id):
                     return True, ""
-                if not driven(ref.settings):
+                if ref.url is None and not driven(ref.settings):
                     n = cancel_orphan(pr.store, ref.workflow_id)
                     return True, (f"run {ref.run_id} had no panray driving it (its embedded submit ended); "
                                   f"{n} jobs marked cancelled")
@@ -634,25 +596,26 @@ class PanrayService(BaseWmsService):
             return False, str(exc)
 
     def ping(self, pass_thru: str | None = None) -> tuple[int, str]:
-<<<<<<< HEAD
-        """The state store answers, and so does the cluster a submit would use (server or address).
+        """The store (or the server of ``PANRAY_URL``) answers, and so does the cluster a submit would use.
 
-        A store that does not exist yet is no failure (the first submit creates it) and is not
-        created here.
+        A local store that does not exist yet is no failure (the first submit creates it) and is
+        not created here.
         """
-        settings = Settings.load()
-        server = server_info(settings)
+        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
+        server = None if url is not None else server_info(settings)
         try:
-            if store_exists(settings.resolved_db_url):
-                with self._open(settings) as pr:
-                    pr.store.workflows(active_only=True)
-                    if settings.ray_address is not None or server is not None:
+            if url is not None or store_exists(settings.resolved_db_url):
+                with self._open(settings, url) as pr:
+                    pr.workflows(active_only=True)
+                    if url is None and (settings.ray_address is not None or server is not None):
                         pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
                 store = _redact(settings.resolved_db_url)
             else:
                 store = f"{_redact(settings.resolved_db_url)} (none yet: the first submit creates it)"
         except Exception as exc:  # any failure to reach panray is ping's answer, not a crash
             return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
+        if url is not None:
+            return 0, f"panray server {url}"
         if settings.ray_address is not None:
             where = f"cluster {settings.ray_address} (PANRAY_RAY_ADDRESS)"
         elif server is not None:
@@ -660,26 +623,11 @@ class PanrayService(BaseWmsService):
         else:
             where = "embedded (no panray server in this home: submit waits for each run)"
         return 0, f"panray store {store}, {where}"
-=======
-        """The state store answers, and the cluster too when ``PANRAY_RAY_ADDRESS`` names one."""
-        settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
-        try:
-            with self._open(settings, url) as pr:
-                pr.workflows(active_only=True)
-                if settings.ray_address is not None and url is None:
-                    pr.runtime  # noqa: B018 - joins the cluster and checks panray's actors
-        except Exception as exc:  # any failure to reach panray is ping's answer, not a crash
-            return 1, f"panray unreachable: {type(exc).__name__}: {exc}"
-        if url is not None:
-            return 0, f"panray server {url}"
-        where = settings.ray_address or "embedded (no PANRAY_RAY_ADDRESS: submit waits for each run)"
-        return 0, f"panray store {_redact(settings.resolved_db_url)}, cluster {where}"
->>>>>>> server
 
 
 def _orphan(pr: Panray, ref: RunRef) -> bool:
-    """The run has not ended and nothing drives it (see :mod:`panray.orphans`)."""
-    return not driven(ref.settings) and not pr.is_final(ref.workflow_id)
+    """The run has not ended and nothing drives it (see :mod:`panray.orphans`); a server's runs are its own."""
+    return ref.url is None and not driven(ref.settings) and not pr.is_final(ref.workflow_id)
 
 
 def _orphan_message(ref: RunRef) -> str:
