@@ -37,7 +37,7 @@ from panray.core.messages import Dispatch
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import encode_command
 from panray.prompt import PromptPoolError, check_detectors
-from panray.statuses import JobStatus, derive_task_status, derive_workflow_status
+from panray.store.base import ChangeBatch, SubmittedCampaign
 
 log = logging.getLogger(__name__)
 
@@ -452,14 +452,18 @@ class DispatchCore:
 
 
 def write_visit(store: Any, report: VisitReport, site: str, task: TaskConfig) -> None:
-    """Record one finished visit as a workflow: submitted, then closed, in two transactions.
+    """Record one finished visit as a workflow, in one transaction, through the workflow core.
 
-    The store has no table for prompt jobs yet, so a visit becomes a campaign of one workflow
-    with one task and one job per detector; prompt-specific values (visit, detector, cache hit,
-    notification time) go in the job's tags.
+    A visit becomes a campaign of one workflow with one task and one job per detector; the
+    pilots' results drive a :class:`WorkflowCore` on the snapshot the submit will store, so every
+    job moves through the one transition table (history rows with previous status and cause) and
+    task and workflow statuses are derived where every workflow's are. Prompt-specific values
+    (visit, detector, cache hit, notification time) go in the job's tags.
     """
-    from panray.store.base import AttemptRow, ChangeBatch, HistoryRow, JobState, NewCampaign, NewJob, NewTask
-    from panray.store.base import NewWorkflow
+    from panray.core.messages import Outcome, Started
+    from panray.core.workflow_core import WorkflowCore
+    from panray.store import planned_snapshot
+    from panray.store.base import NewCampaign, NewJob, NewTask, NewWorkflow
 
     payload = encode_command(task.command) if task.command else ""
     jobs = sorted(report.jobs, key=lambda j: j.detector)
@@ -474,26 +478,20 @@ def write_visit(store: Any, report: VisitReport, site: str, task: TaskConfig) ->
     wf = NewWorkflow(name=name, owner="prompt", home_site=site,
                      tasks=[NewTask(f"prompt:{report.instrument}", 0, len(jobs))], jobs=new_jobs, edges=[],
                      settings=json.dumps({"prompt": True, "remapped": report.remapped}))
-    sub = store.submit(NewCampaign(name=name, owner="prompt", workflows=[wf])).workflows[0]
-    batch = ChangeBatch()
-    counts: dict[str, int] = {}
     now = time.time()
-    for i, j in enumerate(jobs):
-        job_id = sub.first_job_id + i
-        status = JobStatus.FINISHED.value if j.error is None else JobStatus.FAILED.value
-        counts[status] = counts.get(status, 0) + 1
-        error_class = None if j.error is None else "payload"
-        batch.jobs.append(JobState(job_id, status, 1, site, j.pilot, j.payload_start, j.end, j.exit_code,
-                                   error_class, j.error, task.request_memory, now))
-        batch.history.extend((HistoryRow(job_id, 1, JobStatus.SENT.value, j.notified),
-                              HistoryRow(job_id, 1, JobStatus.RUNNING.value, j.payload_start),
-                              HistoryRow(job_id, 1, status, j.end)))
-        batch.attempts.append(AttemptRow(job_id, 1, status, site, j.pilot, j.payload_start, j.end,
-                                         j.exit_code, error_class, j.error, task.request_memory, None, None))
-    batch.tasks.append((sub.first_task_id, derive_task_status(counts).value))
-    batch.workflows.append((sub.workflow_id, derive_workflow_status(counts).value,
-                            max((j.end for j in jobs), default=now)))
-    store.apply(batch)
+
+    def run(sub: SubmittedCampaign) -> ChangeBatch:
+        ids = sub.workflows[0]
+        core = WorkflowCore(planned_snapshot(wf, ids, sub.campaign_id, now))
+        core.start(min((j.notified for j in jobs), default=now))
+        first = ids.first_job_id
+        core.started([Started(first + i, 1, j.pilot, j.notified, 0.0) for i, j in enumerate(jobs)])
+        core.ended([Outcome(first + i, 1, j.pilot, site, j.notified, j.payload_start, j.end, j.exit_code,
+                            None if j.error is None else "payload", j.error, None, None)
+                    for i, j in enumerate(jobs)])
+        return core.drain_changes(max((j.end for j in jobs), default=now))
+
+    store.submit(NewCampaign(name=name, owner="prompt", workflows=[wf]), then=run)
 
 
 @ray.remote(num_cpus=0)

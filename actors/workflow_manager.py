@@ -73,7 +73,7 @@ class _Writer(threading.Thread):
 class WorkflowManager:
     """Drives one workflow; see the module docstring. Named ``workflow-manager:<id>``."""
 
-    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any], retry: bool = False):
+    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any], retry: bool = False, by: str = ""):
         self.workflow_id = workflow_id
         self.flush_interval = float(settings.get("flush_interval", 0.2))
         self.release_batch = int(settings.get("release_batch", 500))
@@ -86,6 +86,7 @@ class WorkflowManager:
         )
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
         self._retry = retry
+        self._by = by  #: who started this manager (cause of a retry or a stored cancel)
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
@@ -130,16 +131,16 @@ class WorkflowManager:
                 "lag_max": lags[-1] if lags else None, "rss_bytes": psutil.Process().memory_info().rss,
                 "pid": psutil.Process().pid}
 
-    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
-        """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs."""
-        self._inbox.append(("cancel", task_id, job_ids))
+    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None, by: str = "") -> None:
+        """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs; ``by`` who."""
+        self._inbox.append(("cancel", task_id, job_ids, by))
         self._wake.set()
 
-    def retry(self) -> None:
-        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name)."""
+    def retry(self, by: str = "") -> None:
+        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name); ``by`` who."""
         self._restarting = True
         self._done.clear()
-        self._inbox.append(("retry",))
+        self._inbox.append(("retry", by))
         self._wake.set()
 
     def progress(self) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class WorkflowManager:
 
     def _pump_loop(self) -> None:
         try:
-            self._ready.extend(self.core.start(time.time(), retry=self._retry))
+            self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self._by))
             last_flush = last_expire = time.time()
             while True:
                 self._wake.wait(self.flush_interval)
@@ -204,12 +205,12 @@ class WorkflowManager:
             self._writer.wait_idle()
             snap = self.store.load_workflow(self.workflow_id)
             self.core = make_core(snap, self.core.settings, manager=self.core.manager)
-            self._ready = self.core.start(now, retry=True)
+            self._ready = self.core.start(now, retry=True, by=msg[1])
             self._restarting = False
         elif kind == "cancel":
-            task_id, job_ids = msg[1], msg[2]
+            task_id, job_ids, by = msg[1], msg[2], msg[3]
             whole = task_id is None and job_ids is None
-            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()))
+            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()), by=by)
             if whole:
                 self._ready.clear()
             self._ready.extend(ready)

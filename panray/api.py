@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import getpass
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from panray.config import Settings
 from panray.exceptions import NotFoundError, PanrayError
 from panray.models import Campaign, Workflow
 from panray.sites import load_catalog
-from panray.statuses import FINAL_WORKFLOW_STATES, derive_task_status
+from panray.statuses import FINAL_WORKFLOW_STATES
 from panray.store import StateStore, open_store
 from panray.store.base import JobRow, WorkflowRow
 from panray.submission import build_campaign
@@ -109,7 +110,8 @@ class Panray:
         handle = WorkflowManager.options(
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
             lifetime=lifetime, scheduling_strategy=control_plane(),
-        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry)
+        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry,
+                 by=getpass.getuser())
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
         return handle
@@ -134,22 +136,21 @@ class Panray:
 
     def status(self, workflow_id: int | None = None) -> list[WorkflowSummary]:
         """Monitor rows from the state store (the source of truth), newest first."""
-        rows = self.store.workflows()
         if workflow_id is not None:
-            rows = [w for w in rows if w.workflow_id == workflow_id]
-            if not rows:
-                raise NotFoundError(f"no workflow {workflow_id}")
-        return [self._summary(w) for w in rows]
+            try:
+                return [self._summary(self.store.workflow(workflow_id))]
+            except NotFoundError:
+                raise NotFoundError(f"no workflow {workflow_id}") from None
+        return [self._summary(w) for w in self.store.workflows()]
 
     def _summary(self, w: WorkflowRow) -> WorkflowSummary:
-        per_task = self.store.job_counts(w.workflow_id)
         jobs: dict[str, int] = {}
-        tasks: dict[str, int] = {}
-        for counts in per_task.values():
+        for counts in self.store.job_counts(w.workflow_id).values():
             for s, n in counts.items():
                 jobs[s] = jobs.get(s, 0) + n
-            ts = derive_task_status(counts, cancelled=w.cancelled).value
-            tasks[ts] = tasks.get(ts, 0) + 1
+        tasks: dict[str, int] = {}
+        for t in self.store.tasks(w.workflow_id):  # stored as the workflow core derived them
+            tasks[t.status] = tasks.get(t.status, 0) + 1
         quanta = self.store.quantum_counts(w.workflow_id) or dict(jobs)
         return WorkflowSummary(w.workflow_id, w.name, w.owner, w.status, tasks, jobs, w.created, quanta)
 
@@ -214,7 +215,7 @@ class Panray:
         mgr = self._manager(workflow_id)
         if mgr is None:
             return False
-        mgr.cancel.remote(task_id, None if job_ids is None else list(job_ids))
+        mgr.cancel.remote(task_id, None if job_ids is None else list(job_ids), by=getpass.getuser())
         return True
 
     def _check_in_workflow(self, workflow_id: int, task_id: int | None, job_ids: Sequence[int]) -> None:
@@ -235,7 +236,7 @@ class Panray:
         self.store.set_cancelled(workflow_id, False)
         mgr = self._manager(workflow_id)
         if mgr is not None:
-            ray.get(mgr.retry.remote())
+            ray.get(mgr.retry.remote(by=getpass.getuser()))
         else:
             self._start_manager(workflow_id, retry=True)
 

@@ -49,11 +49,12 @@ class SiteConfigError(PanrayError):
 
 
 class IllegalTransitionError(PanrayError):
-    """A status change that the transition table does not allow."""
+    """A status change that the transition table (:mod:`panray.transitions`) does not allow."""
 
-    def __init__(self, entity: str, old: str, new: str):
-        self.entity, self.old, self.new = entity, old, new
-        super().__init__(f"illegal {entity} transition {old} -> {new}")
+    def __init__(self, entity: str, entity_id: int, old: str, new: str, cause: str = ""):
+        self.entity, self.entity_id, self.old, self.new, self.cause = entity, entity_id, old, new, cause
+        because = f" ({cause})" if cause else ""
+        super().__init__(f"illegal transition of {entity} {entity_id}: {old} -> {new}{because}")
 
 
 class NotFoundError(PanrayError):

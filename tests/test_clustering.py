@@ -21,8 +21,9 @@ from panray.logging_bridge import make_sink
 from panray.models import Campaign
 from panray.models import ClusterRule as RuleModel
 from panray.sites import load_catalog
-from panray.store import open_store
 from panray.submission import build_campaign, build_workflow
+
+from helpers import core_of
 
 CATALOG = load_catalog(Settings().sites_file)
 PER_DETECTOR = RuleModel(name="single", labels=["isr", "characterizeImage", "calibrate"],
@@ -147,12 +148,8 @@ ABCD_RULES = [RuleModel(name="abc", labels=["a", "b", "c"], dimensions=["k"]), R
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> ClusteredCore:
-    store = open_store(f"sqlite://{tmp_path}/state.db")
-    wf = Workflow(name="w", jobs=_abcd_jobs(), clustering=ABCD_RULES)
-    sub = store.submit(build_campaign(Campaign(name="c", workflows=[wf]), CATALOG))
-    c = make_core(store.load_workflow(sub.workflows[0].workflow_id))
-    store.close()
+def core() -> ClusteredCore:
+    c = core_of(Workflow(name="w", jobs=_abcd_jobs(), clustering=ABCD_RULES))
     assert isinstance(c, ClusteredCore)
     return c
 

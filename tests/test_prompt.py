@@ -178,7 +178,11 @@ def test_visits_are_recorded_in_the_state_store(pool: Settings) -> None:
         jobs = store.jobs(wf.workflow_id)
         assert [json.loads(j.tags)["detector"] for j in jobs] == [5, 6, 7]
         assert {j.status for j in jobs} == {"finished"} and all(j.pilot in PILOTS for j in jobs)
-        assert [h.status for h in store.history(jobs[0].job_id)] == ["sent", "running", "finished"]
+        history = store.history(jobs[0].job_id)  # the workflow core's path, each move with its cause
+        assert [(h.previous, h.status) for h in history] == [
+            ("pending", "defined"), ("defined", "assigned"), ("assigned", "activated"), ("activated", "sent"),
+            ("sent", "starting"), ("starting", "running"), ("running", "finished")]
+        assert history[-1].cause == "pilot report"
     finally:
         store.close()
 

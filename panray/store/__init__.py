@@ -34,6 +34,7 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.schema import planned_snapshot
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -56,6 +57,7 @@ __all__ = [
     "WorkflowRow",
     "WorkflowSnapshot",
     "open_store",
+    "planned_snapshot",
 ]
 
 _SQLITE = "sqlite://"
