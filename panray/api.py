@@ -75,6 +75,13 @@ class Panray:
         """The Ray side, started (embedded) or joined on first use."""
         return self._connect(start=True)
 
+    def running(self) -> Any:
+        """The Ray side if a cluster runs (joined, never started); None otherwise."""
+        try:
+            return self._connect(start=False)
+        except RuntimeError:
+            return None
+
     def _connect(self, start: bool) -> Any:
         if self._runtime is None:
             from panray.runtime import connect

@@ -1,7 +1,7 @@
 """Applies a workflow's clustering rules at submission: quanta in, cluster jobs (and quanta rows) out.
 
 A cluster of one quantum is that quantum's own job. A larger cluster becomes one job whose
-payload is the cluster runner (:mod:`panray.core.cluster_runner`) with the quanta's own command
+payload is the cluster runner (:mod:`panray.core.cluster_runner`, spec in :mod:`panray.cluster_format`) with the quanta's own command
 lines, environments and in-cluster dependencies; its resource request is the largest of its
 quanta's, and all of them must agree on a site pin. A cluster of no-op quanta is a no-op job.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from panray.core.cluster_runner import CLUSTER_ARGV0, ClusterSpec, QuantumSpec
+from panray.cluster_format import CLUSTER_ARGV0, ClusterSpec, QuantumSpec
 from panray.dag import ClusterRule, Clustering, JobGraph, build_graph, cluster_quanta
 from panray.exceptions import WorkflowValidationError
 from panray.models import Job, Workflow

@@ -11,7 +11,8 @@ import pytest
 
 from panray import Job, Panray, Workflow
 from panray.core.cluster_core import ClusteredCore, make_core
-from panray.core.cluster_runner import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results, run_cluster
+from panray.cluster_format import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results
+from panray.core.cluster_runner import run_cluster
 from panray.core.messages import Outcome
 from panray.cli import main as cli_main
 from panray.config import Settings

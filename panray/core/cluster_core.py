@@ -22,7 +22,7 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator
 
-from panray.core.cluster_runner import SKIP_ENV
+from panray.cluster_format import SKIP_ENV
 from panray.core.messages import Dispatch, Outcome
 from panray.core.workflow_core import (
     ACTIVATED,

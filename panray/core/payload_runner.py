@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from panray.cluster_format import CLUSTER_ARGV0, SPEC_FILE, read_results
 from panray.core import cluster_runner
 from panray.core.messages import Dispatch
 from panray.payload import decode_command
@@ -99,9 +100,9 @@ class PayloadProcess:
         argv = decode_command(self.d.payload)
         assert argv is not None, "no-op jobs are completed by the pilot, not run"
         self.dir.mkdir(parents=True, exist_ok=True)
-        if argv[0] == cluster_runner.CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
-            (self.dir / cluster_runner.SPEC_FILE).write_text(argv[1])
-            argv = [sys.executable, "-I", cluster_runner.__file__, cluster_runner.SPEC_FILE]
+        if argv[0] == CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
+            (self.dir / SPEC_FILE).write_text(argv[1])
+            argv = [sys.executable, "-I", cluster_runner.__file__, SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
         env = dict(os.environ)
         env.update(json.loads(self.d.environment or "{}"))
@@ -132,7 +133,7 @@ class PayloadProcess:
         max_pss = int(summary["Max"]["pss"]) if summary else None
         result = self._classify(code, start, end, max_pss)
         result.log_url = self._upload([out_path, err_path, self.dir / "prmon.txt", self.dir / "prmon.json"])
-        result.quanta = cluster_runner.read_results(self.dir)
+        result.quanta = read_results(self.dir)
         return result
 
     def _classify(self, code: int, start: float, end: float, max_pss: int | None) -> PayloadResult:
