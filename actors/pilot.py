@@ -21,6 +21,7 @@ from panray.actors.names import NAMESPACE, queue_name
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
+from panray.retry import CANCELLED, SYSTEM
 
 REPORT_INTERVAL = 0.05
 
@@ -141,13 +142,13 @@ class Pilot:
         procs = [self._running.get((manager, j)) for j in job_ids]
         for p in procs:
             if p is not None:
-                p.kill("cancelled")
+                p.kill(CANCELLED)
         return dropped + sum(p is not None for p in procs)
 
     def stop(self) -> None:
         self._stop.set()
         for p in list(self._running.values()):
-            p.kill("cancelled")
+            p.kill(CANCELLED)
 
     # -- loops -------------------------------------------------------------------------------
 
@@ -203,7 +204,7 @@ class Pilot:
                           r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
         except Exception as exc:  # the pilot itself failed to run it: a system error
             now = time.time()
-            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
+            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, SYSTEM,
                           f"pilot error: {exc!r}"[:500], None, None)
         finally:
             self._running.pop((d.manager, d.job_id), None)

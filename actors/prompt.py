@@ -37,6 +37,7 @@ from panray.core.messages import Dispatch
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import encode_command
 from panray.prompt import PromptPoolError, check_detectors
+from panray.retry import PAYLOAD
 from panray.store.base import ChangeBatch, SubmittedCampaign
 
 log = logging.getLogger(__name__)
@@ -487,7 +488,7 @@ def write_visit(store: Any, report: VisitReport, site: str, task: TaskConfig) ->
         first = ids.first_job_id
         core.started([Started(first + i, 1, j.pilot, j.notified, 0.0) for i, j in enumerate(jobs)])
         core.ended([Outcome(first + i, 1, j.pilot, site, j.notified, j.payload_start, j.end, j.exit_code,
-                            None if j.error is None else "payload", j.error, None, None)
+                            None if j.error is None else PAYLOAD, j.error, None, None)
                     for i, j in enumerate(jobs)])
         return core.drain_changes(max((j.end for j in jobs), default=now))
 

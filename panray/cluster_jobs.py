@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from panray.cluster_format import CLUSTER_ARGV0, ClusterSpec, QuantumSpec
-from panray.dag import ClusterRule, Clustering, JobGraph, build_graph, cluster_quanta
+from panray.dag import Clustering, JobGraph, build_graph, cluster_quanta
 from panray.exceptions import WorkflowValidationError
 from panray.models import Job, Workflow
 from panray.payload import decode_command, encode_command
@@ -41,8 +41,7 @@ def cluster_jobs(wf: Workflow) -> ClusteredJobs:
     """Validate the quanta graph, apply ``wf.clustering`` and build one :class:`Job` per cluster."""
     quanta = list(wf.jobs)
     graph = build_graph([q.name for q in quanta], [q.parents for q in quanta])
-    rules = [ClusterRule(r.name, tuple(r.labels), tuple(r.dimensions), r.max_size) for r in wf.clustering]
-    c = cluster_quanta(graph, [q.label for q in quanta], [q.tags for q in quanta], rules)
+    c = cluster_quanta(graph, [q.label for q in quanta], [q.tags for q in quanta], wf.clustering)
     parents: list[list[str]] = [[] for _ in range(len(c))]
     for child, parent in c.edges:
         parents[child].append(c.names[parent])

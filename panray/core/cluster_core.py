@@ -36,7 +36,7 @@ from panray.core.workflow_core import (
     WorkflowCore,
 )
 from panray.dag import JobGraph, Releaser
-from panray.retry import RetrySpec
+from panray.retry import PAYLOAD, PRUNED, RetrySpec
 from panray.statuses import CODE_OF, FINAL_CODES, JOB_CODES, JobStatus
 from panray.store.base import ChangeBatch, QuantumState, WorkflowSnapshot
 from panray.transitions import JOB_ENDED, QUANTA, QUANTUM_RUN, RELEASED, prune_from, transition
@@ -145,7 +145,7 @@ class ClusteredCore(WorkflowCore):
                 failed = [q for q in members if qs.status[q] == FAILED]
                 if failed:
                     q = failed[0]
-                    o = o._replace(error_class="payload", exit_code=qs.exit_code[q],
+                    o = o._replace(error_class=PAYLOAD, exit_code=qs.exit_code[q],
                                    diag=f"quantum {qs.names[q]} failed for good")
             yield o
 
@@ -195,7 +195,7 @@ class ClusteredCore(WorkflowCore):
                     touched.setdefault(qs.job[q], qs.names[root])
         for k, root_name in touched.items():
             if self.status[k] in _CLOSABLE and all(qs.status[q] == CLOSED for q in qs.members[k]):
-                self.error_class[k] = "pruned"
+                self.error_class[k] = PRUNED
                 self.diag[k] = f"all its quanta pruned (ancestor quantum {root_name} failed for good)"
                 self._move(k, CLOSED, t, prune_from(root_name))
                 resolved.append(k)

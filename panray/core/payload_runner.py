@@ -24,6 +24,7 @@ from panray.cluster_format import CLUSTER_ARGV0, SPEC_FILE, read_results
 from panray.core import cluster_runner
 from panray.core.messages import Dispatch
 from panray.payload import decode_command
+from panray.retry import CANCELLED, MEMORY, PAYLOAD
 
 OOM_EXIT = 137
 
@@ -121,7 +122,7 @@ class PayloadProcess:
                         start_new_session=True, preexec_fn=preexec,
                     )
             except OSError as exc:
-                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0]!r}: {exc}")
+                return PayloadResult(start, time.time(), 127, PAYLOAD, f"cannot start {argv[0]!r}: {exc}")
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
 
@@ -140,14 +141,14 @@ class PayloadProcess:
         if code < 0:
             code = 128 - code
         reason = self._kill_reason
-        if reason == "memory":
+        if reason == MEMORY:
             diag = f"killed: PSS {max_pss} kB above request {self.d.request_memory} MB"
-            return PayloadResult(start, end, OOM_EXIT, "memory", diag, max_pss)
-        if reason == "cancelled":
-            return PayloadResult(start, end, code, "cancelled", "killed by cancel", max_pss)
+            return PayloadResult(start, end, OOM_EXIT, MEMORY, diag, max_pss)
+        if reason == CANCELLED:
+            return PayloadResult(start, end, code, CANCELLED, "killed by cancel", max_pss)
         if code == 0:
             return PayloadResult(start, end, 0, None, None, max_pss)
-        return PayloadResult(start, end, code, "payload", f"payload exited with code {code}", max_pss)
+        return PayloadResult(start, end, code, PAYLOAD, f"payload exited with code {code}", max_pss)
 
     def _start_watchers(self, files: list[tuple[Path, str]]) -> tuple[Any, Any]:
         from panray.logging_bridge import LogTailer, MemoryMonitor
@@ -160,7 +161,7 @@ class PayloadProcess:
         assert self._proc is not None
         monitor = MemoryMonitor(
             self._proc.pid, self.dir, interval=self.services.memory_interval, ncores=self.d.request_cpus,
-            limit_kb=limit_kb, on_exceed=lambda _pss: self.kill("memory"),
+            limit_kb=limit_kb, on_exceed=lambda _pss: self.kill(MEMORY),
         )
         monitor.start()
         return tailer, monitor

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.locality import DataLocality
 from panray.dag import JobGraph, Releaser
-from panray.retry import SYSTEM, USER_CLASSES, RetrySpec, decide
+from panray.retry import CANCELLED as CANCEL_CLASS
+from panray.retry import PRUNED, SYSTEM, USER_CLASSES, RetrySpec, decide
 from panray.statuses import CODE_OF, FINAL_CODES, JOB_CODES, JobStatus, derive_task_status, derive_workflow_status
 from panray.store.base import AttemptRow, ChangeBatch, DecisionRow, HistoryRow, JobState, WorkflowSnapshot
 from panray.transitions import (
@@ -324,7 +325,7 @@ class WorkflowCore:
               o: Outcome | None, cause: str) -> list[int]:
         """End the attempt; start a new one if the retry rules allow, else prune descendants."""
         self.error_class[i], self.diag[i], self.exit_code[i] = error_class, diag, exit_code
-        if error_class == "cancelled":
+        if error_class == CANCEL_CLASS:
             self._move(i, CANCELLED, t, cause)
             self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
             self._prune(i, t, "was cancelled")
@@ -369,7 +370,7 @@ class WorkflowCore:
         cause = prune_from(self.rows[i].name)
         for c in self.releaser.descendants([i]):
             if c != self.final_idx and self.status[c] not in FINAL_CODES:
-                self.error_class[c] = "pruned"
+                self.error_class[c] = PRUNED
                 self.diag[c] = f"ancestor {self.rows[i].name} {why}"
                 self._move(c, CLOSED, t, cause)
 
@@ -402,7 +403,7 @@ class WorkflowCore:
                 continue
             if c in HELD or c == ACTIVATED:
                 held.append((self.first_id + i, self.pilot[i]))
-            self.error_class[i] = "cancelled"
+            self.error_class[i] = CANCEL_CLASS
             self._move(i, CANCELLED, now, cause)
             if c in HELD:
                 self._record_attempt(i, None, None)
