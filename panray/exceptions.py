@@ -79,3 +79,25 @@ class ClusterCycleError(WorkflowValidationError):
             "clustering would create a cycle between jobs " + " -> ".join(jobs + jobs[:1])
             + f" (quanta: {via}); put these quanta in the same cluster or in none"
         )
+
+
+class UnknownInstrumentError(PanrayError):
+    """A prompt notification names an instrument that has no standing prompt task."""
+
+    def __init__(self, instrument: str, known: list[str]):
+        self.instrument, self.known = instrument, known
+        super().__init__(f"unknown instrument {instrument!r}; known instruments: {', '.join(sorted(known))}")
+
+
+class UnknownDetectorError(PanrayError):
+    """A prompt notification names detectors outside the instrument's range ``0..n_detectors-1``."""
+
+    def __init__(self, instrument: str, detectors: list[object], n_detectors: int):
+        self.instrument, self.detectors = instrument, detectors
+        shown = ", ".join(map(repr, detectors[:10])) + (" ..." if len(detectors) > 10 else "")
+        s = "s" if len(detectors) > 1 else ""
+        super().__init__(f"unknown {instrument} detector{s} {shown}; valid detectors are 0..{n_detectors - 1}")
+
+
+class PromptPoolError(PanrayError):
+    """The prompt pool cannot run a visit: not started, or every pilot is gone."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from panray import Job, Panray, Workflow
-from panray.core.cluster_core import ClusteredCore, make_core
+from panray.core.cluster_core import ClusteredCore
 from panray.cluster_format import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results
 from panray.core.cluster_runner import run_cluster
 from panray.core.messages import Outcome
@@ -19,7 +19,6 @@ from panray.config import Settings
 from panray.dag import ClusterRule, build_graph, ci_hsc, cluster_quanta, parse_rules
 from panray.exceptions import ClusterCycleError, WorkflowValidationError
 from panray.logging_bridge import make_sink
-from panray.models import Campaign
 from panray.sites import load_catalog
 from panray.submission import build_campaign, build_workflow
 

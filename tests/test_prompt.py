@@ -13,20 +13,11 @@ import pytest
 
 import panray  # noqa: F401  (before ray: loopback only)
 from panray import prompt
-from panray.actors.prompt import (
-    CalibKey,
-    DispatchCore,
-    PilotConfig,
-    PilotCore,
-    Push,
-    RendezvousRing,
-    TaskConfig,
-    percentiles,
-    prompt_pilot_name,
-)
+from panray.actors.prompt_pool import prompt_pilot_name
 from panray.config import Settings
-from panray.exceptions import PanrayError
-from panray.prompt import PromptPoolError, UnknownDetectorError, UnknownInstrumentError
+from panray.core.prompt_core import CalibKey, PilotConfig, PilotCore, Push, RendezvousRing, TaskConfig
+from panray.core.prompt_task import DispatchCore, percentiles
+from panray.exceptions import PanrayError, PromptPoolError, UnknownDetectorError, UnknownInstrumentError
 from panray.store import open_store
 
 PILOTS = [prompt_pilot_name("USDF", k) for k in range(4)]
@@ -83,7 +74,7 @@ def _failing_payload(key: CalibKey, visit: int, calib: Any) -> int:
     return 3 if key.detector == 1 else 0
 
 
-def _push(dets: tuple[int, ...], version: str = "v1", payload: Any = "panray.actors.prompt:noop_payload") -> Push:
+def _push(dets: tuple[int, ...], version: str = "v1", payload: Any = "panray.core.prompt_core:noop_payload") -> Push:
     return Push("LSSTCam", 7, version, 0.0, dets, payload, "", 1000)
 
 

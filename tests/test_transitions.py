@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from panray import Campaign, ClusterRule, Job, Workflow
-from panray.actors.prompt import JobResult, TaskConfig, VisitReport, write_visit
+from panray.core.prompt_core import JobResult, TaskConfig
+from panray.core.prompt_task import VisitReport, write_visit
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import WorkflowCore
 from panray.exceptions import IllegalTransitionError
