@@ -12,12 +12,12 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import ray
 
 from panray.actors.names import NAMESPACE, queue_name
+from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
@@ -96,12 +96,11 @@ class _Sleepers:
 class Pilot:
     """Pulls from ``site-queue:<site>`` and runs payloads; see the module docstring."""
 
-    def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
+    def __init__(self, pilot_id: str, site: str, slots: int, settings: Settings):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
-        self._services = RunnerServices(work_dir=Path(work_dir))
-        self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
-        if logging:
-            self._configure_logging(logging)
+        self._services = RunnerServices(work_dir=settings.work_dir)
+        self._heartbeat_interval = settings.heartbeat_interval
+        self._configure_logging(settings)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
         self._managers: dict[str, Any] = {}
         self._running: dict[tuple[str, int], PayloadProcess] = {}  # (manager, job_id): ids are per store
@@ -119,11 +118,9 @@ class Pilot:
         for t in self._threads:
             t.start()
 
-    def _configure_logging(self, cfg: dict[str, Any]) -> None:
-        from panray.config import Settings
+    def _configure_logging(self, settings: Settings) -> None:
         from panray.logging_bridge import make_object_store, make_sink
 
-        settings = Settings.model_validate(cfg)
         self._services.sink = make_sink(settings)
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval

@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 
+from panray.config import Settings
 from panray.core.cluster_core import make_core
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
 from panray.core.messages import Outcome, Started
@@ -73,17 +74,14 @@ class _Writer(threading.Thread):
 class WorkflowManager:
     """Drives one workflow; see the module docstring. Named ``workflow-manager:<id>``."""
 
-    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any], retry: bool = False, by: str = ""):
+    def __init__(self, workflow_id: int, settings: Settings, retry: bool = False, by: str = ""):
         self.workflow_id = workflow_id
-        self.flush_interval = float(settings.get("flush_interval", 0.2))
-        self.release_batch = int(settings.get("release_batch", 500))
+        self.flush_interval = settings.flush_interval
+        self.release_batch = settings.release_batch
+        db_url = settings.resolved_db_url
         self.store = open_store(db_url)
         snap = self.store.load_workflow(workflow_id)
-        core_settings = CoreSettings(
-            max_system_retries=int(settings.get("max_system_retries", 3)),
-            heartbeat_timeout=float(settings.get("heartbeat_timeout", 7200.0)),
-            sent_timeout=float(settings.get("sent_timeout", 1800.0)),
-        )
+        core_settings = CoreSettings.from_settings(settings)
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
         self._retry = retry
         self._by = by  #: who started this manager (cause of a retry or a stored cancel)

@@ -117,8 +117,7 @@ class Panray:
         handle = WorkflowManager.options(
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
             lifetime=lifetime, scheduling_strategy=control_plane(),
-        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry,
-                 by=getpass.getuser())
+        ).remote(workflow_id, self.settings, retry, by=getpass.getuser())
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
         return handle

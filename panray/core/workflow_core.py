@@ -18,6 +18,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.locality import DataLocality
 from panray.dag import JobGraph, Releaser
@@ -56,11 +57,20 @@ HELD = frozenset({SENT, STARTING, RUNNING})
 _STATUS_STR = [s.value for s in JOB_CODES]
 
 
-@dataclass(slots=True)
+_DEFAULTS = Settings.model_fields
+
+
+@dataclass(frozen=True, slots=True)
 class CoreSettings:
-    max_system_retries: int = 3
-    heartbeat_timeout: float = 7200.0  #: a running job silent this long is lost
-    sent_timeout: float = 1800.0  #: a job sent to a pilot that has not started it by then is lost
+    """The part of :class:`panray.config.Settings` the core uses (defaults are Settings' own)."""
+
+    max_system_retries: int = _DEFAULTS["max_system_retries"].default
+    heartbeat_timeout: float = _DEFAULTS["heartbeat_timeout"].default  #: a running job silent this long is lost
+    sent_timeout: float = _DEFAULTS["sent_timeout"].default  #: a job sent to a pilot that never started it is lost
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> CoreSettings:
+        return cls(s.max_system_retries, s.heartbeat_timeout, s.sent_timeout)
 
 
 class WorkflowCore:
