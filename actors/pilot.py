@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.names import NAMESPACE, queue_name
+from panray.actors.names import Handles, queue_name
 from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, RunnerServices
@@ -101,8 +101,8 @@ class Pilot:
         self._services = RunnerServices(work_dir=settings.work_dir)
         self._heartbeat_interval = settings.heartbeat_interval
         self._configure_logging(settings)
-        self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
-        self._managers: dict[str, Any] = {}
+        self._handles = Handles()
+        self._queue = self._handles.require(queue_name(site))
         self._running: dict[tuple[str, int], PayloadProcess] = {}  # (manager, job_id): ids are per store
         self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots)
@@ -247,10 +247,4 @@ class Pilot:
                 self._reports.add_ended(name, outs)
 
     def _manager(self, name: str) -> Any:
-        mgr = self._managers.get(name)
-        if mgr is None:
-            try:
-                mgr = self._managers[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-        return mgr
+        return self._handles.get(name)

@@ -23,7 +23,7 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
-from panray.actors.names import NAMESPACE
+from panray.actors.names import actor
 from panray.core.prompt_core import JobResult, PilotConfig, PilotCore, Push, TaskConfig
 from panray.core.prompt_task import DispatchCore, PromptStats, VisitReport, write_visit
 from panray.payload import encode_command
@@ -99,10 +99,11 @@ class PromptDispatcher:
         """(Re)bind the pool by name; pilots that cannot be found are left out."""
         self._handles = {}
         for name in pilots:
-            try:
-                self._handles[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
+            handle = actor(name)
+            if handle is None:
                 log.warning("prompt pilot %s not found", name)
+            else:
+                self._handles[name] = handle
         self._core.set_pilots(self._handles)
 
     def configure(self, task: TaskConfig) -> None:

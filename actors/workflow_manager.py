@@ -18,7 +18,7 @@ import ray
 
 from panray.config import Settings
 from panray.core.cluster_core import make_core
-from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
+from panray.actors.names import BROKERAGE_NAME, Handles, actor, manager_name, queue_name
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings
 from panray.payload import occupies_slot
@@ -89,8 +89,8 @@ class WorkflowManager:
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
         self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
-        self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
-        self._queues: dict[str, Any] = {}
+        self._handles = Handles()
+        self.brokerage = self._handles.require(BROKERAGE_NAME)
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Event()
@@ -98,7 +98,6 @@ class WorkflowManager:
         self._writer.start()
         self._ready: list[int] = []
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
-        self._pilots: dict[str, Any] = {}
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
@@ -257,8 +256,9 @@ class WorkflowManager:
                 continue
             try:
                 pilots, sites = self.core.placements()
-                dead_pilots = self._dead({p: self._pilot(p) for p in pilots}, "ready", self._pilots)
-                dead_sites = self._dead({s: self._queue_or_none(s) for s in sites}, "stats", self._queues)
+                dead_pilots = self._dead({p: self._handles.get(p) for p in pilots}, "ready")
+                dead_queues = self._dead({queue_name(s): self._queue_or_none(s) for s in sites}, "stats")
+                dead_sites = {s for s in sites if queue_name(s) in dead_queues}
             except Exception:  # the cluster is shutting down, or a name is not registered yet
                 log.debug("liveness check skipped", exc_info=True)
                 continue
@@ -268,9 +268,8 @@ class WorkflowManager:
                 self._inbox.append(("lost", dead_pilots, dead_sites))
                 self._wake.set()
 
-    @staticmethod
-    def _dead(handles: dict[str, Any], method: str, cache: dict[str, Any]) -> set[str]:
-        """Names whose actor answers ``method`` with an actor-died error; they leave ``cache``."""
+    def _dead(self, handles: dict[str, Any], method: str) -> set[str]:
+        """Names whose actor answers ``method`` with an actor-died error; their handles are forgotten."""
         refs = {getattr(h, method).remote(): name for name, h in handles.items() if h is not None}
         dead = {name for name, h in handles.items() if h is None}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LIVENESS_INTERVAL)
@@ -280,30 +279,15 @@ class WorkflowManager:
             except ray.exceptions.RayActorError:
                 dead.add(refs[ref])
         for name in dead:
-            cache.pop(name, None)
+            self._handles.forget(name)
         return dead
 
-    def _pilot(self, name: str) -> Any:
-        """A cached handle, so that a pilot restarted under the same name is not taken for the lost one."""
-        h = self._pilots.get(name)
-        if h is None:
-            try:
-                h = self._pilots[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-        return h
-
     def _queue_or_none(self, site: str) -> Any:
-        try:
-            return self._queue(site)
-        except ValueError:  # the site's node is gone
-            return None
+        """None when the site's node is gone."""
+        return self._handles.get(queue_name(site))
 
     def _queue(self, site: str) -> Any:
-        q = self._queues.get(site)
-        if q is None:
-            q = self._queues[site] = ray.get_actor(queue_name(site), namespace=NAMESPACE)
-        return q
+        return self._handles.require(queue_name(site))
 
     def _kill(self, job_ids: list[int], *, whole: bool = True) -> None:
         """Drop queued jobs (all of the workflow's, or only these) and kill these payloads on every pilot."""
@@ -320,8 +304,7 @@ class WorkflowManager:
 
     def _kill_payloads(self, job_ids: list[int], pilots: list[str]) -> None:
         """Ask these pilots to kill the payloads; a pilot that is gone took its payloads with it."""
-        for name in pilots:
-            try:
-                ray.get_actor(name, namespace=NAMESPACE).kill.remote(job_ids, self.core.manager)
-            except ValueError:
-                continue
+        for name in pilots:  # looked up afresh: a pilot restarted under a cached name must be reached
+            pilot = actor(name)
+            if pilot is not None:
+                pilot.kill.remote(job_ids, self.core.manager)

@@ -123,20 +123,13 @@ class Panray:
         return handle
 
     def _manager(self, workflow_id: int) -> Any:
-        import ray
-
-        from panray.actors.names import NAMESPACE, manager_name
+        from panray.actors.names import actor, manager_name
 
         if workflow_id in self._managers:
             return self._managers[workflow_id]
-        try:
-            self._connect(start=False)
-        except RuntimeError:
+        if self.running() is None:
             return None
-        try:
-            return ray.get_actor(manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE)
-        except ValueError:
-            return None
+        return actor(manager_name(self.settings.resolved_db_url, workflow_id))
 
     # -- follow ------------------------------------------------------------------------------
 

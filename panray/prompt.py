@@ -102,15 +102,13 @@ def _task(instrument: str) -> Any:
     key = (ray.get_runtime_context().get_job_id(), instrument)
     handle = _handles.get(key)
     if handle is None:
-        from panray.actors.names import NAMESPACE
+        from panray.actors.names import actor
         from panray.actors.prompt_pool import prompt_task_name
 
-        try:
-            handle = _handles[key] = ray.get_actor(prompt_task_name(instrument), namespace=NAMESPACE)
-        except ValueError:
-            raise PromptPoolError(
-                f"no standing prompt task for {instrument}; start the pool with panray.prompt.start()"
-            ) from None
+        handle = actor(prompt_task_name(instrument))
+        if handle is None:
+            raise PromptPoolError(f"no standing prompt task for {instrument}; start the pool with panray.prompt.start()")
+        _handles[key] = handle
     return handle
 
 

@@ -53,3 +53,19 @@ def test_an_upward_import_breaks_the_contract(package_tree: Path) -> None:
     assert result.returncode != 0
     assert "panray.store is not allowed to import panray.api" in result.stdout
     assert "panray.core is not allowed to import sqlite3" in result.stdout
+
+
+def test_named_actors_are_looked_up_in_one_place() -> None:
+    """``ray.get_actor`` appears only in actors/names.py (``actor``, ``Handles``); serve.py's
+    shutdown walk is another engineer's file and is left as it is."""
+    import ast
+
+    allowed = {"actors/names.py", "panray/serve.py"}
+    calls = []
+    for folder in ("panray", "actors", "dag", "sites", "logging_bridge"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = str(path.relative_to(ROOT))
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr == "get_actor" and rel not in allowed:
+                    calls.append(f"{rel}:{node.lineno}")
+    assert calls == [], "use panray.actors.names.actor or Handles: " + ", ".join(calls)

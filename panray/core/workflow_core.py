@@ -9,6 +9,10 @@ accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in o
 
 Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
 failed as system errors and retried, jobs waiting in a queue are released again.
+
+The module is longer than most (about 480 lines) on purpose: every event handler works on the
+same per-job arrays and the same moves, and one state machine split over files would hide which
+handler can move a job where.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ many rows (``executemany`` on SQLite, ``COPY`` on PostgreSQL).
 Foreign keys guard only the small tables: jobs, edges, attempts and history are written by the
 store itself with ids it has just allocated or checked, and a per-row reference check would cost
 more than the write.
+
+The module is long (about 550 lines) on purpose: it is the one place that holds panray's SQL
+text, shared by both backends; splitting it would spread the statements over files.
 """
 
 from __future__ import annotations
