@@ -16,7 +16,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.names import NAMESPACE, queue_name
+from panray.actors.names import actor, queue_name
 from panray.sites import Decision, JobRequest, SiteCatalog, SiteLoad, SiteStatus, broker
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,9 @@ class Brokerage:
         old, self.status[site] = self.status[site], new.value
         if (old == SiteStatus.OFFLINE.value) == (new is SiteStatus.OFFLINE) or not self.pilots[site]:
             return
-        q = ray.get_actor(queue_name(site), namespace=NAMESPACE)
+        q = actor(queue_name(site))
+        if q is None:  # the site's node is gone: its queue with it
+            return
         await (q.close.remote() if new is SiteStatus.OFFLINE else q.open.remote())
 
     async def site_names(self) -> list[str]:
@@ -136,10 +138,12 @@ class Brokerage:
 
 async def _queue_stats(site: str) -> tuple[int, int, int] | None:
     """A site queue's counts, or None when the queue is gone (its node left the cluster)."""
+    q = actor(queue_name(site))
+    if q is None:
+        return None
     try:
-        q = ray.get_actor(queue_name(site), namespace=NAMESPACE)
         return await q.stats.remote()
-    except (ValueError, ray.exceptions.RayActorError):
+    except ray.exceptions.RayActorError:
         return None
 
 

@@ -8,6 +8,7 @@ Examples:
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 
 def manager_name(db_url: str, workflow_id: int) -> str:
@@ -30,3 +31,48 @@ def pilot_name(site: str, n: int) -> str:
 
 BROKERAGE_NAME = "brokerage"
 NAMESPACE = "panray"
+
+
+def actor(name: str) -> Any | None:
+    """The handle of the actor named ``name`` in the ``panray`` namespace now, or None; not cached."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+class Handles:
+    """Named actors of the ``panray`` namespace, looked up once and then cached.
+
+    The one way panray finds an actor by name. A cached handle keeps pointing at the actor it
+    found, so a pilot restarted under the same name is not mistaken for the lost one until the
+    caller :meth:`forget`\\ s it.
+
+    Examples:
+        >>> h = Handles()
+        >>> h.forget("pilot:USDF:0")  # nothing cached: no-op
+    """
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any | None:
+        """The handle of actor ``name``, or None if no actor has that name."""
+        handle = self._cache.get(name)
+        if handle is None:
+            handle = actor(name)
+            if handle is not None:
+                self._cache[name] = handle
+        return handle
+
+    def require(self, name: str) -> Any:
+        """Like :meth:`get`, but a missing actor raises ``ValueError`` (Ray's own error)."""
+        handle = self.get(name)
+        if handle is None:
+            raise ValueError(f"no actor {name!r} in namespace {NAMESPACE!r}")
+        return handle
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)

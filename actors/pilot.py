@@ -12,15 +12,16 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import ray
 
-from panray.actors.names import NAMESPACE, queue_name
+from panray.actors.names import Handles, queue_name
+from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServices
 from panray.payload import sleep_seconds
+from panray.retry import CANCELLED, SYSTEM
 
 REPORT_INTERVAL = 0.05
 STOP_GRACE = 5.0
@@ -105,17 +106,16 @@ def _refused(d: Dispatch, pilot: str, site: str, sent: float, exc: Exception) ->
 class Pilot:
     """Pulls from ``site-queue:<site>`` and runs payloads; see the module docstring."""
 
-    def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
+    def __init__(self, pilot_id: str, site: str, slots: int, settings: Settings):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
-        self._services = RunnerServices(work_dir=Path(work_dir))
-        self._spool_dir = Path(work_dir) / "log-spool" / pilot_id.replace(":", "_")
-        self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
+        self._services = RunnerServices(work_dir=settings.work_dir)
+        self._spool_dir = settings.work_dir / "log-spool" / pilot_id.replace(":", "_")
+        self._heartbeat_interval = settings.heartbeat_interval
         self._log: Any = None  #: the pilot's own lifecycle log (start, pull problems, stop)
         self._pulling = True  #: the last pull reached the queue
-        if logging:
-            self._configure_logging(logging)
-        self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
-        self._managers: dict[str, Any] = {}
+        self._configure_logging(settings)
+        self._handles = Handles()
+        self._queue = self._handles.require(queue_name(site))
         self._running: dict[tuple[str, int], PayloadProcess] = {}  # (manager, job_id): ids are per store
         self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots)
@@ -131,11 +131,9 @@ class Pilot:
         for t in self._threads:
             t.start()
 
-    def _configure_logging(self, cfg: dict[str, Any]) -> None:
-        from panray.config import Settings
+    def _configure_logging(self, settings: Settings) -> None:
         from panray.logging_bridge import make_object_store, make_sink
 
-        settings = Settings.model_validate(cfg)
         self._services.sink = make_sink(settings, spool_dir=self._spool_dir)
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
@@ -165,7 +163,7 @@ class Pilot:
         procs = [self._running.get((manager, j)) for j in job_ids]
         for p in procs:
             if p is not None:
-                p.kill("cancelled")
+                p.kill(CANCELLED)
         return dropped + sum(p is not None for p in procs)
 
     def log_stats(self) -> dict[str, int]:
@@ -177,7 +175,7 @@ class Pilot:
         """Kill the payloads and close the log sink; True when every log line was delivered."""
         self._stop.set()
         for p in list(self._running.values()):
-            p.kill("cancelled")
+            p.kill(CANCELLED)
         if self._log is not None:
             self._log.event("stop", f"pilot {self.pilot_id} stopping; {len(self._running)} payloads killed")
         deadline = time.monotonic() + STOP_GRACE
@@ -255,7 +253,7 @@ class Pilot:
         except Exception as exc:  # the pilot itself failed to run it: a system error
             proc.pilot_error(exc)
             now = time.time()
-            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
+            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, SYSTEM,
                           f"pilot error: {exc!r}"[:500], None, None)
         finally:
             self._running.pop((d.manager, d.job_id), None)
@@ -301,10 +299,4 @@ class Pilot:
                 self._reports.add_ended(name, outs)
 
     def _manager(self, name: str) -> Any:
-        mgr = self._managers.get(name)
-        if mgr is None:
-            try:
-                mgr = self._managers[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-        return mgr
+        return self._handles.get(name)

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import ray
 
-from panray.actors.names import NAMESPACE
+from panray.actors.names import actor
 from panray.core.messages import Dispatch
 from panray.payload import occupies_slot
 
@@ -134,7 +134,8 @@ def _give_back(jobs: Iterable[Dispatch]) -> None:
     for d in jobs:
         by_manager[d.manager].append((d.job_id, d.attempt_nr))
     for name, ids in by_manager.items():
-        try:
-            ray.get_actor(name, namespace=NAMESPACE).rebroker.remote(ids)
-        except ValueError:  # the manager is gone; a restarted one re-brokers from the store
+        manager = actor(name)
+        if manager is not None:
+            manager.rebroker.remote(ids)
+        else:  # the manager is gone; a restarted one re-brokers from the store
             log.warning("manager %s is gone; %d jobs wait for it to restart", name, len(ids))

@@ -17,8 +17,9 @@ from typing import Any
 
 import ray
 
+from panray.config import Settings
 from panray.core.cluster_core import make_core
-from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
+from panray.actors.names import BROKERAGE_NAME, Handles, actor, manager_name, queue_name
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings
 from panray.exceptions import StoreUnavailableError
@@ -119,26 +120,24 @@ class _Writer(threading.Thread):
 class WorkflowManager:
     """Drives one workflow; see the module docstring. Named ``workflow-manager:<id>``."""
 
-    def __init__(self, workflow_id: int, db_url: str, settings: dict[str, Any], retry: bool = False):
+    def __init__(self, workflow_id: int, settings: Settings, retry: bool = False, by: str = ""):
         self.workflow_id = workflow_id
-        self.flush_interval = float(settings.get("flush_interval", 0.2))
-        self.release_batch = int(settings.get("release_batch", 500))
+        self.flush_interval = settings.flush_interval
+        self.release_batch = settings.release_batch
+        db_url = settings.resolved_db_url
         self.store = open_store(db_url)
         self.store.retry_delays = _STORE_RETRY_DELAYS
         snap = self.store.load_workflow(workflow_id)
-        core_settings = CoreSettings(
-            max_system_retries=int(settings.get("max_system_retries", 3)),
-            heartbeat_timeout=float(settings.get("heartbeat_timeout", 7200.0)),
-            sent_timeout=float(settings.get("sent_timeout", 1800.0)),
-        )
+        core_settings = CoreSettings.from_settings(settings)
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
         self._retry = retry
+        self._by = by  #: who started this manager (cause of a retry or a stored cancel)
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
         self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
-        self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
-        self._queues: dict[str, Any] = {}
+        self._handles = Handles()
+        self.brokerage = self._handles.require(BROKERAGE_NAME)
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Event()
@@ -146,7 +145,6 @@ class WorkflowManager:
         self._writer.start()
         self._ready: list[int] = []
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
-        self._pilots: dict[str, Any] = {}
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
@@ -177,16 +175,16 @@ class WorkflowManager:
                 "lag_max": lags[-1] if lags else None, "rss_bytes": psutil.Process().memory_info().rss,
                 "pid": psutil.Process().pid, **self._writer.stats()}
 
-    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
-        """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs."""
-        self._inbox.append(("cancel", task_id, job_ids))
+    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None, by: str = "") -> None:
+        """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs; ``by`` who."""
+        self._inbox.append(("cancel", task_id, job_ids, by))
         self._wake.set()
 
-    def retry(self) -> None:
-        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name)."""
+    def retry(self, by: str = "") -> None:
+        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name); ``by`` who."""
         self._restarting = True
         self._done.clear()
-        self._inbox.append(("retry",))
+        self._inbox.append(("retry", by))
         self._wake.set()
 
     def progress(self) -> dict[str, Any]:
@@ -205,7 +203,7 @@ class WorkflowManager:
 
     def _pump_loop(self) -> None:
         try:
-            self._ready.extend(self.core.start(time.time(), retry=self._retry))
+            self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self._by))
             last_flush = last_expire = time.time()
             while True:
                 self._wake.wait(self.flush_interval)
@@ -255,12 +253,12 @@ class WorkflowManager:
             self._writer.wait_idle()
             snap = self.store.load_workflow(self.workflow_id)
             self.core = make_core(snap, self.core.settings, manager=self.core.manager)
-            self._ready = self.core.start(now, retry=True)
+            self._ready = self.core.start(now, retry=True, by=msg[1])
             self._restarting = False
         elif kind == "cancel":
-            task_id, job_ids = msg[1], msg[2]
+            task_id, job_ids, by = msg[1], msg[2], msg[3]
             whole = task_id is None and job_ids is None
-            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()))
+            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()), by=by)
             if whole:
                 self._ready.clear()
             self._ready.extend(ready)
@@ -309,8 +307,9 @@ class WorkflowManager:
                 continue
             try:
                 pilots, sites = self.core.placements()
-                dead_pilots = self._dead({p: self._pilot(p) for p in pilots}, "ready", self._pilots)
-                dead_sites = self._dead({s: self._queue_or_none(s) for s in sites}, "stats", self._queues)
+                dead_pilots = self._dead({p: self._handles.get(p) for p in pilots}, "ready")
+                dead_queues = self._dead({queue_name(s): self._queue_or_none(s) for s in sites}, "stats")
+                dead_sites = {s for s in sites if queue_name(s) in dead_queues}
             except Exception:  # the cluster is shutting down, or a name is not registered yet
                 log.debug("liveness check skipped", exc_info=True)
                 continue
@@ -320,9 +319,8 @@ class WorkflowManager:
                 self._inbox.append(("lost", dead_pilots, dead_sites))
                 self._wake.set()
 
-    @staticmethod
-    def _dead(handles: dict[str, Any], method: str, cache: dict[str, Any]) -> set[str]:
-        """Names whose actor answers ``method`` with an actor-died error; they leave ``cache``."""
+    def _dead(self, handles: dict[str, Any], method: str) -> set[str]:
+        """Names whose actor answers ``method`` with an actor-died error; their handles are forgotten."""
         refs = {getattr(h, method).remote(): name for name, h in handles.items() if h is not None}
         dead = {name for name, h in handles.items() if h is None}
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=LIVENESS_INTERVAL)
@@ -332,30 +330,15 @@ class WorkflowManager:
             except ray.exceptions.RayActorError:
                 dead.add(refs[ref])
         for name in dead:
-            cache.pop(name, None)
+            self._handles.forget(name)
         return dead
 
-    def _pilot(self, name: str) -> Any:
-        """A cached handle, so that a pilot restarted under the same name is not taken for the lost one."""
-        h = self._pilots.get(name)
-        if h is None:
-            try:
-                h = self._pilots[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
-        return h
-
     def _queue_or_none(self, site: str) -> Any:
-        try:
-            return self._queue(site)
-        except ValueError:  # the site's node is gone
-            return None
+        """None when the site's node is gone."""
+        return self._handles.get(queue_name(site))
 
     def _queue(self, site: str) -> Any:
-        q = self._queues.get(site)
-        if q is None:
-            q = self._queues[site] = ray.get_actor(queue_name(site), namespace=NAMESPACE)
-        return q
+        return self._handles.require(queue_name(site))
 
     def _kill(self, job_ids: list[int], *, whole: bool = True) -> None:
         """Drop queued jobs (all of the workflow's, or only these) and kill these payloads on every pilot."""
@@ -372,8 +355,7 @@ class WorkflowManager:
 
     def _kill_payloads(self, job_ids: list[int], pilots: list[str]) -> None:
         """Ask these pilots to kill the payloads; a pilot that is gone took its payloads with it."""
-        for name in pilots:
-            try:
-                ray.get_actor(name, namespace=NAMESPACE).kill.remote(job_ids, self.core.manager)
-            except ValueError:
-                continue
+        for name in pilots:  # looked up afresh: a pilot restarted under a cached name must be reached
+            pilot = actor(name)
+            if pilot is not None:
+                pilot.kill.remote(job_ids, self.core.manager)

@@ -84,15 +84,12 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
     import panray  # noqa: F401  (first: keeps Ray on loopback)
     from panray import Job, Panray, Settings, Workflow
     from panray.dag import drp, parse_rules
-    from panray.models import ClusterRule
 
     shape = drp(n_jobs)
     t0 = time.perf_counter()
     jobs = [Job(name=n, label=lb, parents=ps, tags=tg)
             for n, lb, ps, tg in zip(shape.names, shape.labels, shape.parents, shape.tags)]
-    rules = [ClusterRule(name=r.name, labels=list(r.labels), dimensions=list(r.dimensions), max_size=r.max_size)
-             for r in parse_rules(cluster or "")]
-    wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs, clustering=rules)
+    wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs, clustering=parse_rules(cluster or ""))
     model_s = time.perf_counter() - t0
     del jobs
     home = Path(tempfile.mkdtemp(prefix="panray-bench-"))

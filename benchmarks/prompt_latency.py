@@ -21,7 +21,8 @@ from pathlib import Path
 
 import panray  # noqa: F401  (before ray: loopback only)
 from panray import prompt
-from panray.actors.prompt import PilotConfig, Push, TaskConfig, percentiles, run_cold
+from panray.core.prompt_core import PilotConfig, Push, TaskConfig, run_cold
+from panray.core.prompt_task import percentiles
 from panray.config import Settings
 from panray.sites import load_catalog
 from panray.sites.topology import start_local_cluster

@@ -3,7 +3,8 @@
 Rubin's BPS groups the quanta of one or more labels that share dimension values (``isr +
 characterizeImage + calibrate`` per ``visit, detector``; all ``makeWarp`` of a ``visit``) into one
 job, optionally capped in size; a rule without dimensions puts "N quanta of a label" in a job.
-This module is the pure part: a quanta graph and rules in, clusters and the cluster graph out.
+This module is the pure part: a quanta graph and rules (:class:`panray.models.ClusterRule`) in,
+clusters and the cluster graph out.
 A cluster graph with a cycle cannot run, so such rules are refused, naming the quanta involved.
 
 Examples:
@@ -12,7 +13,7 @@ Examples:
     ...                 [[], ["isr:1"], [], ["isr:2"], ["calib:1", "calib:2"]])
     >>> labels = ["isr", "calib", "isr", "calib", "coadd"]
     >>> tags = [{"visit": 1}, {"visit": 1}, {"visit": 2}, {"visit": 2}, {}]
-    >>> c = cluster_quanta(g, labels, tags, [ClusterRule("single", ("isr", "calib"), ("visit",))])
+    >>> c = cluster_quanta(g, labels, tags, [ClusterRule(name="single", labels=["isr", "calib"], dimensions=["visit"])])
     >>> c.names, c.members, sorted(c.edges)
     (['single:visit=1', 'single:visit=2', 'coadd'], [[0, 1], [2, 3], [4]], [(2, 0), (2, 1)])
 """
@@ -25,31 +26,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import ValidationError
+
 from panray.exceptions import ClusterCycleError, CycleError, DuplicateJobError, WorkflowValidationError
+from panray.models import ClusterRule
 
 from .graph import JobGraph
 
 __all__ = ["ClusterRule", "Clustering", "cluster_quanta", "parse_rules"]
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterRule:
-    """Quanta of ``labels`` with equal values of ``dimensions`` (tags keys) share a job.
-
-    Without dimensions all quanta of the labels form one group. Groups larger than ``max_size``
-    are cut, in dependency order, into jobs of at most ``max_size`` quanta.
-    """
-
-    name: str
-    labels: tuple[str, ...]
-    dimensions: tuple[str, ...] = ()
-    max_size: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.labels:
-            raise WorkflowValidationError(f"clustering rule {self.name!r}: needs a name and at least one label")
-        if self.max_size is not None and self.max_size < 1:
-            raise WorkflowValidationError(f"clustering rule {self.name!r}: max_size must be at least 1")
 
 
 @dataclass(slots=True)
@@ -178,7 +162,7 @@ def parse_rules(text: str) -> list[ClusterRule]:
 
     Examples:
         >>> parse_rules("calib=isr+characterizeImage+calibrate@visit,detector;warp=makeWarp@visit:5")[1]
-        ClusterRule(name='warp', labels=('makeWarp',), dimensions=('visit',), max_size=5)
+        ClusterRule(name='warp', labels=['makeWarp'], dimensions=['visit'], max_size=5)
         >>> parse_rules("fp=forcedPhotCcd:20")[0].max_size
         20
     """
@@ -189,6 +173,9 @@ def parse_rules(text: str) -> list[ClusterRule]:
         label_text, _, dims = rest.partition("@")
         if not eq or not label_text or (colon and not size.isdigit()):
             raise WorkflowValidationError(f"clustering rule {part!r}: expected NAME=LABEL[+LABEL][@DIM,DIM][:MAX]")
-        rules.append(ClusterRule(name.strip(), tuple(label_text.split("+")),
-                                 tuple(d for d in dims.split(",") if d), int(size) if colon else None))
+        try:
+            rules.append(ClusterRule(name=name.strip(), labels=label_text.split("+"),
+                                     dimensions=[d for d in dims.split(",") if d], max_size=int(size) if colon else None))
+        except ValidationError as exc:
+            raise WorkflowValidationError(f"clustering rule {part!r}: {exc.errors()[0]['msg']}") from None
     return rules

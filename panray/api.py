@@ -77,6 +77,10 @@ class Panray:
         """The Ray side, started (embedded) or joined on first use."""
         return self.service.runtime
 
+    def running(self) -> Any:
+        """The Ray side if a cluster runs (joined, never started); None otherwise."""
+        return self.service.running()
+
     def _connect(self, start: bool) -> Any:
         return self.service._connect(start)
 

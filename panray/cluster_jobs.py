@@ -1,7 +1,7 @@
 """Applies a workflow's clustering rules at submission: quanta in, cluster jobs (and quanta rows) out.
 
 A cluster of one quantum is that quantum's own job. A larger cluster becomes one job whose
-payload is the cluster runner (:mod:`panray.core.cluster_runner`) with the quanta's own command
+payload is the cluster runner (:mod:`panray.core.cluster_runner`, spec in :mod:`panray.cluster_format`) with the quanta's own command
 lines, environments and in-cluster dependencies; its resource request is the largest of its
 quanta's, and all of them must agree on a site pin. A cluster of no-op quanta is a no-op job.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from panray.core.cluster_runner import CLUSTER_ARGV0, ClusterSpec, QuantumSpec
-from panray.dag import ClusterRule, Clustering, JobGraph, build_graph, cluster_quanta
+from panray.cluster_format import CLUSTER_ARGV0, ClusterSpec, QuantumSpec
+from panray.dag import Clustering, JobGraph, build_graph, cluster_quanta
 from panray.exceptions import WorkflowValidationError
 from panray.models import Job, Workflow
 from panray.payload import decode_command, encode_command
@@ -41,8 +41,7 @@ def cluster_jobs(wf: Workflow) -> ClusteredJobs:
     """Validate the quanta graph, apply ``wf.clustering`` and build one :class:`Job` per cluster."""
     quanta = list(wf.jobs)
     graph = build_graph([q.name for q in quanta], [q.parents for q in quanta])
-    rules = [ClusterRule(r.name, tuple(r.labels), tuple(r.dimensions), r.max_size) for r in wf.clustering]
-    c = cluster_quanta(graph, [q.label for q in quanta], [q.tags for q in quanta], rules)
+    c = cluster_quanta(graph, [q.label for q in quanta], [q.tags for q in quanta], wf.clustering)
     parents: list[list[str]] = [[] for _ in range(len(c))]
     for child, parent in c.edges:
         parents[child].append(c.names[parent])

@@ -74,11 +74,12 @@ class SiteConfigError(PanrayError):
 
 
 class IllegalTransitionError(PanrayError):
-    """A status change that the transition table does not allow."""
+    """A status change that the transition table (:mod:`panray.transitions`) does not allow."""
 
-    def __init__(self, entity: str, old: str, new: str):
-        self.entity, self.old, self.new = entity, old, new
-        super().__init__(f"illegal {entity} transition {old} -> {new}")
+    def __init__(self, entity: str, entity_id: int, old: str, new: str, cause: str = ""):
+        self.entity, self.entity_id, self.old, self.new, self.cause = entity, entity_id, old, new, cause
+        because = f" ({cause})" if cause else ""
+        super().__init__(f"illegal transition of {entity} {entity_id}: {old} -> {new}{because}")
 
 
 class NotFoundError(PanrayError):
@@ -136,3 +137,25 @@ class PermissionDeniedError(PanrayError):
 
 class ConflictError(PanrayError):
     """An action that the target's current state does not allow (e.g. retry of a running workflow)."""
+
+
+class UnknownInstrumentError(PanrayError):
+    """A prompt notification names an instrument that has no standing prompt task."""
+
+    def __init__(self, instrument: str, known: list[str]):
+        self.instrument, self.known = instrument, known
+        super().__init__(f"unknown instrument {instrument!r}; known instruments: {', '.join(sorted(known))}")
+
+
+class UnknownDetectorError(PanrayError):
+    """A prompt notification names detectors outside the instrument's range ``0..n_detectors-1``."""
+
+    def __init__(self, instrument: str, detectors: list[object], n_detectors: int):
+        self.instrument, self.detectors = instrument, detectors
+        shown = ", ".join(map(repr, detectors[:10])) + (" ..." if len(detectors) > 10 else "")
+        s = "s" if len(detectors) > 1 else ""
+        super().__init__(f"unknown {instrument} detector{s} {shown}; valid detectors are 0..{n_detectors - 1}")
+
+
+class PromptPoolError(PanrayError):
+    """The prompt pool cannot run a visit: not started, or every pilot is gone."""

@@ -1,14 +1,11 @@
 """Prompt processing from Python and the CLI: start the USDF pool, notify a visit, read stats.
 
 Arguments are checked here, before any Ray call, so a bad instrument or detector costs nothing
-and names the valid range. The work happens in :mod:`panray.actors.prompt`.
+and names the valid range. The work happens in :mod:`panray.actors.prompt_pool` (actors) over
+:mod:`panray.core.prompt_core` and :mod:`panray.core.prompt_task` (Ray-free); errors are in
+:mod:`panray.exceptions`.
 
 Examples:
-    >>> check_detectors("LSSTCam", [0, 188])
-    >>> check_detectors("LSSTCam", [189])
-    Traceback (most recent call last):
-    ...
-    panray.prompt.UnknownDetectorError: unknown LSSTCam detector 189; valid detectors are 0..188
     >>> from panray.runtime import connect                      # doctest: +SKIP
     >>> rt = connect(settings)                                  # doctest: +SKIP
     >>> start(settings, catalog=rt.catalog)                     # doctest: +SKIP
@@ -19,13 +16,15 @@ Examples:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from panray.exceptions import PanrayError
+from panray.core.prompt_core import INSTRUMENTS, check_detectors
+from panray.exceptions import PanrayError, PromptPoolError, UnknownDetectorError, UnknownInstrumentError
 
 if TYPE_CHECKING:
-    from panray.actors.prompt import PilotConfig, PromptStats, TaskConfig, VisitReport
+    from panray.core.prompt_core import PilotConfig, TaskConfig
+    from panray.core.prompt_task import PromptStats, VisitReport
     from panray.config import Settings
     from panray.sites import SiteCatalog
 
@@ -34,46 +33,8 @@ __all__ = [
     "check_detectors", "flush", "format_report", "format_stats", "notify", "notify_async", "start", "stats",
 ]
 
-#: Science detectors per instrument, numbered 0..n-1 (LSSTCam: 189 science sensors).
-INSTRUMENTS: Mapping[str, int] = {"LSSTCam": 189, "LSSTComCam": 9, "LATISS": 1}
 PROMPT_SITE = "USDF"
 DEFAULT_CALIB_VERSION = "default"
-
-
-class UnknownInstrumentError(PanrayError):
-    """A notification names an instrument that has no standing prompt task."""
-
-    def __init__(self, instrument: str):
-        self.instrument = instrument
-        super().__init__(f"unknown instrument {instrument!r}; known instruments: {', '.join(sorted(INSTRUMENTS))}")
-
-
-class UnknownDetectorError(PanrayError):
-    """A notification names detectors outside the instrument's range."""
-
-    def __init__(self, instrument: str, detectors: list[Any]):
-        self.instrument, self.detectors = instrument, detectors
-        shown = ", ".join(map(repr, detectors[:10])) + (" ..." if len(detectors) > 10 else "")
-        s = "s" if len(detectors) > 1 else ""
-        super().__init__(f"unknown {instrument} detector{s} {shown}; valid detectors are 0..{INSTRUMENTS[instrument] - 1}")
-
-
-class PromptPoolError(PanrayError):
-    """The prompt pool cannot run a visit: not started, or every pilot is gone."""
-
-
-def check_detectors(instrument: str, detectors: Iterable[Any]) -> None:
-    """Raise unless ``instrument`` is known and every detector is an int in its range, once."""
-    n = INSTRUMENTS.get(instrument)
-    if n is None:
-        raise UnknownInstrumentError(instrument)
-    dets = list(detectors)
-    bad = [d for d in dets if type(d) is not int or not 0 <= d < n]
-    if bad:
-        raise UnknownDetectorError(instrument, bad)
-    if len(set(dets)) != len(dets):
-        dupes = sorted({d for d in dets if dets.count(d) > 1})
-        raise PanrayError(f"{instrument} detectors named more than once: {', '.join(map(str, dupes))}")
 
 
 # -- the pool ----------------------------------------------------------------------------------
@@ -101,8 +62,8 @@ def start(
     import ray
 
     from panray.actors.names import NAMESPACE
-    from panray.actors.prompt import PilotConfig, PromptDispatcher, PromptPilot, TaskConfig, prompt_pilot_name
-    from panray.actors.prompt import prompt_task_name
+    from panray.actors.prompt_pool import PromptDispatcher, PromptPilot, prompt_pilot_name, prompt_task_name
+    from panray.core.prompt_core import PilotConfig, TaskConfig
     from panray.config import Settings
     from panray.sites import load_catalog
 
@@ -141,15 +102,13 @@ def _task(instrument: str) -> Any:
     key = (ray.get_runtime_context().get_job_id(), instrument)
     handle = _handles.get(key)
     if handle is None:
-        from panray.actors.names import NAMESPACE
-        from panray.actors.prompt import prompt_task_name
+        from panray.actors.names import actor
+        from panray.actors.prompt_pool import prompt_task_name
 
-        try:
-            handle = _handles[key] = ray.get_actor(prompt_task_name(instrument), namespace=NAMESPACE)
-        except ValueError:
-            raise PromptPoolError(
-                f"no standing prompt task for {instrument}; start the pool with panray.prompt.start()"
-            ) from None
+        handle = actor(prompt_task_name(instrument))
+        if handle is None:
+            raise PromptPoolError(f"no standing prompt task for {instrument}; start the pool with panray.prompt.start()")
+        _handles[key] = handle
     return handle
 
 

@@ -20,7 +20,26 @@ Examples:
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import NamedTuple
+
+
+class ErrorClass(str, Enum):
+    """Why an attempt did not finish; the store keeps the value in ``error_class``."""
+
+    PAYLOAD = "payload"  #: the payload exited non-zero (the user's budget)
+    MEMORY = "memory"  #: out of memory: exit 137 or PSS above the request (the user's budget, more memory)
+    SYSTEM = "system"  #: lost pilot, node or heartbeat, control plane restarted (its own budget)
+    CANCELLED = "cancelled"  #: cancelled by hand
+    PRUNED = "pruned"  #: never run: an ancestor failed for good
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The values as plain strings, as they travel in messages and rows (drivers bind plain ``str``).
+PAYLOAD, MEMORY, SYSTEM, CANCELLED, PRUNED = (e.value for e in ErrorClass)
+USER_CLASSES = frozenset({PAYLOAD, MEMORY})
 
 
 class RetrySpec(NamedTuple):
@@ -42,9 +61,6 @@ class RetryDecision(NamedTuple):
     reason: str
 
 
-SYSTEM = "system"
-USER_CLASSES = frozenset({"payload", "memory"})
-
 
 def decide(
     spec: RetrySpec, *, error_class: str, exit_code: int | None, user_failures: int, system_failures: int,
@@ -55,11 +71,11 @@ def decide(
         if system_failures <= max_system_retries:
             return RetryDecision(True, request_memory, f"system error {system_failures} of {max_system_retries}: retry")
         return RetryDecision(False, request_memory, f"system errors exceeded {max_system_retries}")
-    if error_class == "payload" and exit_code in spec.retry_unless_exit:
+    if error_class == PAYLOAD and exit_code in spec.retry_unless_exit:
         return RetryDecision(False, request_memory, f"exit code {exit_code} is never retried")
     if user_failures >= spec.max_attempts:
         return RetryDecision(False, request_memory, f"attempts exhausted ({user_failures} of {spec.max_attempts})")
-    if error_class == "memory" and spec.memory_multiplier:
+    if error_class == MEMORY and spec.memory_multiplier:
         cap = spec.request_memory_max or request_memory
         new = int(min(request_memory * spec.memory_multiplier, max(cap, request_memory)))  # float first: no overflow
         if new <= request_memory:

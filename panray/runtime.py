@@ -176,7 +176,6 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
         opts["lifetime"] = "detached"
     rt.brokerage = Brokerage.options(name=BROKERAGE_NAME, scheduling_strategy=control_plane(), **opts).remote(rt.catalog)
     nodes = site_nodes()
-    logging_cfg = rt.settings.model_dump(mode="json")
     pending = []
     rt.missing = []
     for site in rt.catalog:
@@ -189,7 +188,7 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
         names = [pilot_name(site.name, k) for k in range(site.pilots)]
         rt.pilots[site.name] = [
             _live_actor(lambda n=n, res=res, site=site: Pilot.options(name=n, resources=res, **opts).remote(
-                n, site.name, site.slots, str(rt.settings.work_dir), logging_cfg
+                n, site.name, site.slots, rt.settings
             ))
             for n in names
         ]

@@ -27,7 +27,7 @@ from panray.exceptions import ConflictError, NotFoundError, PanrayError, Permiss
 from panray.identity import Identity
 from panray.models import Campaign
 from panray.sites import load_catalog
-from panray.statuses import FINAL_WORKFLOW_STATES, derive_task_status
+from panray.statuses import FINAL_WORKFLOW_STATES
 from panray.store import AuditRow, StateStore, open_store
 from panray.store.base import AttemptRow, DecisionRow, HistoryRow, JobRow, QuantumRow, TaskRow, TransferRow
 from panray.store.base import WorkflowRow
@@ -123,6 +123,13 @@ class Service:
             apply_stored_statuses(self.store, self._runtime)
         return self._runtime
 
+    def running(self) -> Any:
+        """The Ray side if a cluster runs (joined, never started); None otherwise."""
+        try:
+            return self._connect(start=False)
+        except RuntimeError:
+            return None
+
     def ready(self) -> bool:
         """The store answers and Ray is connected (the server's readiness probe)."""
         import ray
@@ -169,10 +176,10 @@ class Service:
             self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
             ids = [w.workflow_id for w in self.store.submit(new).workflows]
             for wf_id in ids:
-                self._start_manager(wf_id)
+                self._start_manager(wf_id, by=who.user)
             return ids
 
-    def _start_manager(self, workflow_id: int, retry: bool = False) -> Any:
+    def _start_manager(self, workflow_id: int, retry: bool = False, *, by: str) -> Any:
         from panray.actors.names import NAMESPACE, manager_name
         from panray.actors.workflow_manager import WorkflowManager
         from panray.runtime import _HANDLES, control_plane
@@ -184,34 +191,27 @@ class Service:
         handle = WorkflowManager.options(
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
             lifetime=lifetime, scheduling_strategy=control_plane(),
-        ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry)
+        ).remote(workflow_id, self.settings, retry, by=by)
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
         return handle
 
     def _manager(self, workflow_id: int) -> Any:
-        import ray
-
-        from panray.actors.names import NAMESPACE, manager_name
+        from panray.actors.names import actor, manager_name
 
         if workflow_id in self._managers:
             return self._managers[workflow_id]
-        try:
-            self._connect(start=False)
-        except RuntimeError:
+        if self.running() is None:
             return None
-        try:
-            return ray.get_actor(manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE)
-        except ValueError:
-            return None
+        return actor(manager_name(self.settings.resolved_db_url, workflow_id))
 
     # -- read ----------------------------------------------------------------------------------
 
     def workflow(self, workflow_id: int) -> WorkflowRow:
-        rows = [w for w in self.store.workflows() if w.workflow_id == workflow_id]
-        if not rows:
-            raise NotFoundError(f"no workflow {workflow_id} in this store")
-        return rows[0]
+        try:
+            return self.store.workflow(workflow_id)
+        except NotFoundError:
+            raise NotFoundError(f"no workflow {workflow_id} in this store") from None
 
     def workflows(self, *, active_only: bool = False) -> list[WorkflowRow]:
         return self.store.workflows(active_only=active_only)
@@ -234,14 +234,13 @@ class Service:
         return summary
 
     def _count(self, w: WorkflowRow) -> WorkflowSummary:
-        per_task = self.store.job_counts(w.workflow_id)
         jobs: dict[str, int] = {}
-        tasks: dict[str, int] = {}
-        for counts in per_task.values():
+        for counts in self.store.job_counts(w.workflow_id).values():
             for s, n in counts.items():
                 jobs[s] = jobs.get(s, 0) + n
-            ts = derive_task_status(counts, cancelled=w.cancelled).value
-            tasks[ts] = tasks.get(ts, 0) + 1
+        tasks: dict[str, int] = {}
+        for t in self.store.tasks(w.workflow_id):  # stored as the workflow core derived them
+            tasks[t.status] = tasks.get(t.status, 0) + 1
         quanta = self.store.quantum_counts(w.workflow_id) or dict(jobs)
         return WorkflowSummary(w.workflow_id, w.name, w.owner, w.status, tasks, jobs, w.created, quanta)
 
@@ -354,7 +353,7 @@ class Service:
             mgr = self._manager(workflow_id)
             if mgr is None:
                 return False
-            mgr.cancel.remote(task_id, None if job_ids is None else list(job_ids))
+            mgr.cancel.remote(task_id, None if job_ids is None else list(job_ids), by=who.user)
             return True
 
     def _check_in_workflow(self, workflow_id: int, task_id: int | None, job_ids: Sequence[int]) -> None:
@@ -376,9 +375,9 @@ class Service:
             self.store.set_cancelled(workflow_id, False)
             mgr = self._manager(workflow_id)
             if mgr is not None:
-                ray.get(mgr.retry.remote())
+                ray.get(mgr.retry.remote(by=who.user))
             else:
-                self._start_manager(workflow_id, retry=True)
+                self._start_manager(workflow_id, retry=True, by=who.user)
 
     def resume(self, who: Identity, workflow_ids: Sequence[int] | None = None) -> list[int]:
         """Start managers for the workflows not ended (after a crash), or for these, that ``who`` may act on.
@@ -391,7 +390,7 @@ class Service:
         with self._action(who, "resume", " ".join(f"workflow {w.workflow_id}" for w in rows) or "nothing"):
             for w in rows:
                 authorize(who, "resume", owner=w.owner, target=f"workflow {w.workflow_id}")
-                self._start_manager(w.workflow_id)
+                self._start_manager(w.workflow_id, by=who.user)
             return [w.workflow_id for w in rows]
 
     def set_site_status(self, who: Identity, site: str, status: str) -> bool:

@@ -14,15 +14,25 @@ Examples:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from panray.exceptions import PanrayError
-from panray.sites import SiteStatus
+from panray.sites import SiteCatalog, SiteStatus
 from panray.store import StateStore
 
 if TYPE_CHECKING:
     from panray.runtime import Runtime
     from panray.service import Service as Panray  # the service (its store, catalog and cluster)
+
+
+class Operated(Protocol):
+    """What site operations need of a session (:class:`panray.Panray` is one); they sit below the API."""
+
+    store: StateStore
+    catalog: SiteCatalog
+
+    def running(self) -> Runtime | None:
+        """The cluster if one runs; never starts one."""
 
 #: The statuses an operator may set (``test`` belongs to the catalog).
 OPERATOR_STATUSES = (SiteStatus.ONLINE, SiteStatus.BROKEROFF, SiteStatus.OFFLINE)
@@ -37,7 +47,7 @@ def apply_stored_statuses(store: StateStore, rt: Runtime) -> None:
              for site, status in overrides.items() if site in rt.catalog])
 
 
-def set_site_status(pr: Panray, site: str, status: str) -> bool:
+def set_site_status(pr: Operated, site: str, status: str) -> bool:
     """Persist ``status`` for ``site`` and apply it to the running brokerage; False if none runs.
 
     Taking a site offline sends its queued jobs back to their managers, which broker them
@@ -50,20 +60,20 @@ def set_site_status(pr: Panray, site: str, status: str) -> bool:
     if status not in allowed:
         raise PanrayError(f"site status {status!r} is not one of {', '.join(allowed)}")
     pr.store.set_site_status(site, status)
-    rt = _running(pr)
+    rt = pr.running()
     if rt is None:
         return False
     ray.get(rt.brokerage.set_status.remote(site, status))
     return True
 
 
-def site_rows(pr: Panray) -> list[dict[str, Any]]:
+def site_rows(pr: Operated) -> list[dict[str, Any]]:
     """Per site: status, nodes, live pilots, queued and running (from the cluster, if it runs),
     and finished / failed jobs over all workflows (from the store)."""
     import ray
 
     counts = pr.store.site_job_counts()
-    rt = _running(pr)
+    rt = pr.running()
     live: dict[str, dict[str, Any]] = {}
     nodes: dict[str, list[str]] = {}
     if rt is not None:
@@ -87,11 +97,3 @@ def site_rows(pr: Panray) -> list[dict[str, Any]]:
             "failed": done.get("failed", 0),
         })
     return rows
-
-
-def _running(pr: Panray) -> Runtime | None:
-    """The cluster if one runs (never starts one for a site command)."""
-    try:
-        return pr._connect(start=False)
-    except RuntimeError:
-        return None

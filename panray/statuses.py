@@ -1,4 +1,4 @@
-"""Statuses of jobs, tasks and workflows, and the one table that moves a job between them.
+"""Statuses of jobs, tasks and workflows; their allowed moves are in :mod:`panray.transitions`.
 
 Job statuses follow PanDA: a job waits (``pending``) until its parents finish, is released
 (``defined``), given a site by brokerage (``assigned``), queued at that site (``activated``),
@@ -6,20 +6,12 @@ taken by a pilot (``sent``), started (``starting``, ``running``) and ends ``fini
 ``failed``. ``closed`` ends a job the system decided not to run (a pruned descendant of a job
 that failed for good); ``cancelled`` ends a job killed by hand. A final status never changes:
 a retry is a new *attempt* that starts again at ``defined``.
-
-Examples:
-    >>> can_transition(JobStatus.RUNNING, JobStatus.FINISHED)
-    True
-    >>> can_transition(JobStatus.FINISHED, JobStatus.RUNNING)
-    False
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import Enum
-
-from panray.exceptions import IllegalTransitionError
 
 
 class JobStatus(str, Enum):
@@ -81,44 +73,10 @@ FINAL_WORKFLOW_STATES = frozenset(
     {WorkflowStatus.FINISHED, WorkflowStatus.SUBFINISHED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
 )
 
-#: The only legal moves of a job attempt. ``assigned``/``activated`` may go back to ``defined``
-#: when a site goes offline and its queued jobs are brokered again; nothing leaves a final status.
-JOB_TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = {
-    J.PENDING: frozenset({J.DEFINED, J.CLOSED, J.CANCELLED}),
-    J.DEFINED: frozenset({J.ASSIGNED, J.CLOSED, J.CANCELLED}),
-    J.ASSIGNED: frozenset({J.ACTIVATED, J.DEFINED, J.CANCELLED, J.CLOSED}),
-    J.ACTIVATED: frozenset({J.SENT, J.DEFINED, J.CANCELLED, J.CLOSED}),
-    J.SENT: frozenset({J.STARTING, J.RUNNING, J.FINISHED, J.FAILED, J.CANCELLED}),
-    J.STARTING: frozenset({J.RUNNING, J.FINISHED, J.FAILED, J.CANCELLED}),
-    J.RUNNING: frozenset({J.FINISHED, J.FAILED, J.CANCELLED}),
-    J.FINISHED: frozenset(),
-    J.FAILED: frozenset(),
-    J.CLOSED: frozenset(),
-    J.CANCELLED: frozenset(),
-}
-
 #: Compact integer codes for hot loops (a job's in-memory status is one byte).
 JOB_CODES: tuple[JobStatus, ...] = tuple(JobStatus)
 CODE_OF: Mapping[JobStatus, int] = {s: i for i, s in enumerate(JOB_CODES)}
-_ALLOWED_CODES = frozenset((CODE_OF[a], CODE_OF[b]) for a, bs in JOB_TRANSITIONS.items() for b in bs)
 FINAL_CODES = frozenset(CODE_OF[s] for s in FINAL_JOB_STATES)
-
-
-def can_transition(old: JobStatus, new: JobStatus) -> bool:
-    """Whether the table allows ``old -> new``."""
-    return new in JOB_TRANSITIONS[old]
-
-
-def check_transition(old: JobStatus, new: JobStatus) -> None:
-    """Raise :class:`IllegalTransitionError` unless the table allows ``old -> new``."""
-    if new not in JOB_TRANSITIONS[old]:
-        raise IllegalTransitionError("job", old.value, new.value)
-
-
-def check_code_transition(old: int, new: int) -> None:
-    """The same check on integer codes, for the manager's hot loop."""
-    if (old, new) not in _ALLOWED_CODES:
-        raise IllegalTransitionError("job", JOB_CODES[old].value, JOB_CODES[new].value)
 
 
 def derive_task_status(counts: Mapping[str, int], *, cancelled: bool = False) -> TaskStatus:

@@ -9,8 +9,8 @@ import pytest
 from panray import Job, Panray, Workflow
 from panray.cli import main
 
-from test_integration import _wait_for
-from test_lifecycle import _alive
+from helpers import wait_for as _wait_for
+from helpers import alive as _alive
 
 SLEEPER = 'echo $$ > "$1/.$2"; mv "$1/.$2" "$1/$2"; exec sleep 300'
 

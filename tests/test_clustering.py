@@ -10,22 +10,22 @@ from pathlib import Path
 import pytest
 
 from panray import Job, Panray, Workflow
-from panray.core.cluster_core import ClusteredCore, make_core
-from panray.core.cluster_runner import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results, run_cluster
+from panray.core.cluster_core import ClusteredCore
+from panray.cluster_format import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, read_results
+from panray.core.cluster_runner import run_cluster
 from panray.core.messages import Outcome
 from panray.cli import main as cli_main
 from panray.config import Settings
 from panray.dag import ClusterRule, build_graph, ci_hsc, cluster_quanta, parse_rules
 from panray.exceptions import ClusterCycleError, WorkflowValidationError
 from panray.logging_bridge import make_sink
-from panray.models import Campaign
-from panray.models import ClusterRule as RuleModel
 from panray.sites import load_catalog
-from panray.store import open_store
 from panray.submission import build_campaign, build_workflow
 
+from helpers import core_of
+
 CATALOG = load_catalog(Settings().sites_file)
-PER_DETECTOR = RuleModel(name="single", labels=["isr", "characterizeImage", "calibrate"],
+PER_DETECTOR = ClusterRule(name="single", labels=["isr", "characterizeImage", "calibrate"],
                          dimensions=["visit", "detector"])
 
 
@@ -41,7 +41,7 @@ def _ci_hsc_jobs() -> list[Job]:
 def test_rule_groups_labels_by_dimensions_in_dependency_order() -> None:
     s = ci_hsc(visits=2, detectors=2)
     g = build_graph(s.names, s.parents)
-    rule = ClusterRule("single", ("calibrate", "isr", "characterizeImage"), ("visit", "detector"))
+    rule = ClusterRule(name="single", labels=["calibrate", "isr", "characterizeImage"], dimensions=["visit", "detector"])
     c = cluster_quanta(g, s.labels, s.tags, [rule])
     first = c.members[c.names.index("single:visit=0,detector=1")]
     assert [s.names[q] for q in first] == ["isr:v0000:d001", "characterizeImage:v0000:d001", "calibrate:v0000:d001"]
@@ -60,7 +60,7 @@ def test_max_size_and_n_per_label() -> None:
 
 
 def test_cycle_is_refused_naming_the_quanta() -> None:
-    bad = RuleModel(name="isrcal", labels=["isr", "calibrate"], dimensions=["visit", "detector"])
+    bad = ClusterRule(name="isrcal", labels=["isr", "calibrate"], dimensions=["visit", "detector"])
     wf = Workflow(name="w", jobs=_ci_hsc_jobs(), clustering=[bad])
     with pytest.raises(ClusterCycleError) as err:
         build_workflow(wf, CATALOG)
@@ -72,9 +72,9 @@ def test_cycle_is_refused_naming_the_quanta() -> None:
 
 def test_rule_errors_name_the_problem() -> None:
     with pytest.raises(WorkflowValidationError, match="no quantum has label 'nope'"):
-        build_workflow(Workflow(name="w", jobs=_ci_hsc_jobs(), clustering=[RuleModel(name="x", labels=["nope"])]),
+        build_workflow(Workflow(name="w", jobs=_ci_hsc_jobs(), clustering=[ClusterRule(name="x", labels=["nope"])]),
                        CATALOG)
-    rule = RuleModel(name="x", labels=["isr"], dimensions=["band", "filter"])
+    rule = ClusterRule(name="x", labels=["isr"], dimensions=["band", "filter"])
     with pytest.raises(WorkflowValidationError, match="quantum 'isr:v0000:d000' has no dimension 'filter'"):
         build_workflow(Workflow(name="w", jobs=_ci_hsc_jobs(), clustering=[rule]), CATALOG)
     with pytest.raises(WorkflowValidationError, match="expected NAME=LABEL"):
@@ -143,16 +143,12 @@ def _abcd_jobs(command: object = ("true",)) -> list[Job]:
     return jobs
 
 
-ABCD_RULES = [RuleModel(name="abc", labels=["a", "b", "c"], dimensions=["k"]), RuleModel(name="ds", labels=["d"])]
+ABCD_RULES = [ClusterRule(name="abc", labels=["a", "b", "c"], dimensions=["k"]), ClusterRule(name="ds", labels=["d"])]
 
 
 @pytest.fixture
-def core(tmp_path: Path) -> ClusteredCore:
-    store = open_store(f"sqlite://{tmp_path}/state.db")
-    wf = Workflow(name="w", jobs=_abcd_jobs(), clustering=ABCD_RULES)
-    sub = store.submit(build_campaign(Campaign(name="c", workflows=[wf]), CATALOG))
-    c = make_core(store.load_workflow(sub.workflows[0].workflow_id))
-    store.close()
+def core() -> ClusteredCore:
+    c = core_of(Workflow(name="w", jobs=_abcd_jobs(), clustering=ABCD_RULES))
     assert isinstance(c, ClusteredCore)
     return c
 
@@ -265,3 +261,11 @@ def test_jobs_quanta_command(pr: Panray, tmp_path: Path, capsys: pytest.CaptureF
     assert sorted((r["name"], r["status"]) for r in rows) == sorted((j.name, "finished") for j in _abcd_jobs())
     assert cli_main([*args, "status", str(wf_id)]) == 0
     assert "8/0/0/8" in capsys.readouterr().out
+
+
+def test_one_cluster_rule_class() -> None:
+    from panray import dag, models
+
+    assert dag.ClusterRule is models.ClusterRule
+    with pytest.raises(WorkflowValidationError, match="clustering rule 'x=a:0'"):
+        parse_rules("x=a:0")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,15 +24,7 @@ def pr(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_h
         yield session
 
 
-def _wait_for(cond, timeout: float = 60.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    """Poll a condition with a deadline (observing external state, not standing in for a sync)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from helpers import wait_for as _wait_for
 
 
 def _dag_workflow(n: int, marker_dir: Path) -> Workflow:

@@ -15,7 +15,8 @@ import ray
 from panray import Job, Panray, Settings, Workflow
 from panray.runtime import ensure_actors
 
-from test_integration import _wait_for
+from helpers import alive as _alive
+from helpers import wait_for as _wait_for
 
 HOG = "import sys, time; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(3)"
 
@@ -54,14 +55,6 @@ def test_lost_pilot_is_a_system_error_and_the_job_runs_elsewhere(cluster: Panray
     assert f"pilot {pilot} lost" in attempts[0].diag, "the manager's liveness check beats the heartbeat timeout"
     pid = int(marks.read_text().split()[1])
     _wait_for(lambda: not _alive(pid), timeout=10, what="the lost payload to die with its pilot")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_retry_reruns_failed_cancelled_pruned_never_finished(pr: Panray, tmp_path: Path) -> None:

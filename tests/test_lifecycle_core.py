@@ -11,9 +11,12 @@ from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings, WorkflowCore
 from panray.exceptions import IllegalTransitionError
 from panray.sites import load_catalog
-from panray.statuses import FINAL_JOB_STATES, JOB_TRANSITIONS, JobStatus, check_transition
-from panray.store import open_store
+from panray.statuses import FINAL_JOB_STATES, JobStatus
+from panray.store import WorkflowSnapshot, open_store
 from panray.submission import build_campaign
+from panray.transitions import JOB_TRANSITIONS, check_transition
+
+from helpers import snapshot
 
 
 def test_final_statuses_never_change() -> None:
@@ -31,12 +34,8 @@ def test_illegal_transitions_are_rejected(old: str, new: str) -> None:
         check_transition(JobStatus(old), JobStatus(new))
 
 
-def _core(tmp_path: Path, wf: Workflow, **settings: float) -> WorkflowCore:
-    store = open_store(f"sqlite://{tmp_path}/s.db")
-    [sub] = store.submit(build_campaign(Campaign(name="c", workflows=[wf]), load_catalog())).workflows
-    snap = store.load_workflow(sub.workflow_id)
-    store.close()
-    return WorkflowCore(snap, CoreSettings(**settings))  # type: ignore[arg-type]
+def _core(wf: Workflow, **settings: float) -> WorkflowCore:
+    return WorkflowCore(snapshot(wf), CoreSettings(**settings))  # type: ignore[arg-type]
 
 
 def _run(core: WorkflowCore, idxs: list[int], t: float, *, exit_code: int = 0, error: str | None = None) -> list[int]:
@@ -47,16 +46,16 @@ def _run(core: WorkflowCore, idxs: list[int], t: float, *, exit_code: int = 0, e
 
 
 def _status(core: WorkflowCore, i: int) -> str:
-    return core.counts and [s for s in JobStatus][core.status[i]].value
+    return list(JobStatus)[core.status[i]].value
 
 
-def test_retry_rules(tmp_path: Path) -> None:
+def test_retry_rules() -> None:
     jobs = [Job(name="never", label="a", command=["x"]),
             Job(name="user", label="a", command=["x"], max_attempts=2),
             Job(name="oom", label="a", command=["x"], request_memory=1000, memory_multiplier=2.0,
                 request_memory_max=3000, max_attempts=5),
             Job(name="sys", label="a", command=["x"], max_attempts=1)]
-    core = _core(tmp_path, Workflow(name="w", jobs=jobs), max_system_retries=2)
+    core = _core(Workflow(name="w", jobs=jobs), max_system_retries=2)
     ready = core.start(0.0)
     assert sorted(ready) == [0, 1, 2, 3]
     assert _run(core, [0], 1, exit_code=2, error="payload") == []          # exit 2: never retried
@@ -80,11 +79,11 @@ def test_retry_rules(tmp_path: Path) -> None:
     assert core.done
 
 
-def test_pruning_and_final_job(tmp_path: Path) -> None:
+def test_pruning_and_final_job() -> None:
     jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"]), Job(name="c", label="c", parents=["b"]),
             Job(name="d", label="d", parents=["a"])]
     wf = Workflow(name="w", jobs=jobs, init_job=Job(name="init", label="init"), final_job=Job(name="final", label="f"))
-    core = _core(tmp_path, wf)
+    core = _core(wf)
     names = [r.name for r in core.rows]
     idx = {n: k for k, n in enumerate(names)}
     assert core.start(0) == [idx["init"]]
@@ -97,8 +96,8 @@ def test_pruning_and_final_job(tmp_path: Path) -> None:
     assert core.done and core.drain_changes(6).workflows[-1][1] == "SubFinished"
 
 
-def test_heartbeat_and_sent_timeouts(tmp_path: Path) -> None:
-    core = _core(tmp_path, Workflow(name="w", jobs=[Job(name="a", label="a", command=["x"]),
+def test_heartbeat_and_sent_timeouts() -> None:
+    core = _core(Workflow(name="w", jobs=[Job(name="a", label="a", command=["x"]),
                                                     Job(name="b", label="a", command=["x"])]),
                  heartbeat_timeout=10, sent_timeout=5)
     core.start(0)
@@ -116,31 +115,34 @@ def test_heartbeat_and_sent_timeouts(tmp_path: Path) -> None:
 def test_restart_reruns_only_failed_cancelled_pruned(tmp_path: Path) -> None:
     jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"]), Job(name="c", label="c", parents=["b"]),
             Job(name="d", label="d", parents=["a"])]
-    core = _core(tmp_path, Workflow(name="w", jobs=jobs))
+    wf = Workflow(name="w", jobs=jobs)
+    core = _core(wf)
     core.start(0)
     _run(core, [0], 1)
     _run(core, [1], 2, exit_code=1, error="payload")
     _run(core, [3], 2)
     assert core.done
-    again = WorkflowCore(_snapshot_after(tmp_path, core))
+    again = WorkflowCore(_snapshot_after(tmp_path, wf, core))
     ready = again.start(10, retry=True)
     assert ready == [1]                                                     # b again; c waits for b
     assert [again.attempt[i] for i in range(4)] == [1, 2, 2, 1]
     assert [_status(again, i) for i in range(4)] == ["finished", "defined", "pending", "finished"]
 
 
-def _snapshot_after(tmp_path: Path, core: WorkflowCore):  # type: ignore[no-untyped-def]
+def _snapshot_after(tmp_path: Path, wf: Workflow, core: WorkflowCore) -> WorkflowSnapshot:
+    """What a restarted manager loads: the workflow stored, then the core's changes (same ids as a fresh store's)."""
     store = open_store(f"sqlite://{tmp_path}/s.db")
+    store.submit(build_campaign(Campaign(name="c", workflows=[wf]), load_catalog()))
     store.apply(core.drain_changes(5))
     snap = store.load_workflow(core.workflow_id)
     store.close()
     return snap
 
 
-def test_partial_cancel_prunes_descendants_and_final_still_runs(tmp_path: Path) -> None:
+def test_partial_cancel_prunes_descendants_and_final_still_runs() -> None:
     jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"]), Job(name="e", label="b", parents=["a"]),
             Job(name="c", label="c", parents=["b"]), Job(name="d", label="d", parents=["a"])]
-    core = _core(tmp_path, Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
+    core = _core(Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
     idx = {r.name: k for k, r in enumerate(core.rows)}
     core.start(0)
     assert sorted(_run(core, [idx["a"]], 1)) == sorted(idx[n] for n in "bed")
@@ -164,9 +166,9 @@ def test_partial_cancel_prunes_descendants_and_final_still_runs(tmp_path: Path) 
     assert (core.rows[idx["b"]].task_id, "aborted") in batch.tasks
 
 
-def test_workflow_cancel_cancels_everything_including_the_final_job(tmp_path: Path) -> None:
+def test_workflow_cancel_cancels_everything_including_the_final_job() -> None:
     jobs = [Job(name="a", label="a"), Job(name="b", label="b", parents=["a"])]
-    core = _core(tmp_path, Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
+    core = _core(Workflow(name="w", jobs=jobs, final_job=Job(name="final", label="f")))
     core.start(0)
     core.queued([0], ["USDF"], 1)
     held, ready = core.cancel(2)

@@ -18,7 +18,7 @@ from panray.store import open_store
 from panray.store.base import AttemptRow, ChangeBatch
 from panray.submission import build_campaign
 
-from test_integration import _wait_for
+from helpers import wait_for as _wait_for
 
 
 def _attempt(job_id: int, nr: int, status: str, pss_kb: int | None) -> AttemptRow:

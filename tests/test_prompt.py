@@ -13,20 +13,11 @@ import pytest
 
 import panray  # noqa: F401  (before ray: loopback only)
 from panray import prompt
-from panray.actors.prompt import (
-    CalibKey,
-    DispatchCore,
-    PilotConfig,
-    PilotCore,
-    Push,
-    RendezvousRing,
-    TaskConfig,
-    percentiles,
-    prompt_pilot_name,
-)
+from panray.actors.prompt_pool import prompt_pilot_name
 from panray.config import Settings
-from panray.exceptions import PanrayError
-from panray.prompt import PromptPoolError, UnknownDetectorError, UnknownInstrumentError
+from panray.core.prompt_core import CalibKey, PilotConfig, PilotCore, Push, RendezvousRing, TaskConfig
+from panray.core.prompt_task import DispatchCore, percentiles
+from panray.exceptions import PanrayError, PromptPoolError, UnknownDetectorError, UnknownInstrumentError
 from panray.store import open_store
 
 PILOTS = [prompt_pilot_name("USDF", k) for k in range(4)]
@@ -83,7 +74,7 @@ def _failing_payload(key: CalibKey, visit: int, calib: Any) -> int:
     return 3 if key.detector == 1 else 0
 
 
-def _push(dets: tuple[int, ...], version: str = "v1", payload: Any = "panray.actors.prompt:noop_payload") -> Push:
+def _push(dets: tuple[int, ...], version: str = "v1", payload: Any = "panray.core.prompt_core:noop_payload") -> Push:
     return Push("LSSTCam", 7, version, 0.0, dets, payload, "", 1000)
 
 
@@ -178,7 +169,11 @@ def test_visits_are_recorded_in_the_state_store(pool: Settings) -> None:
         jobs = store.jobs(wf.workflow_id)
         assert [json.loads(j.tags)["detector"] for j in jobs] == [5, 6, 7]
         assert {j.status for j in jobs} == {"finished"} and all(j.pilot in PILOTS for j in jobs)
-        assert [h.status for h in store.history(jobs[0].job_id)] == ["sent", "running", "finished"]
+        history = store.history(jobs[0].job_id)  # the workflow core's path, each move with its cause
+        assert [(h.previous, h.status) for h in history] == [
+            ("pending", "defined"), ("defined", "assigned"), ("assigned", "activated"), ("activated", "sent"),
+            ("sent", "starting"), ("starting", "running"), ("running", "finished")]
+        assert history[-1].cause == "pilot report"
     finally:
         store.close()
 

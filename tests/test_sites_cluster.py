@@ -22,6 +22,8 @@ from panray.runtime import ensure_actors
 from panray.sites import Decision, JobRequest, SiteLoad, SiteStatus, candidates, format_explanation
 from panray.sites.topology import SITE_PREFIX, SITE_UNITS, loopback_env, site_nodes
 
+from helpers import wait_for
+
 FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 30.0, "sent_timeout": 30.0, "flush_interval": 0.05}
 SHARES = {"USDF": 0.35, "FrDF": 0.40, "UKDF": 0.25}
 
@@ -221,9 +223,7 @@ def test_offline_site_gives_its_queue_back_without_losing_or_repeating_a_job(
     def frdf_queued() -> int:
         return next(r["queued"] for r in ray.get(pr.runtime.brokerage.sites.remote()) if r["site"] == "FrDF")
 
-    deadline = time.monotonic() + 30
-    while frdf_queued() == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(frdf_queued, timeout=30, what="jobs queued at FrDF")
     set_site_status(pr, "FrDF", "offline")
     offline_at = time.time()
     try:
@@ -234,6 +234,8 @@ def test_offline_site_gives_its_queue_back_without_losing_or_repeating_a_job(
     rebrokered = [j for j in pr.jobs(wf_id)
                   if [h.status for h in pr.store.history(j.job_id)].count("activated") > 1]
     assert rebrokered, "some jobs were queued at FrDF when it went offline"
+    assert all(("activated", "defined", "site offline") in
+               {(h.previous, h.status, h.cause) for h in pr.store.history(j.job_id)} for j in rebrokered)
     assert all(j.site != "FrDF" for j in rebrokered)
     late_at_frdf = [j for j in pr.jobs(wf_id) if j.site == "FrDF" and (j.start_time or 0) > offline_at + 1]
     assert not late_at_frdf

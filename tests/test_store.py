@@ -64,6 +64,10 @@ def attempt(job_id: int, nr: int, status: J, **kw: object) -> AttemptRow:
     return AttemptRow(**fields)  # type: ignore[arg-type]
 
 
+def _hist(job_id: int, attempt_nr: int, status: str, t: float, previous: str = "pending") -> HistoryRow:
+    return HistoryRow(job_id, attempt_nr, status, t, previous, "test")
+
+
 def raw_sql(url: str, text: str) -> None:
     """Reach past the store, as an operator or another panray version would."""
     if url.startswith("sqlite://"):
@@ -124,14 +128,14 @@ def test_apply_writes_jobs_attempts_history_and_counts(store: StateStore) -> Non
     first, task_a, task_b = w.first_job_id, w.first_task_id, w.first_task_id + 1
     store.apply(ChangeBatch(
         jobs=[state(first, J.DEFINED), state(first + 1, J.DEFINED)],
-        history=[HistoryRow(first, 1, "defined", 1.0), HistoryRow(first + 1, 1, "defined", 1.0)],
+        history=[_hist(first, 1, "defined", 1.0), _hist(first + 1, 1, "defined", 1.0)],
         tasks=[(task_a, TaskStatus.READY.value), (task_b, TaskStatus.READY.value)],
         workflows=[(w.workflow_id, WorkflowStatus.TRANSFORMING.value, None)],
     ))  # fmt: skip
     store.apply(ChangeBatch(
         jobs=[state(first, J.RUNNING, site="S", pilot="p1", start_time=1.5),
               state(first + 1, J.FAILED, site="S", end_time=2.0, exit_code=1, error_class="payload", diag="boom")],
-        history=[HistoryRow(first, 1, "running", 1.5), HistoryRow(first + 1, 1, "failed", 2.0)],
+        history=[_hist(first, 1, "running", 1.5), _hist(first + 1, 1, "failed", 2.0)],
         attempts=[attempt(first + 1, 1, J.FAILED)],
     ))  # fmt: skip
 
@@ -140,7 +144,7 @@ def test_apply_writes_jobs_attempts_history_and_counts(store: StateStore) -> Non
     failed = store.job(first + 1)
     assert (failed.status, failed.exit_code, failed.error_class, failed.diag) == ("failed", 1, "payload", "boom")
     assert store.job(first + 2).status == "pending"
-    assert store.history(first) == [HistoryRow(first, 1, "defined", 1.0), HistoryRow(first, 1, "running", 1.5)]
+    assert store.history(first) == [_hist(first, 1, "defined", 1.0), _hist(first, 1, "running", 1.5)]
     assert store.attempts(first + 1) == [attempt(first + 1, 1, J.FAILED)]
     assert store.job_counts(w.workflow_id) == {task_a: {"running": 1, "pending": 1}, task_b: {"failed": 1, "pending": 1}}
     assert [j.job_id for j in store.jobs(w.workflow_id, status=["pending", "failed"])] == [first + 1, first + 2, first + 3]
@@ -152,7 +156,7 @@ def test_apply_writes_jobs_attempts_history_and_counts(store: StateStore) -> Non
     # A retry: the attempt record of attempt 1 is re-sent with a correction, attempt 2 starts.
     store.apply(ChangeBatch(
         jobs=[state(first + 1, J.DEFINED, attempt_nr=2, request_memory=2000)],
-        history=[HistoryRow(first + 1, 2, "defined", 3.0)],
+        history=[_hist(first + 1, 2, "defined", 3.0)],
         attempts=[attempt(first + 1, 1, J.FAILED, max_pss_kb=9000, log_url="gs://log")],
         workflows=[(w.workflow_id, WorkflowStatus.FAILED.value, 9.0)],
     ))  # fmt: skip
@@ -177,14 +181,14 @@ def test_a_bad_status_rejects_the_whole_batch(store: StateStore, where: str) -> 
     first = w.first_job_id
     good = ChangeBatch(
         jobs=[state(first, J.DEFINED)],
-        history=[HistoryRow(first, 1, "defined", 1.0)],
+        history=[_hist(first, 1, "defined", 1.0)],
         attempts=[attempt(first + 1, 1, J.FAILED)],
         tasks=[(w.first_task_id, "ready")],
         workflows=[(w.workflow_id, "Transforming", None)],
     )
     bad = {
         "jobs": [state(first + 1, J.DEFINED)._replace(status="bogus")],
-        "history": [HistoryRow(first + 1, 1, "bogus", 1.0)],
+        "history": [_hist(first + 1, 1, "bogus", 1.0)],
         "attempts": [attempt(first, 1, J.FAILED)._replace(status="bogus")],
         "tasks": [(w.first_task_id, "bogus")],
         "workflows": [(w.workflow_id, "bogus", None)],
@@ -205,7 +209,7 @@ def test_unknown_ids_raise_not_found_and_store_nothing(store: StateStore) -> Non
     first = w.first_job_id
     with pytest.raises(NotFoundError, match=str(first + 999)):
         store.apply(ChangeBatch(jobs=[state(first, J.DEFINED), state(first + 999, J.DEFINED)],
-                                history=[HistoryRow(first, 1, "defined", 1.0)]))  # fmt: skip
+                                history=[_hist(first, 1, "defined", 1.0)]))  # fmt: skip
     assert store.job(first).status == "pending" and store.history(first) == []
     with pytest.raises(NotFoundError):
         store.apply(ChangeBatch(tasks=[(w.first_task_id + 999, "ready")]))
@@ -225,6 +229,34 @@ def test_set_cancelled_marks_and_clears(store: StateStore) -> None:
     assert store.load_workflow(wid).workflow.cancelled is True
     store.set_cancelled(wid, False)
     assert store.workflows()[0].cancelled is False
+
+
+def test_workflow_reads_one_row(store: StateStore) -> None:
+    wids = [w.workflow_id for w in store.submit(NewCampaign("c", "alice", [new_workflow("w", 1),
+                                                                          new_workflow("v", 1)])).workflows]
+    assert store.workflow(wids[1]).name == "v" and store.workflow(wids[0]).owner == "alice"
+    with pytest.raises(NotFoundError, match=f"workflow {wids[1] + 1} "):
+        store.workflow(wids[1] + 1)
+
+
+def test_a_version_2_store_is_migrated(store: StateStore, store_url: str) -> None:
+    """A store made before the history had previous status and cause opens, keeps its rows, gains both."""
+    [w] = store.submit(NewCampaign("c", "alice", [new_workflow("w", 1)])).workflows
+    store.apply(ChangeBatch(history=[_hist(w.first_job_id, 1, "defined", 1.0)]))
+    store.close()
+    raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN cause")
+    raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN previous")
+    raw_sql(store_url, "UPDATE schema_version SET version = 2")
+    again = open_store(store_url)
+    try:
+        assert again.history(w.first_job_id) == [HistoryRow(w.first_job_id, 1, "defined", 1.0, "", "")]
+        row = HistoryRow(w.first_job_id, 1, "assigned", 2.0, "defined", "brokerage")
+        again.apply(ChangeBatch(history=[row]))
+        assert again.history(w.first_job_id)[-1] == row
+    finally:
+        again.close()
+    reopened = open_store(store_url)  # migrated once: the version is now current
+    reopened.close()
 
 
 def test_schema_version_is_recorded_and_checked(store: StateStore, store_url: str) -> None:
@@ -250,7 +282,7 @@ def test_two_threads_share_one_store(store: StateStore) -> None:
         try:
             for i in range(offset, 200, 2):
                 job_id = w.first_job_id + i
-                store.apply(ChangeBatch(jobs=[state(job_id, J.DEFINED)], history=[HistoryRow(job_id, 1, "defined", 1.0)]))
+                store.apply(ChangeBatch(jobs=[state(job_id, J.DEFINED)], history=[_hist(job_id, 1, "defined", 1.0)]))
                 store.job_counts(w.workflow_id)
         except BaseException as exc:  # reported to the main thread below
             errors.append(exc)
@@ -273,7 +305,7 @@ def _submit_many(url: str, tag: str, n_workflows: int, n_jobs: int) -> None:
             first = sub.workflows[0].first_job_id
             store.apply(ChangeBatch(
                 jobs=[state(first + i, J.DEFINED) for i in range(n_jobs)],
-                history=[HistoryRow(first + i, 1, "defined", 1.0) for i in range(n_jobs)],
+                history=[_hist(first + i, 1, "defined", 1.0) for i in range(n_jobs)],
             ))  # fmt: skip
     finally:
         store.close()
@@ -315,7 +347,7 @@ def test_volume_submit_and_three_large_batches(store: StateStore) -> None:
         t = float(step)
         store.apply(ChangeBatch(
             jobs=[state(first + i, status, site=site, t=t) for i in range(n)],
-            history=[HistoryRow(first + i, 1, s.value, t) for i in range(n) for s in (status, J.SENT, J.STARTING)],
+            history=[_hist(first + i, 1, s.value, t) for i in range(n) for s in (status, J.SENT, J.STARTING)],
         ))  # fmt: skip
     counts = store.job_counts(w.workflow_id)
     assert sum(c.get("finished", 0) for c in counts.values()) == n

@@ -22,7 +22,7 @@ import json
 from array import array
 from collections.abc import Iterable, Iterator
 
-from panray.core.cluster_runner import SKIP_ENV
+from panray.cluster_format import SKIP_ENV
 from panray.core.messages import Dispatch, Outcome
 from panray.core.workflow_core import (
     ACTIVATED,
@@ -36,9 +36,10 @@ from panray.core.workflow_core import (
     WorkflowCore,
 )
 from panray.dag import JobGraph, Releaser
-from panray.retry import RetrySpec
+from panray.retry import PAYLOAD, PRUNED, RetrySpec
 from panray.statuses import CODE_OF, FINAL_CODES, JOB_CODES, JobStatus
 from panray.store.base import ChangeBatch, QuantumState, WorkflowSnapshot
+from panray.transitions import JOB_ENDED, QUANTA, QUANTUM_RUN, RELEASED, prune_from, transition
 
 CANCELLED = CODE_OF[JobStatus.CANCELLED]
 _CLOSABLE = frozenset({PENDING, DEFINED, ASSIGNED, ACTIVATED})  #: a job that no pilot holds yet
@@ -66,8 +67,10 @@ class QuantaState:
         self.diag: list[str | None] = [r.diag for r in rows]
         self.dirty: set[int] = set()
 
-    def set(self, q: int, status: int, diag: str | None = None) -> None:
-        self.status[q] = status
+    def set(self, q: int, status: int, cause: str, diag: str | None = None) -> None:
+        """Move quantum ``q`` to ``status`` (a checked transition unless it is already there)."""
+        if self.status[q] != status:
+            transition(QUANTA, self.status, q, status, q, self.attempt[q], 0.0, cause, None)
         if diag is not None:
             self.diag[q] = diag
         self.dirty.add(q)
@@ -77,7 +80,8 @@ class QuantaState:
         if self.exit_code[q] is not None:
             self.attempt[q] += 1
         self.exit_code[q], self.start[q], self.end[q] = exit_code, start, end
-        self.set(q, FINISHED if exit_code == 0 else PENDING, "" if exit_code == 0 else f"exit code {exit_code}")
+        self.set(q, FINISHED if exit_code == 0 else PENDING, QUANTUM_RUN,
+                 "" if exit_code == 0 else f"exit code {exit_code}")
 
     def descendants(self, roots: Iterable[int]) -> list[int]:
         return self._walker.descendants(roots)
@@ -141,13 +145,13 @@ class ClusteredCore(WorkflowCore):
                 failed = [q for q in members if qs.status[q] == FAILED]
                 if failed:
                     q = failed[0]
-                    o = o._replace(error_class="payload", exit_code=qs.exit_code[q],
+                    o = o._replace(error_class=PAYLOAD, exit_code=qs.exit_code[q],
                                    diag=f"quantum {qs.names[q]} failed for good")
             yield o
 
     def _fail(self, i: int, error_class: str, exit_code: int | None, diag: str | None, t: float,
-              o: Outcome | None) -> list[int]:
-        ready = super()._fail(i, error_class, exit_code, diag, t, o)
+              o: Outcome | None, cause: str) -> list[int]:
+        ready = super()._fail(i, error_class, exit_code, diag, t, o, cause)
         if self.quanta.members[i] and self.status[i] not in FINAL_CODES:  # retried
             self._released += self._fail_quanta(i, t, for_good=False)
         self._just_failed.pop(i, None)
@@ -165,17 +169,18 @@ class ClusteredCore(WorkflowCore):
         """Fail quanta of job ``i`` for good, close their descendants; return the jobs released."""
         qs = self.quanta
         failed = self._just_failed.get(i, [])
+        cause = prune_from(self.rows[i].name)
         if for_good:
             behind = set(qs.descendants(failed))
             lost = [q for q in qs.members[i] if qs.status[q] == PENDING and q not in behind and q not in failed]
             for q in lost:
-                qs.set(q, FAILED, f"not run: job {self.rows[i].name} failed for good ({self.error_class[i]})")
+                qs.set(q, FAILED, cause, f"not run: job {self.rows[i].name} failed for good ({self.error_class[i]})")
         else:
             never = RetrySpec.from_json(self.rows[i].max_attempts, self.rows[i].retry).retry_unless_exit
             failed = [q for q in failed if qs.exit_code[q] in never]
             lost = []
         for q in failed:
-            qs.set(q, FAILED)
+            qs.set(q, FAILED, QUANTUM_RUN)
         return self._close_descendants(failed + lost, t, [i] if for_good else [])
 
     def _close_descendants(self, roots: list[int], t: float, resolved: list[int]) -> list[int]:
@@ -183,30 +188,31 @@ class ClusteredCore(WorkflowCore):
         qs = self.quanta
         touched: dict[int, str] = {}  #: job -> a failed quantum that pruned some of its quanta
         for root in roots:
+            cause = prune_from(qs.names[root])
             for q in qs.descendants([root]):
                 if qs.status[q] == PENDING:
-                    qs.set(q, CLOSED, f"ancestor quantum {qs.names[root]} failed for good")
+                    qs.set(q, CLOSED, cause, f"ancestor quantum {qs.names[root]} failed for good")
                     touched.setdefault(qs.job[q], qs.names[root])
         for k, root_name in touched.items():
             if self.status[k] in _CLOSABLE and all(qs.status[q] == CLOSED for q in qs.members[k]):
-                self.error_class[k] = "pruned"
+                self.error_class[k] = PRUNED
                 self.diag[k] = f"all its quanta pruned (ancestor quantum {root_name} failed for good)"
-                self._move(k, CLOSED, t)
+                self._move(k, CLOSED, t, prune_from(root_name))
                 resolved.append(k)
         ready = []
         for c in self.releaser.finish_many(resolved):
             if c != self.final_idx and self.status[c] == PENDING:
-                self._move(c, DEFINED, t)
+                self._move(c, DEFINED, t, RELEASED)
                 ready.append(c)
         return ready
 
-    def _reset_failed(self, now: float) -> None:
+    def _reset_failed(self, now: float, cause: str) -> None:
         """A workflow retry reruns every quantum not finished."""
-        super()._reset_failed(now)
+        super()._reset_failed(now, cause)
         qs = self.quanta
         for q in range(len(qs.status)):
             if qs.status[q] in (FAILED, CLOSED, CANCELLED):
-                qs.set(q, PENDING, "")
+                qs.set(q, PENDING, cause, "")
 
     # -- outputs -----------------------------------------------------------------------------
 
@@ -227,7 +233,7 @@ class ClusteredCore(WorkflowCore):
             if c in (CLOSED, CANCELLED):
                 for q in qs.members[i]:
                     if qs.status[q] == PENDING:
-                        qs.set(q, c, self.diag[i])
+                        qs.set(q, c, JOB_ENDED, self.diag[i])
         batch = super().drain_changes(now)
         batch.quanta = qs.drain()
         return batch

@@ -12,10 +12,8 @@ are not run; a quantum that fails stops only its own descendants in the cluster;
 The exit code is 0 if every quantum run succeeded, else the first failure's code that the retry
 rules allow to retry, else the first failure's code.
 
-Examples:
-    >>> spec = ClusterSpec([QuantumSpec("a", "isr", ["true"], {}), QuantumSpec("b", "calib", None, {})], [[], [0]], [1, 2])
-    >>> ClusterSpec.from_json(spec.to_json()) == spec
-    True
+Its input and output formats live in :mod:`panray.cluster_format`, which this script loads by
+file path when it runs as a plain script (``python -I``: no ``panray`` on the path).
 """
 
 from __future__ import annotations
@@ -28,44 +26,24 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
-CLUSTER_ARGV0 = "panray-cluster"  #: first word of a cluster job's argv; the pilot swaps in this script
-SKIP_ENV = "PANRAY_QUANTA_SKIP"
-RESULTS_FILE = "quanta.jsonl"
-SPEC_FILE = "cluster.json"
+if __package__:
+    from panray.cluster_format import RESULTS_FILE, SKIP_ENV, ClusterSpec, QuantumSpec, parse_skip
+else:  # a plain script: load the format module beside the package, standard library only
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location(
+        "panray_cluster_format", Path(__file__).resolve().parents[1] / "cluster_format.py")
+    assert _spec is not None and _spec.loader is not None
+    _format = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = _format
+    _spec.loader.exec_module(_format)
+    RESULTS_FILE, SKIP_ENV = _format.RESULTS_FILE, _format.SKIP_ENV
+    ClusterSpec, QuantumSpec, parse_skip = _format.ClusterSpec, _format.QuantumSpec, _format.parse_skip
+
 _PR_SET_PDEATHSIG = 1
-
-
-class QuantumSpec(NamedTuple):
-    name: str
-    label: str
-    argv: list[str] | None  #: None: a no-op quantum
-    environment: dict[str, str]
-
-
-@dataclass(slots=True)
-class ClusterSpec:
-    """What a cluster job runs: quanta in dependency order, ``deps[k]`` = positions ``k`` waits for."""
-
-    quanta: list[QuantumSpec]
-    deps: list[list[int]]
-    retry_unless_exit: list[int]
-
-    def to_json(self) -> str:
-        return json.dumps({"quanta": [list(q) for q in self.quanta], "deps": self.deps,
-                           "retry_unless_exit": self.retry_unless_exit}, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> ClusterSpec:
-        d = json.loads(text)
-        return cls([QuantumSpec(*q) for q in d["quanta"]], d["deps"], d["retry_unless_exit"])
-
-
-def parse_skip(text: str) -> set[int]:
-    return {int(p) for p in text.split(",") if p}
 
 
 def die_with_parent() -> None:
@@ -154,21 +132,6 @@ def run_cluster(spec: ClusterSpec, skip: set[int], work_dir: Path, out: IO[str] 
                 failures.append(code)
     retryable = [c for c in failures if c not in spec.retry_unless_exit]
     return (retryable or failures or [0])[0]
-
-
-def read_results(work_dir: Path) -> tuple[tuple[int, int, float, float], ...] | None:
-    """``(pos, exit_code, start, end)`` per quantum run, from the work dir; None if there is no file."""
-    path = work_dir / RESULTS_FILE
-    if not path.exists():
-        return None
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-            out.append((int(r["pos"]), int(r["exit_code"]), float(r["start"]), float(r["end"])))
-        except (ValueError, KeyError, TypeError):
-            continue  # a line cut short by a kill
-    return tuple(out)
 
 
 def main(argv: list[str]) -> int:

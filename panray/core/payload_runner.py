@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from panray.cluster_format import CLUSTER_ARGV0, SPEC_FILE, read_results
 from panray.core import cluster_runner
 from panray.core.messages import Dispatch
 from panray.payload import decode_command
+from panray.retry import CANCELLED, MEMORY, PAYLOAD
 
 OOM_EXIT = 137
 PILOT_LOG = "pilot.log"  #: the pilot's record of the attempt, uploaded with the payload's files
@@ -165,9 +167,9 @@ class PayloadProcess:
                     f"workflow {self.d.workflow_id}); work dir {self.dir}", workDir=str(self.dir))
         self._event("command", f"command decoded: {argv[0]} with {len(argv) - 1} arguments",
                     executable=argv[0], nArguments=len(argv) - 1)
-        if argv[0] == cluster_runner.CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
-            (self.dir / cluster_runner.SPEC_FILE).write_text(argv[1])
-            argv = [sys.executable, "-I", cluster_runner.__file__, cluster_runner.SPEC_FILE]
+        if argv[0] == CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
+            (self.dir / SPEC_FILE).write_text(argv[1])
+            argv = [sys.executable, "-I", cluster_runner.__file__, SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
         env = clean_environment(dict(os.environ))
         env.update(user.environment() if user else {})
@@ -189,7 +191,7 @@ class PayloadProcess:
                     )
             except (OSError, ValueError) as exc:  # ValueError: a NUL or '=' the OS refuses in argv or env
                 self._event("start_failed", f"cannot start {argv[0][:200]!r}: {exc}", level="ERROR")
-                return PayloadResult(start, time.time(), 127, "payload", f"cannot start {argv[0][:200]!r}: {exc}")
+                return PayloadResult(start, time.time(), 127, PAYLOAD, f"cannot start {argv[0][:200]!r}: {exc}")
             self._event("started", f"payload started with pid {self._proc.pid}", pid=self._proc.pid)
             tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
@@ -212,21 +214,21 @@ class PayloadProcess:
         if result.log_url:
             self._event("uploaded", f"uploaded {sum(p.exists() for p in files)} files to {result.log_url}",
                         url=result.log_url)
-        result.quanta = cluster_runner.read_results(self.dir)
+        result.quanta = read_results(self.dir)
         return result
 
     def _classify(self, code: int, start: float, end: float, max_pss: int | None) -> PayloadResult:
         if code < 0:
             code = 128 - code
         reason = self._kill_reason
-        if reason == "memory":
+        if reason == MEMORY:
             diag = f"killed: PSS {max_pss} kB above request {self.d.request_memory} MB"
-            return PayloadResult(start, end, OOM_EXIT, "memory", diag, max_pss)
-        if reason == "cancelled":
-            return PayloadResult(start, end, code, "cancelled", "killed by cancel", max_pss)
+            return PayloadResult(start, end, OOM_EXIT, MEMORY, diag, max_pss)
+        if reason == CANCELLED:
+            return PayloadResult(start, end, code, CANCELLED, "killed by cancel", max_pss)
         if code == 0:
             return PayloadResult(start, end, 0, None, None, max_pss)
-        return PayloadResult(start, end, code, "payload", f"payload exited with code {code}", max_pss)
+        return PayloadResult(start, end, code, PAYLOAD, f"payload exited with code {code}", max_pss)
 
     def _start_watchers(self, files: list[tuple[Path, str]]) -> tuple[Any, Any]:
         from panray.logging_bridge import LogTailer, MemoryMonitor
@@ -239,7 +241,7 @@ class PayloadProcess:
         assert self._proc is not None
         monitor = MemoryMonitor(
             self._proc.pid, self.dir, interval=self.services.memory_interval, ncores=self.d.request_cpus,
-            limit_kb=limit_kb, on_exceed=lambda _pss: self.kill("memory"),
+            limit_kb=limit_kb, on_exceed=lambda _pss: self.kill(MEMORY),
         )
         monitor.start()
         return tailer, monitor

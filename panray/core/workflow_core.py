@@ -1,7 +1,7 @@
 """The workflow manager's logic, free of Ray: events in, jobs to dispatch and state changes out.
 
 It holds one workflow's jobs as compact arrays (a status byte, an attempt counter, ...), moves
-them only through :func:`panray.statuses.check_code_transition`, releases children through the
+them only through :func:`panray.transitions.transition` (each move with its cause), releases children through the
 in-degree counters of :class:`panray.dag.Releaser`, applies the retry rules of
 :mod:`panray.retry`, prunes descendants of jobs that failed for good, and releases the final
 job once everything else has ended. Every status change becomes a history row; state changes
@@ -9,6 +9,10 @@ accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in o
 
 Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
 failed as system errors and retried, jobs waiting in a queue are released again.
+
+The module is longer than most (about 480 lines) on purpose: every event handler works on the
+same per-job arrays and the same moves, and one state machine split over files would hide which
+handler can move a job where.
 """
 
 from __future__ import annotations
@@ -18,20 +22,36 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.locality import DataLocality
 from panray.dag import JobGraph, Releaser
-from panray.retry import SYSTEM, USER_CLASSES, RetryDecision, RetrySpec, decide
-from panray.statuses import (
-    CODE_OF,
-    FINAL_CODES,
-    JOB_CODES,
-    JobStatus,
-    check_code_transition,
-    derive_task_status,
-    derive_workflow_status,
-)
+from panray.retry import CANCELLED as CANCEL_CLASS
+from panray.retry import PRUNED, SYSTEM, USER_CLASSES, RetryDecision, RetrySpec, decide
+from panray.statuses import CODE_OF, FINAL_CODES, JOB_CODES, JobStatus, derive_task_status, derive_workflow_status
 from panray.store.base import AttemptRow, ChangeBatch, DecisionRow, HistoryRow, JobState, WorkflowSnapshot
+from panray.transitions import (
+    BROKERAGE,
+    FINAL_DUE,
+    HEARTBEAT_LOST,
+    JOBS,
+    PILOT_LOST,
+    PILOT_REPORT,
+    QUEUE_LOST,
+    RELEASED,
+    RESTARTED,
+    RETRY_RULE,
+    SENT_TIMEOUT,
+    SITE_OFFLINE,
+    TASKS,
+    WORKFLOWS,
+    cancel_by,
+    follow,
+    new_attempt,
+    prune_from,
+    retry_by,
+    transition,
+)
 
 J = JobStatus
 PENDING, DEFINED, ASSIGNED, ACTIVATED = (CODE_OF[s] for s in (J.PENDING, J.DEFINED, J.ASSIGNED, J.ACTIVATED))
@@ -41,11 +61,20 @@ HELD = frozenset({SENT, STARTING, RUNNING})
 _STATUS_STR = [s.value for s in JOB_CODES]
 
 
-@dataclass(slots=True)
+_DEFAULTS = Settings.model_fields
+
+
+@dataclass(frozen=True, slots=True)
 class CoreSettings:
-    max_system_retries: int = 3
-    heartbeat_timeout: float = 7200.0  #: a running job silent this long is lost
-    sent_timeout: float = 1800.0  #: a job sent to a pilot that has not started it by then is lost
+    """The part of :class:`panray.config.Settings` the core uses (defaults are Settings' own)."""
+
+    max_system_retries: int = _DEFAULTS["max_system_retries"].default
+    heartbeat_timeout: float = _DEFAULTS["heartbeat_timeout"].default  #: a running job silent this long is lost
+    sent_timeout: float = _DEFAULTS["sent_timeout"].default  #: a job sent to a pilot that never started it is lost
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> CoreSettings:
+        return cls(s.max_system_retries, s.heartbeat_timeout, s.sent_timeout)
 
 
 class WorkflowCore:
@@ -58,7 +87,7 @@ class WorkflowCore:
         wf = snap.workflow
         self.workflow_id = wf.workflow_id
         self.cancelled = bool(wf.cancelled)
-        self.workflow_status = wf.status
+        self._workflow_status = {wf.workflow_id: wf.status}
         jobs = snap.jobs
         self.rows = jobs
         n = self.n = len(jobs)
@@ -100,52 +129,53 @@ class WorkflowCore:
 
     # -- the one path that changes a status --------------------------------------------------
 
-    def _move(self, i: int, new: int, t: float) -> None:
-        old = self.status[i]
-        check_code_transition(old, new)
-        self.status[i] = new
+    def _move(self, i: int, new: int, t: float, cause: str) -> None:
+        old = transition(JOBS, self.status, i, new, self.first_id + i, self.attempt[i], t, cause, self._history)
         counts = self.task_counts[self.task_of[i]]
         counts[old] -= 1
         counts[new] += 1
         if new in FINAL_CODES:
             self.n_final += 1
-        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], _STATUS_STR[new], t))
         self._dirty.add(i)
         self._dirty_tasks.add(self.task_of[i])
 
+    @property
+    def workflow_status(self) -> str:
+        return self._workflow_status[self.workflow_id]
+
     # -- events ------------------------------------------------------------------------------
 
-    def start(self, now: float, *, retry: bool = False) -> list[int]:
+    def start(self, now: float, *, retry: bool = False, by: str = "") -> list[int]:
         """Jobs to dispatch now: a fresh workflow's roots, or what a restarted manager must redo.
 
         With ``retry`` (``panray retry``) failed, cancelled and pruned jobs get a new attempt with
         a fresh budget, and so does the final job, which runs again after them; finished jobs
-        never run again.
+        never run again. ``by`` names who asked for the retry (or the cancel found stored).
         """
         ready: list[int] = []
         if retry:
-            self._reset_failed(now)
+            self._reset_failed(now, retry_by(by or "user"))
         for i in range(self.n):
             c = self.status[i]
             if c in HELD:
-                ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None))
+                ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None, RESTARTED))
             elif c in (ASSIGNED, ACTIVATED):
-                self._move(i, DEFINED, now)
+                self._move(i, DEFINED, now, RESTARTED)
                 ready.append(i)
             elif c == DEFINED:
                 ready.append(i)
         if self.cancelled:
-            self.cancel(now)
+            self.cancel(now, by=by)
             return []
         if retry:
             self.releaser = Releaser(self.graph, done=(i for i in range(self.n) if self.status[i] == FINISHED))
         for i in self.releaser.ready():
             if i != self.final_idx and self.status[i] == PENDING:
-                self._move(i, DEFINED, now)
+                self._move(i, DEFINED, now, RELEASED)
                 ready.append(i)
         return ready + self._final_if_due(now)
 
-    def _reset_failed(self, now: float) -> None:
+    def _reset_failed(self, now: float, cause: str) -> None:
         again = [i for i in range(self.n) if self.status[i] in (FAILED, CANCELLED, CLOSED)]
         f = self.final_idx
         if again and f is not None and f not in again and self.status[f] in FINAL_CODES:
@@ -153,7 +183,7 @@ class WorkflowCore:
         self.cancelled = False
         for i in again:
             self.user_failures[i] = self.system_failures[i] = 0
-            self._new_attempt(i, self.memory[i], now, PENDING)
+            self._new_attempt(i, self.memory[i], now, cause, PENDING)
 
     def queued(self, idxs: Iterable[int], sites: Iterable[str], now: float) -> list[int]:
         """Brokerage chose these sites and the jobs went to their queues: assigned, activated."""
@@ -161,9 +191,9 @@ class WorkflowCore:
         for i, site in zip(idxs, sites):
             if self.status[i] != DEFINED:
                 continue
-            self._move(i, ASSIGNED, now)
+            self._move(i, ASSIGNED, now, BROKERAGE)
             self.site[i] = site
-            self._move(i, ACTIVATED, now)
+            self._move(i, ACTIVATED, now, BROKERAGE)
             self.locality.placed(self.first_id + i, self.attempt[i], self.rows[i].inputs, site, now)
             moved.append(i)
         return moved
@@ -182,7 +212,7 @@ class WorkflowCore:
         for job_id, attempt in jobs:
             i = job_id - self.first_id
             if self.attempt[i] == attempt and self.status[i] == ACTIVATED:
-                self._move(i, DEFINED, now)
+                self._move(i, DEFINED, now, SITE_OFFLINE)
                 self.site[i] = None
                 ready.append(i)
         return ready
@@ -193,9 +223,9 @@ class WorkflowCore:
         for i in range(self.n):
             c = self.status[i]
             if c in HELD and self.pilot[i] in pilots:
-                ready.extend(self._fail(i, SYSTEM, None, f"pilot {self.pilot[i]} lost", now, None))
+                ready.extend(self._fail(i, SYSTEM, None, f"pilot {self.pilot[i]} lost", now, None, PILOT_LOST))
             elif c == ACTIVATED and self.site[i] in sites:
-                self._move(i, DEFINED, now)
+                self._move(i, DEFINED, now, QUEUE_LOST)
                 self.site[i] = None
                 ready.append(i)
         return ready
@@ -253,27 +283,28 @@ class WorkflowCore:
         for i in range(self.n):
             c = self.status[i]
             if c == SENT and self.last_beat[i] < sent_limit:
-                ready.extend(self._fail(i, SYSTEM, None, "sent to a pilot that never started it", now, None))
+                ready.extend(self._fail(i, SYSTEM, None, "sent to a pilot that never started it", now, None,
+                                        SENT_TIMEOUT))
             elif c in (STARTING, RUNNING) and self.last_beat[i] < beat_limit:
-                ready.extend(self._fail(i, SYSTEM, None, "lost heartbeat", now, None))
+                ready.extend(self._fail(i, SYSTEM, None, "lost heartbeat", now, None, HEARTBEAT_LOST))
         return ready
 
     def _to_sent(self, i: int, sent: float) -> None:
         c = self.status[i]
         if c == DEFINED:  # the pilot's report overtook the manager's own bookkeeping
-            self._move(i, ASSIGNED, sent)
+            self._move(i, ASSIGNED, sent, PILOT_REPORT)
             c = ASSIGNED
         if c == ASSIGNED:
-            self._move(i, ACTIVATED, sent)
+            self._move(i, ACTIVATED, sent, PILOT_REPORT)
             c = ACTIVATED
         if c == ACTIVATED:
-            self._move(i, SENT, sent)
+            self._move(i, SENT, sent, PILOT_REPORT)
 
     def _to_running(self, i: int, pilot: str, sent: float, start: float) -> None:
         self._to_sent(i, sent)
         if self.status[i] == SENT:
-            self._move(i, STARTING, start)
-            self._move(i, RUNNING, start)
+            self._move(i, STARTING, start, PILOT_REPORT)
+            self._move(i, RUNNING, start, PILOT_REPORT)
         self.pilot[i] = pilot
         self.start_time[i] = start
 
@@ -291,29 +322,29 @@ class WorkflowCore:
             self.end_time[i] = last = o.end_time
             self.exit_code[i] = o.exit_code
             if o.error_class is None:
-                self._move(i, FINISHED, o.end_time)
+                self._move(i, FINISHED, o.end_time, PILOT_REPORT)
                 self._record_attempt(i, o.max_pss_kb, o.log_url)
                 self.locality.produced(self.rows[i].outputs, o.site)
                 for c in self.releaser.finish(i):
                     if c != self.final_idx and self.status[c] == PENDING:
-                        self._move(c, DEFINED, o.end_time)
+                        self._move(c, DEFINED, o.end_time, RELEASED)
                         ready.append(c)
             else:
-                ready.extend(self._fail(i, o.error_class, o.exit_code, o.diag, o.end_time, o))
+                ready.extend(self._fail(i, o.error_class, o.exit_code, o.diag, o.end_time, o, PILOT_REPORT))
         if last:
             ready.extend(self._final_if_due(last))
         return ready
 
     def _fail(self, i: int, error_class: str, exit_code: int | None, diag: str | None, t: float,
-              o: Outcome | None) -> list[int]:
+              o: Outcome | None, cause: str) -> list[int]:
         """End the attempt; start a new one if the retry rules allow, else prune descendants."""
         self.error_class[i], self.diag[i], self.exit_code[i] = error_class, diag, exit_code
-        if error_class == "cancelled":
-            self._move(i, CANCELLED, t)
+        if error_class == CANCEL_CLASS:
+            self._move(i, CANCELLED, t, cause)
             self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
             self._prune(i, t, "was cancelled")
             return self._final_if_due(t)
-        self._move(i, FAILED, t)
+        self._move(i, FAILED, t, cause)
         self.end_time[i] = t
         self._record_attempt(i, o.max_pss_kb if o else None, o.log_url if o else None)
         if error_class in USER_CLASSES:
@@ -332,50 +363,52 @@ class WorkflowCore:
         self.diag[i] = f"{diag}; {d.reason}" if diag else d.reason
         self._dirty.add(i)
         if d.retry and not self.cancelled:
-            self._new_attempt(i, d.request_memory, t)
+            self._new_attempt(i, d.request_memory, t, RETRY_RULE)
             return [i]
         self._prune(i, t)
         return self._final_if_due(t)
 
-    def _new_attempt(self, i: int, memory: int, t: float, first: int = DEFINED) -> None:
+    def _new_attempt(self, i: int, memory: int, t: float, cause: str, first: int = DEFINED) -> None:
         """A retry is a new attempt starting at ``defined`` (``pending`` on a workflow retry)."""
+        ended = new_attempt(self.status, self.attempt, i, first, self.first_id + i, t, cause, self._history)
         counts = self.task_counts[self.task_of[i]]
-        counts[self.status[i]] -= 1
+        counts[ended] -= 1
         counts[first] += 1
         self.n_final -= 1
-        self.attempt[i] += 1
         self.memory[i] = memory
-        self.status[i] = first
         self.site[i] = self.pilot[i] = None
         self.exit_code[i] = self.error_class[i] = self.diag[i] = None
         self.start_time[i] = self.end_time[i] = 0.0
-        self._history.append(HistoryRow(self.first_id + i, self.attempt[i], _STATUS_STR[first], t))
         self._dirty.add(i)
         self._dirty_tasks.add(self.task_of[i])
 
     def _prune(self, i: int, t: float, why: str = "failed for good") -> None:
         """Close the descendants of a job that will never finish: nothing would release them."""
+        cause = prune_from(self.rows[i].name)
         for c in self.releaser.descendants([i]):
             if c != self.final_idx and self.status[c] not in FINAL_CODES:
-                self.error_class[c] = "pruned"
+                self.error_class[c] = PRUNED
                 self.diag[c] = f"ancestor {self.rows[i].name} {why}"
-                self._move(c, CLOSED, t)
+                self._move(c, CLOSED, t, cause)
 
     def _final_if_due(self, t: float) -> list[int]:
         """The final job runs once every other job has ended, whatever their outcome."""
         f = self.final_idx
         if f is None or self.status[f] != PENDING or self.n_final < self.n - 1:
             return []
-        self._move(f, DEFINED, t)
+        self._move(f, DEFINED, t, FINAL_DUE)
         return [f]
 
-    def cancel(self, now: float, idxs: Iterable[int] | None = None) -> tuple[list[tuple[int, str | None]], list[int]]:
+    def cancel(self, now: float, idxs: Iterable[int] | None = None, *,
+               by: str = "") -> tuple[list[tuple[int, str | None]], list[int]]:
         """Cancel the given jobs not final, or (``idxs`` None) the whole workflow.
 
         A partial cancel is a failure for good of those jobs: their descendants are pruned and
         the final job still runs once everything else has ended. Returns (job_id, pilot) of
         jobs a queue or a pilot may hold, to drop and kill, and the jobs that became ready.
+        ``by`` names who cancelled.
         """
+        cause = cancel_by(by or "user")
         if idxs is None:
             self.cancelled = True
             idxs = range(self.n)
@@ -387,8 +420,8 @@ class WorkflowCore:
                 continue
             if c in HELD or c == ACTIVATED:
                 held.append((self.first_id + i, self.pilot[i]))
-            self.error_class[i] = "cancelled"
-            self._move(i, CANCELLED, now)
+            self.error_class[i] = CANCEL_CLASS
+            self._move(i, CANCELLED, now, cause)
             if c in HELD:
                 self._record_attempt(i, None, None)
             gone.append(i)
@@ -445,16 +478,13 @@ class WorkflowCore:
             for i in sorted(self._dirty)
         ]
         self._dirty.clear()
-        for t in sorted(self._dirty_tasks):
-            counts = {_STATUS_STR[k]: v for k, v in enumerate(self.task_counts[t]) if v}
-            status = derive_task_status(counts, cancelled=self.cancelled).value
-            tid = self.task_ids[t]
-            if self.task_status.get(tid) != status:
-                self.task_status[tid] = status
-                batch.tasks.append((tid, status))
+        batch.tasks = follow(TASKS, self.task_status, (
+            (self.task_ids[t], derive_task_status(
+                {_STATUS_STR[k]: v for k, v in enumerate(self.task_counts[t]) if v}, cancelled=self.cancelled).value)
+            for t in sorted(self._dirty_tasks)
+        ))
         self._dirty_tasks.clear()
         wf_status = derive_workflow_status(self.counts(), cancelled=self.cancelled).value
-        if wf_status != self.workflow_status:
-            self.workflow_status = wf_status
-            batch.workflows.append((self.workflow_id, wf_status, now if self.done else None))
+        for wf_id, status in follow(WORKFLOWS, self._workflow_status, [(self.workflow_id, wf_status)]):
+            batch.workflows.append((wf_id, status, now if self.done else None))
         return batch

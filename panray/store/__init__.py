@@ -42,6 +42,7 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.schema import planned_snapshot
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -70,6 +71,7 @@ __all__ = [
     "WorkflowRow",
     "WorkflowSnapshot",
     "open_store",
+    "planned_snapshot",
     "store_exists",
 ]
 

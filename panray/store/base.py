@@ -8,7 +8,7 @@ runs it in one transaction: there is no per-job round trip.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -104,12 +104,18 @@ class JobState(NamedTuple):
 
 
 class HistoryRow(NamedTuple):
-    """One status change of one attempt."""
+    """One status change of one attempt: from ``previous`` to ``status``, because of ``cause``.
+
+    ``previous`` is the status the attempt left; the first row of a new attempt names the status
+    in which the attempt before it ended ("" for a job's first release).
+    """
 
     job_id: int
     attempt_nr: int
     status: str
     time: float
+    previous: str
+    cause: str
 
 
 class AttemptRow(NamedTuple):
@@ -366,8 +372,14 @@ class StateStore(ABC):
     retry_delays: tuple[float, ...]  #: pauses between tries when the store is unreachable
 
     @abstractmethod
-    def submit(self, campaign: NewCampaign) -> SubmittedCampaign:
-        """Insert a campaign with all its workflows, tasks, jobs and edges in one transaction."""
+    def submit(self, campaign: NewCampaign,
+               then: Callable[[SubmittedCampaign], ChangeBatch] | None = None) -> SubmittedCampaign:
+        """Insert a campaign with all its workflows, tasks, jobs and edges in one transaction.
+
+        ``then`` builds a batch of state changes from the new ids; it is applied in the same
+        transaction, so a campaign that is submitted already run (a prompt visit) is stored whole
+        or not at all.
+        """
 
     @abstractmethod
     def apply(self, changes: ChangeBatch) -> None:
@@ -385,6 +397,10 @@ class StateStore(ABC):
     @abstractmethod
     def load_workflow(self, workflow_id: int) -> WorkflowSnapshot:
         """Everything about one workflow; raises NotFoundError if absent."""
+
+    @abstractmethod
+    def workflow(self, workflow_id: int) -> WorkflowRow:
+        """One workflow; raises NotFoundError if absent."""
 
     @abstractmethod
     def workflows(self, *, campaign_id: int | None = None, active_only: bool = False) -> list[WorkflowRow]:

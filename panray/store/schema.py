@@ -8,6 +8,9 @@ many rows (``executemany`` on SQLite, ``COPY`` on PostgreSQL).
 Foreign keys guard only the small tables: jobs, edges, attempts and history are written by the
 store itself with ids it has just allocated or checked, and a per-row reference check would cost
 more than the write.
+
+The module is long (about 550 lines) on purpose: it is the one place that holds panray's SQL
+text, shared by both backends; splitting it would spread the statements over files.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from panray.store.base import (
     LocationRow,
     NewCampaign,
     NewWorkflow,
+    QuantumRow,
     StateStore,
     SubmittedCampaign,
     SubmittedWorkflow,
@@ -106,7 +110,8 @@ _DDL = (
         PRIMARY KEY (job_id, attempt_nr))""",
     """CREATE TABLE job_history (
         seq {serial}, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
-        status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL)""",
+        status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL,
+        previous TEXT NOT NULL DEFAULT '', cause TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX job_history_job ON job_history (job_id)",
     """CREATE TABLE brokerage_decisions (
         job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL, decision TEXT NOT NULL, time {float} NOT NULL)""",
@@ -125,6 +130,12 @@ _DDL = (
         target TEXT NOT NULL, outcome TEXT NOT NULL CHECK {audit_outcome}, detail TEXT NOT NULL)""",
     "CREATE INDEX audit_user ON audit (user_name)",
 )
+#: Statements that bring a store of the key's version to the next one (both backends).
+#: v2 -> v3: the job history records the previous status and the cause of each change.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE job_history ADD COLUMN previous TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''"),
+}
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
     "task_status": _one_of("status", (s.value for s in TaskStatus)),
@@ -256,6 +267,24 @@ def _job_rows(wf: NewWorkflow, workflow_id: int, first_job: int, first_task: int
         )  # fmt: skip
 
 
+def planned_snapshot(wf: NewWorkflow, sub: SubmittedWorkflow, campaign_id: int = 0,
+                     now: float = 0.0) -> WorkflowSnapshot:
+    """The snapshot that :meth:`SQLStore.load_workflow` would return right after ``wf`` was
+    submitted with ids ``sub``, built without a database: for a workflow core that must run in
+    the submitting transaction (a prompt visit), and for tests of the cores."""
+    workflow = WorkflowRow(sub.workflow_id, campaign_id, wf.name, wf.owner, wf.home_site, WorkflowStatus.NEW.value,
+                           False, now, now, None, wf.settings)
+    tasks = [TaskRow(sub.first_task_id + i, sub.workflow_id, t.label, t.chunk, t.n_jobs, TaskStatus.REGISTERED.value)
+             for i, t in enumerate(wf.tasks)]
+    width = len(JobRow._fields)
+    jobs = [JobRow._make(r[:width]) for r in _job_rows(wf, sub.workflow_id, sub.first_job_id, sub.first_task_id, now)]
+    jobs.sort(key=lambda j: j.idx)
+    pending = JobStatus.PENDING.value
+    quanta = sorted((QuantumRow(sub.workflow_id, q.idx, sub.first_job_id + q.job_idx, q.pos, q.name, q.label, pending,
+                                FIRST_ATTEMPT, None, None, None, None) for q in wf.quanta), key=lambda q: q.idx)
+    return WorkflowSnapshot(workflow, tasks, jobs, list(wf.edges), {}, quanta, list(wf.quantum_edges))
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Materialising 10^5 row tuples otherwise sets off repeated full collections that cost
@@ -351,6 +380,11 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
                 return
             cur.execute("SELECT version FROM schema_version")
             found = [r[0] for r in cur.fetchall()]
+            while len(found) == 1 and found[0] in _MIGRATIONS:
+                for statement in _MIGRATIONS[found[0]]:
+                    cur.execute(statement)
+                found = [found[0] + 1]
+                cur.execute(d.sql("UPDATE schema_version SET version = ?"), (found[0],))
         if found != [SCHEMA_VERSION]:
             raise StoreError(
                 f"state store {self.url} has schema version {found}, this panray needs {SCHEMA_VERSION}; "
@@ -387,7 +421,8 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         return plan
 
     @retried(idempotent=False)
-    def submit(self, campaign: NewCampaign) -> SubmittedCampaign:
+    def submit(self, campaign: NewCampaign,
+               then: Callable[[SubmittedCampaign], ChangeBatch] | None = None) -> SubmittedCampaign:
         now = time.time()
         with self._transaction(write=True) as cur:
             plan = self._plan(cur, campaign, now)
@@ -401,48 +436,53 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             self._bulk_insert(cur, "edges", EDGE_COLUMNS, chain.from_iterable(plan.edges))
             for wf, sub in zip(campaign.workflows, plan.result.workflows):
                 self._insert_quanta(cur, wf, sub.workflow_id, sub.first_job_id)
+            if then is not None:
+                self._apply(cur, then(plan.result))
         return plan.result
 
     @retried(idempotent=lambda changes: changes.writer is not None)
     def apply(self, changes: ChangeBatch) -> None:
         if not changes:
             return
-        sql, now = self.dialect.sql, time.time()
         with self._transaction(write=True) as cur:
             if changes.writer is not None:
-                cur.execute(sql(_MARK_BATCH), (changes.writer, changes.seq))
+                cur.execute(self.dialect.sql(_MARK_BATCH), (changes.writer, changes.seq))
                 if cur.rowcount == 0:
                     return  # stored before: its commit went through, the acknowledgement did not
-            if changes.jobs:
-                states = _last_wins(changes.jobs, lambda s: s[0])
-                if self._bulk_update_jobs(cur, states) != len(states):
-                    self._raise_missing(cur, "jobs", "job_id", [s[0] for s in states])
-            if changes.history:
-                self._bulk_insert(cur, "job_history", HISTORY_COLUMNS, changes.history)
-            if changes.quanta:
-                self._update_quanta(cur, changes.quanta)
-            if changes.attempts:
-                self._bulk_upsert_attempts(cur, _last_wins(changes.attempts, lambda a: (a[0], a[1])))
-            if changes.tasks:
-                tasks = _last_wins(changes.tasks, lambda t: t[0])
-                cur.executemany(sql("UPDATE tasks SET status = ? WHERE task_id = ?"), [(s, i) for i, s in tasks])
-                if cur.rowcount != len(tasks):
-                    self._raise_missing(cur, "tasks", "task_id", [t[0] for t in tasks])
-            if changes.workflows:
-                wfs = _last_wins(changes.workflows, lambda w: w[0])
-                cur.executemany(
-                    sql("UPDATE workflows SET status = ?, ended = ?, modified = ? WHERE workflow_id = ?"),
-                    [(s, end, now, i) for i, s, end in wfs],
-                )
-                if cur.rowcount != len(wfs):
-                    self._raise_missing(cur, "workflows", "workflow_id", [w[0] for w in wfs])
-            for table, columns, rows in (
-                ("brokerage_decisions", DecisionRow._fields, changes.decisions),
-                ("dataset_locations", LocationRow._fields, changes.locations),
-                ("transfers", TransferRow._fields, changes.transfers),
-            ):
-                if rows:
-                    self._bulk_insert(cur, table, columns, rows)
+            self._apply(cur, changes)
+
+    def _apply(self, cur: Cursor, changes: ChangeBatch) -> None:
+        sql, now = self.dialect.sql, time.time()
+        if changes.jobs:
+            states = _last_wins(changes.jobs, lambda s: s[0])
+            if self._bulk_update_jobs(cur, states) != len(states):
+                self._raise_missing(cur, "jobs", "job_id", [s[0] for s in states])
+        if changes.history:
+            self._bulk_insert(cur, "job_history", HISTORY_COLUMNS, changes.history)
+        if changes.quanta:
+            self._update_quanta(cur, changes.quanta)
+        if changes.attempts:
+            self._bulk_upsert_attempts(cur, _last_wins(changes.attempts, lambda a: (a[0], a[1])))
+        if changes.tasks:
+            tasks = _last_wins(changes.tasks, lambda t: t[0])
+            cur.executemany(sql("UPDATE tasks SET status = ? WHERE task_id = ?"), [(s, i) for i, s in tasks])
+            if cur.rowcount != len(tasks):
+                self._raise_missing(cur, "tasks", "task_id", [t[0] for t in tasks])
+        if changes.workflows:
+            wfs = _last_wins(changes.workflows, lambda w: w[0])
+            cur.executemany(
+                sql("UPDATE workflows SET status = ?, ended = ?, modified = ? WHERE workflow_id = ?"),
+                [(s, end, now, i) for i, s, end in wfs],
+            )
+            if cur.rowcount != len(wfs):
+                self._raise_missing(cur, "workflows", "workflow_id", [w[0] for w in wfs])
+        for table, columns, rows in (
+            ("brokerage_decisions", DecisionRow._fields, changes.decisions),
+            ("dataset_locations", LocationRow._fields, changes.locations),
+            ("transfers", TransferRow._fields, changes.transfers),
+        ):
+            if rows:
+                self._bulk_insert(cur, table, columns, rows)
 
     @retried()
     def set_cancelled(self, workflow_id: int, cancelled: bool) -> None:
@@ -483,6 +523,11 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             failures = {job_id: (int(user), int(system)) for job_id, user, system in cur.fetchall()}
             quanta, quantum_edges = self._load_quanta(cur, workflow_id)
         return WorkflowSnapshot(_workflow_row(workflow), tasks, jobs, edges, failures, quanta, quantum_edges)
+
+    def workflow(self, workflow_id: int) -> WorkflowRow:
+        with self._transaction(write=False) as cur:
+            sql = self.dialect.sql(WORKFLOW_SELECT + " WHERE workflow_id = ?")
+            return _workflow_row(self._one(cur, sql, workflow_id, "workflow"))
 
     def workflows(self, *, campaign_id: int | None = None, active_only: bool = False) -> list[WorkflowRow]:
         where = [" campaign_id = ?"] if campaign_id is not None else []
