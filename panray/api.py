@@ -30,7 +30,7 @@ from panray.store.base import AttemptRow, DecisionRow, HistoryRow, JobRow, Quant
 from panray.store.base import WorkflowRow
 
 if TYPE_CHECKING:
-    from panray.server.client import RemoteService
+    from panray.remote import RemoteService
 
 __all__ = ["Panray", "WorkflowSummary"]
 
@@ -46,7 +46,7 @@ class Panray:
         self._service: Service | None = None
         self.identity: Identity | None = None
         if url:
-            from panray.server.client import RemoteService
+            from panray.remote import RemoteService
 
             self._backend: Service | RemoteService = RemoteService(url, token=token, settings=self.settings)
         else:

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from panray.core.cluster_runner import CLUSTER_ARGV0
+from panray.cluster_format import CLUSTER_ARGV0
 from panray.documents import read_document
 from panray.exceptions import WorkflowValidationError, show
 from panray.payload import SLEEP

@@ -22,7 +22,6 @@ from panray.store import StateStore
 
 if TYPE_CHECKING:
     from panray.runtime import Runtime
-    from panray.service import Service as Panray  # the service (its store, catalog and cluster)
 
 
 class Operated(Protocol):

@@ -1,7 +1,7 @@
 """panray's server: the authenticated HTTP front door to one :class:`~panray.service.Service`.
 
 ``panray serve`` runs :class:`HttpServer` next to the cluster's detached actors; clients use
-``Panray(url=..., token=...)`` (:mod:`panray.server.client`), the CLI's ``--url/--token`` or the
+``Panray(url=..., token=...)`` (:mod:`panray.remote`), the CLI's ``--url/--token`` or the
 bps plugin's ``<id>@http://host:port`` run ids.
 
 Examples:
