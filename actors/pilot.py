@@ -3,6 +3,11 @@
 Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
 payloads at once, completes no-op jobs in-process, and reports starts and ends in batches to
 each workflow's manager (``update_job`` in bulk) — never one actor call per job.
+
+Before it starts a pulled batch the pilot claims it from each manager in one call: the manager
+admits only the attempts it still wants to run, and marks them ``sent`` to this pilot, so an
+attempt taken back from a queue (released again under a new attempt number) or already
+claimed elsewhere is dropped here. Two attempts of one job therefore never run at once.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +29,7 @@ from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
+CLAIM_TIMEOUT = 30.0  #: seconds a pilot waits for a manager to admit a batch; unanswered = dropped
 
 
 class _Reports:
@@ -32,7 +39,7 @@ class _Reports:
         self.lock = threading.Lock()
         self.started: dict[str, list[Started]] = defaultdict(list)
         self.ended: dict[str, list[Outcome]] = defaultdict(list)
-        self.n_ended = 0
+        self.ended_keys: list[tuple[str, int]] = []  #: (manager, job_id) ended since the last pull
         self.wake = threading.Event()
 
     def add_started(self, wf: str, s: Started) -> None:
@@ -43,8 +50,17 @@ class _Reports:
     def add_ended(self, wf: str, outcomes: list[Outcome]) -> None:
         with self.lock:
             self.ended[wf].extend(outcomes)
-            self.n_ended += len(outcomes)
+            self.ended_keys.extend((wf, o.job_id) for o in outcomes)
         self.wake.set()
+
+    def take_ended_keys(self) -> list[tuple[str, int]]:
+        with self.lock:
+            keys, self.ended_keys = self.ended_keys, []
+        return keys
+
+    def restore_ended_keys(self, keys: list[tuple[str, int]]) -> None:
+        with self.lock:
+            self.ended_keys.extend(keys)
 
     def take(self) -> tuple[dict[str, list[Started]], dict[str, list[Outcome]]]:
         with self.lock:
@@ -97,6 +113,7 @@ class Pilot:
 
     def __init__(self, pilot_id: str, site: str, slots: int, work_dir: str, logging: dict[str, Any] | None = None):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
+        self.key = f"{pilot_id}#{uuid.uuid4().hex[:12]}"  #: this incarnation, as the site queue knows it
         self._services = RunnerServices(work_dir=Path(work_dir))
         self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
         if logging:
@@ -109,7 +126,6 @@ class Pilot:
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
         self._reports = _Reports()
         self._stop = threading.Event()
-        self._acked = 0
         self._threads = [
             threading.Thread(target=self._pull_loop, name="pull", daemon=True),
             threading.Thread(target=self._report_loop, name="report", daemon=True),
@@ -131,6 +147,10 @@ class Pilot:
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
         return ray.get_runtime_context().get_node_id()
+
+    def incarnation(self) -> str:
+        """This pilot process' key: a replacement under the same name answers another one."""
+        return self.key
 
     def info(self) -> dict[str, Any]:
         return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(j for _, j in self._running)}
@@ -158,16 +178,44 @@ class Pilot:
             free = 1
             while self._free.acquire(blocking=False):
                 free += 1
-            ended = self._reports.n_ended
+            ended = self._reports.take_ended_keys()
             try:
-                batch = ray.get(self._queue.acquire.remote(self.pilot_id, free, ended - self._acked, 1.0))
+                batch = ray.get(self._queue.acquire.remote(self.key, free, ended, 1.0))
             except Exception:  # the queue is being restarted or the cluster shuts down
                 batch = []
+                self._reports.restore_ended_keys(ended)
                 time.sleep(0.5)
-            self._acked = ended
-            used = self._start(batch)
+            used = self._start(self._claim(batch) if batch else batch)
             for _ in range(free - used):
                 self._free.release()
+
+    def _claim(self, batch: list[Dispatch]) -> list[Dispatch]:
+        """The dispatches whose managers admit them, in one call per manager; no-ops need no claim.
+
+        What is refused or unanswered (a manager restarting re-releases it) is dropped, and the
+        queue hears at the next pull that this pilot no longer holds it.
+        """
+        keep = [d for d in batch if not d.payload]
+        asked: dict[str, list[Dispatch]] = defaultdict(list)
+        for d in batch:
+            if d.payload:
+                asked[d.manager].append(d)
+        refs = {}
+        now = time.time()
+        for name, ds in asked.items():
+            mgr = self._manager(name)
+            if mgr is not None:
+                refs[name] = mgr.claim.remote(self.pilot_id, [(d.job_id, d.attempt_nr) for d in ds], now)
+        for name, ds in asked.items():
+            admitted: list[bool] = [False] * len(ds)
+            if name in refs:
+                try:
+                    admitted = ray.get(refs[name], timeout=CLAIM_TIMEOUT)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    self._managers.pop(name, None)  # look it up again next time
+            keep.extend(d for d, ok in zip(ds, admitted) if ok)
+            self._reports.restore_ended_keys([(name, d.job_id) for d, ok in zip(ds, admitted) if not ok])
+        return keep
 
     def _start(self, batch: list[Dispatch]) -> int:
         """Completes no-ops at once and hands real payloads to the slot pool; returns slots used."""
@@ -188,7 +236,6 @@ class Pilot:
             used += 1
             proc = PayloadProcess(d, self.pilot_id, self._services)
             self._running[(d.manager, d.job_id)] = proc
-            self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
             self._pool.submit(self._run_one, proc, now)
         for wf, outs in noops.items():
             self._reports.add_ended(wf, outs)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Future
 from typing import Any
 
 import ray
@@ -83,13 +84,15 @@ class WorkflowManager:
             max_system_retries=int(settings.get("max_system_retries", 3)),
             heartbeat_timeout=float(settings.get("heartbeat_timeout", 7200.0)),
             sent_timeout=float(settings.get("sent_timeout", 1800.0)),
+            activated_timeout=float(settings.get("activated_timeout", 300.0)),
         )
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
         self._retry = retry
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
-        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
+        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout,
+                                 core_settings.activated_timeout) / 4
         self.brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
         self._queues: dict[str, Any] = {}
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -109,6 +112,13 @@ class WorkflowManager:
     def report(self, started: list[Started], ended: list[Outcome]) -> None:
         self._inbox.append(("report", started, ended))
         self._wake.set()
+
+    def claim(self, pilot: str, attempts: list[tuple[int, int]], sent_at: float) -> list[bool]:
+        """A pilot asks to start these (job_id, attempt_nr); returns which it may start."""
+        answer: Future[list[bool]] = Future()
+        self._inbox.append(("claim", pilot, attempts, sent_at, answer))
+        self._wake.set()
+        return answer.result()
 
     def rebroker(self, jobs: list[tuple[int, int]]) -> None:
         """A site queue gave back these (job_id, attempt_nr) (its site went offline): broker again."""
@@ -167,7 +177,7 @@ class WorkflowManager:
                 while self._inbox:
                     self._handle(self._inbox.popleft(), now)
                 if now - last_expire >= self._expire_every:
-                    self._ready.extend(self.core.expire(now))
+                    self._expire(now)
                     last_expire = now
                 if self._ready:
                     self._dispatch(now)
@@ -189,6 +199,8 @@ class WorkflowManager:
             for job, pilot in self.core.started(msg[1]):
                 self._kill_payloads([job], [pilot])
             self._ready.extend(self.core.ended(msg[2]))
+        elif kind == "claim":
+            msg[4].set_result(self.core.claim(msg[1], msg[2], msg[3]))
         elif kind == "heartbeat":
             self.core.heartbeat(msg[1], now)
             self._beats += len(msg[1])
@@ -215,6 +227,19 @@ class WorkflowManager:
             self._ready.extend(ready)
             self._kill([job for job, _pilot in held], whole=whole)
 
+    def _expire(self, now: float) -> None:
+        """Time out silent pilots, and take back jobs queued at sites that have no live pilot
+        (their old dispatches leave those queues, so returning pilots do not run them)."""
+        idle = frozenset(ray.get(self.brokerage.idle_sites.remote()))
+        ready = self.core.expire(now, idle)
+        if idle and ready:
+            ids = [self.core.first_id + i for i in ready]
+            for site in idle:
+                q = self._queue_or_none(site)
+                if q is not None:
+                    q.remove.remote(manager=self.core.manager, job_ids=ids)
+        self._ready.extend(ready)
+
     def _dispatch(self, now: float) -> None:
         """Broker ready jobs in batches and put them into their sites' queues."""
         core = self.core
@@ -227,7 +252,8 @@ class WorkflowManager:
         batches += [(real[k:k + self.release_batch], False) for k in range(0, len(real), self.release_batch)]
         first, attempt = core.first_id, core.attempt
         for idxs, noop in batches:
-            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i)) for i in idxs]
+            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i), core.avoid.get(i))
+                    for i in idxs]
             sites, records = ray.get(self.brokerage.broker_explained.remote(reqs, noop))
             by_site: dict[str, list[int]] = defaultdict(list)
             explained: list[DecisionRow] = []

@@ -44,6 +44,7 @@ class Settings(BaseModel):
     heartbeat_interval: float = 60.0
     heartbeat_timeout: float = 7200.0
     sent_timeout: float = 1800.0
+    activated_timeout: float = 300.0  #: seconds a job may wait queued at a site without live pilots
     memory_tolerance: float = 1.0
     flush_interval: float = 0.2
     release_batch: int = 500

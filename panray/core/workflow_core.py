@@ -8,7 +8,9 @@ job once everything else has ended. Every status change becomes a history row; s
 accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in one batch.
 
 Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
-failed as system errors and retried, jobs waiting in a queue are released again.
+failed as system errors and retried, jobs waiting in a queue are released again. A job taken
+back from a queue (or a pilot that never reported it) is released again as a new attempt
+(:meth:`WorkflowCore._withdraw`), so its old dispatch, wherever it still sits, is stale.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class CoreSettings:
     max_system_retries: int = 3
     heartbeat_timeout: float = 7200.0  #: a running job silent this long is lost
     sent_timeout: float = 1800.0  #: a job sent to a pilot that has not started it by then is lost
+    activated_timeout: float = 300.0  #: a job queued this long at a site without live pilots is taken back
 
 
 class WorkflowCore:
@@ -96,6 +99,7 @@ class WorkflowCore:
         self.locality = DataLocality(self.workflow_id, (j for j in jobs if self.status[j.idx] == FINISHED))
         self._dirty: set[int] = set()
         self._dirty_tasks: set[int] = set()
+        self.avoid: dict[int, str] = {}  #: job -> the site that just lost it (system error), avoided if possible
         self._now = now or time.time()
 
     # -- the one path that changes a status --------------------------------------------------
@@ -130,7 +134,7 @@ class WorkflowCore:
             if c in HELD:
                 ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None))
             elif c in (ASSIGNED, ACTIVATED):
-                self._move(i, DEFINED, now)
+                self._withdraw(i, now)
                 ready.append(i)
             elif c == DEFINED:
                 ready.append(i)
@@ -163,7 +167,9 @@ class WorkflowCore:
                 continue
             self._move(i, ASSIGNED, now)
             self.site[i] = site
+            self.avoid.pop(i, None)
             self._move(i, ACTIVATED, now)
+            self.last_beat[i] = now
             self.locality.placed(self.first_id + i, self.attempt[i], self.rows[i].inputs, site, now)
             moved.append(i)
         return moved
@@ -182,10 +188,16 @@ class WorkflowCore:
         for job_id, attempt in jobs:
             i = job_id - self.first_id
             if self.attempt[i] == attempt and self.status[i] == ACTIVATED:
-                self._move(i, DEFINED, now)
-                self.site[i] = None
+                self._withdraw(i, now)
                 ready.append(i)
         return ready
+
+    def _withdraw(self, i: int, now: float) -> None:
+        """Take a queued job back to broker it again, as a new attempt: the old dispatch may still
+        sit in a queue or on a pilot, and its attempt number now marks it stale."""
+        self.attempt[i] += 1
+        self._move(i, DEFINED, now)
+        self.site[i] = None
 
     def lost(self, pilots: set[str], sites: set[str], now: float) -> list[int]:
         """Pilots or site queues died: fail what the pilots held, take back what the queues held."""
@@ -195,8 +207,7 @@ class WorkflowCore:
             if c in HELD and self.pilot[i] in pilots:
                 ready.extend(self._fail(i, SYSTEM, None, f"pilot {self.pilot[i]} lost", now, None))
             elif c == ACTIVATED and self.site[i] in sites:
-                self._move(i, DEFINED, now)
-                self.site[i] = None
+                self._withdraw(i, now)
                 ready.append(i)
         return ready
 
@@ -239,6 +250,20 @@ class WorkflowCore:
                 self.pilot[i] = e.pilot
         return late
 
+    def claim(self, pilot: str, attempts: Iterable[tuple[int, int]], now: float) -> list[bool]:
+        """A pilot asks to start these (job_id, attempt_nr): yes only for the current attempt of a
+        job not yet on a pilot, which becomes ``sent`` to it (the fence against duplicate runs)."""
+        out = []
+        for job_id, attempt in attempts:
+            i = job_id - self.first_id
+            ok = 0 <= i < self.n and self.attempt[i] == attempt and self.status[i] in (DEFINED, ASSIGNED, ACTIVATED)
+            if ok:
+                self._to_sent(i, now)
+                self.pilot[i] = pilot
+                self.last_beat[i] = now
+            out.append(ok)
+        return out
+
     def heartbeat(self, beats: Iterable[tuple[int, int]], now: float) -> None:
         """Pilots' batched heartbeats: (job_id, attempt_nr) of payloads still running."""
         for job_id, attempt in beats:
@@ -246,13 +271,18 @@ class WorkflowCore:
             if self.attempt[i] == attempt:
                 self.last_beat[i] = now
 
-    def expire(self, now: float) -> list[int]:
-        """Fail as system errors the jobs whose pilot went silent; returns retries to dispatch."""
+    def expire(self, now: float, idle_sites: frozenset[str] = frozenset()) -> list[int]:
+        """Fail as system errors the jobs whose pilot went silent, and take back the jobs queued
+        too long at ``idle_sites`` (sites without live pilots); returns the jobs to dispatch."""
         ready: list[int] = []
         beat_limit, sent_limit = now - self.settings.heartbeat_timeout, now - self.settings.sent_timeout
+        queued_limit = now - self.settings.activated_timeout
         for i in range(self.n):
             c = self.status[i]
-            if c == SENT and self.last_beat[i] < sent_limit:
+            if c == ACTIVATED and idle_sites and self.site[i] in idle_sites and self.last_beat[i] < queued_limit:
+                self._withdraw(i, now)
+                ready.append(i)
+            elif c == SENT and self.last_beat[i] < sent_limit:
                 ready.extend(self._fail(i, SYSTEM, None, "sent to a pilot that never started it", now, None))
             elif c in (STARTING, RUNNING) and self.last_beat[i] < beat_limit:
                 ready.extend(self._fail(i, SYSTEM, None, "lost heartbeat", now, None))
@@ -329,6 +359,8 @@ class WorkflowCore:
         self.diag[i] = f"{diag}; {d.reason}" if diag else d.reason
         self._dirty.add(i)
         if d.retry and not self.cancelled:
+            if error_class == SYSTEM and self.site[i] is not None:
+                self.avoid[i] = self.site[i]
             self._new_attempt(i, d.request_memory, t)
             return [i]
         self._prune(i, t)
