@@ -8,6 +8,11 @@ Before it starts a pulled batch the pilot claims it from each manager in one cal
 admits only the attempts it still wants to run, and marks them ``sent`` to this pilot, so an
 attempt taken back from a queue (released again under a new attempt number) or already
 claimed elsewhere is dropped here. Two attempts of one job therefore never run at once.
+
+Reports stay in the pilot's :class:`~panray.core.outbox.Outbox` until the manager says it
+stored them; a failed call marks the manager for a resend of everything unacknowledged (Ray
+restarts a dead manager under the same handle; a name taken over by a new actor is looked up
+again). A restarted manager first asks every live pilot what it holds (:meth:`Pilot.holding`).
 """
 
 from __future__ import annotations
@@ -25,48 +30,12 @@ import ray
 
 from panray.actors.names import NAMESPACE, queue_name
 from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.outbox import Outbox
 from panray.core.payload_runner import PayloadProcess, RunnerServices
 from panray.payload import sleep_seconds
 
 REPORT_INTERVAL = 0.05
 CLAIM_TIMEOUT = 30.0  #: seconds a pilot waits for a manager to admit a batch; unanswered = dropped
-
-
-class _Reports:
-    """Buffers starts and outcomes per workflow manager until the next flush."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: dict[str, list[Started]] = defaultdict(list)
-        self.ended: dict[str, list[Outcome]] = defaultdict(list)
-        self.ended_keys: list[tuple[str, int]] = []  #: (manager, job_id) ended since the last pull
-        self.wake = threading.Event()
-
-    def add_started(self, wf: str, s: Started) -> None:
-        with self.lock:
-            self.started[wf].append(s)
-        self.wake.set()
-
-    def add_ended(self, wf: str, outcomes: list[Outcome]) -> None:
-        with self.lock:
-            self.ended[wf].extend(outcomes)
-            self.ended_keys.extend((wf, o.job_id) for o in outcomes)
-        self.wake.set()
-
-    def take_ended_keys(self) -> list[tuple[str, int]]:
-        with self.lock:
-            keys, self.ended_keys = self.ended_keys, []
-        return keys
-
-    def restore_ended_keys(self, keys: list[tuple[str, int]]) -> None:
-        with self.lock:
-            self.ended_keys.extend(keys)
-
-    def take(self) -> tuple[dict[str, list[Started]], dict[str, list[Outcome]]]:
-        with self.lock:
-            started, ended = self.started, self.ended
-            self.started, self.ended = defaultdict(list), defaultdict(list)
-        return started, ended
 
 
 class _Sleepers:
@@ -93,7 +62,10 @@ class _Sleepers:
             return [d for d, _ in self._jobs.values()]
 
     def wait_due(self, timeout: float) -> list[tuple[Dispatch, float]]:
-        """The jobs whose time is up, waiting at most ``timeout`` s for the first one."""
+        """The jobs whose time is up, waiting at most ``timeout`` s for the first one.
+
+        They stay held until :meth:`finish`, so that a job is always either held or reported.
+        """
         with self._cv:
             if not self._heap or self._heap[0][0] > time.monotonic():
                 delay = timeout if not self._heap else min(timeout, self._heap[0][0] - time.monotonic())
@@ -101,10 +73,15 @@ class _Sleepers:
             now, due = time.monotonic(), []
             while self._heap and self._heap[0][0] <= now:
                 _, key = heapq.heappop(self._heap)
-                entry = self._jobs.pop(key, None)
+                entry = self._jobs.get(key)
                 if entry is not None:
                     due.append(entry)
             return due
+
+    def finish(self, ds: list[Dispatch]) -> None:
+        with self._cv:
+            for d in ds:
+                self._jobs.pop((d.manager, d.job_id), None)
 
 
 @ray.remote(num_cpus=0, max_concurrency=8)
@@ -124,7 +101,7 @@ class Pilot:
         self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots)
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
-        self._reports = _Reports()
+        self._reports = Outbox()
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._pull_loop, name="pull", daemon=True),
@@ -151,6 +128,14 @@ class Pilot:
     def incarnation(self) -> str:
         """This pilot process' key: a replacement under the same name answers another one."""
         return self.key
+
+    def holding(self, manager: str) -> tuple[list[tuple[int, int]], list[Started], list[Outcome]]:
+        """For a restarted manager: (job_id, attempt_nr) still running here, and the starts and
+        outcomes it has not acknowledged. A job is always in one of them until acknowledged."""
+        held = [(d.job_id, d.attempt_nr) for d in [p.d for p in list(self._running.values())] + self._sleeping.held()
+                if d.manager == manager]
+        started, ended = self._reports.held(manager)
+        return held, started, ended
 
     def info(self) -> dict[str, Any]:
         return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(j for _, j in self._running)}
@@ -253,24 +238,59 @@ class Pilot:
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, "system",
                           f"pilot error: {exc!r}"[:500], None, None)
         finally:
-            self._running.pop((d.manager, d.job_id), None)
             self._free.release()
         self._reports.add_ended(d.manager, [out])
+        self._running.pop((d.manager, d.job_id), None)  # after: always held or reported
 
     def _report_loop(self) -> None:
         next_beat = time.monotonic() + self._heartbeat_interval
+        calls: list[tuple[str, Any]] = []  #: (manager, report call) not answered yet
+        broken: set[str] = set()  #: managers whose last call failed: resend all they have not acknowledged
         while not self._stop.is_set():
             self._reports.wake.wait(min(1.0, self._heartbeat_interval))
             self._reports.wake.clear()
             time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
-            started, ended = self._reports.take()
-            for name in set(started) | set(ended):
-                mgr = self._manager(name)
-                if mgr is not None:
-                    mgr.report.remote(started.get(name, []), ended.get(name, []))
+            calls = self._acknowledged(calls, broken)
+            asking = {name for name, _ in calls}
+            for name, (seq, started, ended) in self._reports.flush().items():
+                if name not in broken:
+                    calls.append((name, self._send(name, seq, started, ended)))
+                    asking.add(name)
+            for name in self._reports.waiting():
+                if name in broken:
+                    batch = self._reports.resend(name)
+                    if batch is not None:
+                        broken.discard(name)
+                        calls.append((name, self._send(name, *batch)))
+                elif name not in asking:  # only the acknowledgement is missing: ask for it
+                    calls.append((name, self._send(name, None, [], [])))
             if time.monotonic() >= next_beat:
                 self._heartbeat()
                 next_beat = time.monotonic() + self._heartbeat_interval
+
+    def _send(self, name: str, seq: int | None, started: list[Started], ended: list[Outcome]) -> Any:
+        mgr = self._manager(name)
+        return None if mgr is None else mgr.report.remote(started, ended, self.key, seq)
+
+    def _acknowledged(self, calls: list[tuple[str, Any]], broken: set[str]) -> list[tuple[str, Any]]:
+        """Apply the answers that arrived; a failed call marks its manager broken. Returns the rest."""
+        refs = [ref for _, ref in calls if ref is not None]
+        done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        rest = []
+        for name, ref in calls:
+            if ref is not None and ref not in done:
+                rest.append((name, ref))
+                continue
+            try:
+                if ref is None:
+                    raise ValueError(f"no manager {name}")
+                acked = ray.get(ref)
+                if acked:
+                    self._reports.ack(name, acked)
+            except (ray.exceptions.RayActorError, ValueError):  # restarting, or gone: look it up again
+                self._managers.pop(name, None)
+                broken.add(name)
+        return rest
 
     def _heartbeat(self) -> None:
         """One batched heartbeat per manager for all payloads still running here."""
@@ -294,6 +314,7 @@ class Pilot:
                                                 0, None, None, None, None))
             for name, outs in ended.items():
                 self._reports.add_ended(name, outs)
+            self._sleeping.finish([d for d, _ in due])
 
     def _manager(self, name: str) -> Any:
         mgr = self._managers.get(name)

@@ -106,9 +106,9 @@ class Panray:
         # On a cluster this session does not own (``panray serve``, PANRAY_RAY_ADDRESS) the run
         # must outlive the submitting process; on its own embedded cluster it dies with it anyway.
         lifetime = "detached" if rt.cluster is None else None
-        handle = WorkflowManager.options(
+        handle = WorkflowManager.options(  # Ray restarts a dead manager on the stored state
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
-            lifetime=lifetime, scheduling_strategy=control_plane(),
+            lifetime=lifetime, scheduling_strategy=control_plane(), max_restarts=-1,
         ).remote(workflow_id, self.settings.resolved_db_url, self.settings.model_dump(mode="json"), retry)
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
@@ -172,7 +172,13 @@ class Panray:
                 step = 0.5 if progress else left
                 if left is not None and step is not None:
                     step = min(step, left)
-                status = ray.get(mgr.wait.remote(step))
+                try:
+                    status = ray.get(mgr.wait.remote(step))
+                except ray.exceptions.ActorUnavailableError:  # being restarted by Ray: ask again
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"workflow {wf_id} still running after {timeout} s") from None
+                    time.sleep(0.2)
+                    continue
                 if progress:
                     self._draw(ray.get(mgr.progress.remote()), final=status is not None)
                 if status is not None:

@@ -255,6 +255,7 @@ BENCHMARKS = {
     "concurrent": ["--jobs", "200000"],
     "subprocess": ["--jobs", "3000"],
     "prompt_latency": [],
+    "recovery": [],
 }
 
 

@@ -1,8 +1,12 @@
 """Fault injection helpers shared by tests/test_faults.py and benchmarks/recovery.py.
 
-Payloads append ``start ATTEMPT TIME`` and ``end ATTEMPT TIME`` to one marker file per job, so
-what really ran can be compared with what the store says: lost jobs, jobs run again after a run
-completed, attempts of one job that overlapped, one attempt number started twice.
+Payloads append ``start ATTEMPT TIME SITE`` and ``end ATTEMPT TIME SITE`` to one marker file per
+job, so what really ran can be compared with what the store says: lost jobs, jobs run again after
+a run completed, attempts of one job that overlapped, one attempt number started twice.
+
+One run again is not a duplicate: a payload that completed on a pilot killed before it could
+report (its outcome existed only in that pilot's memory, ``GRACE`` s before the kill) is, for the
+store, a lost run; the audit counts those apart (``lost_with_pilot``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,18 @@ from typing import Any
 
 from panray import Job, Workflow
 
-_SCRIPT = ('printf "start %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" >> "$1"; sleep "$2"; '
-           'printf "end %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" >> "$1"')
+_SCRIPT = ('printf "start %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"; sleep "$2"; '
+           'printf "end %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"')
+GRACE = 1.0
+"""Seconds before a pilot kill in which a completed run may not have been reported yet."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A kill at ``time``; ``sites`` whose pilots it killed (empty: no pilot)."""
+
+    time: float
+    sites: frozenset[str] = frozenset()
 
 
 def marker_workflow(name: str, n: int, marker_dir: Path, seconds: float, width: int = 50, **job: Any) -> Workflow:
@@ -35,6 +49,7 @@ def marker_workflow(name: str, n: int, marker_dir: Path, seconds: float, width: 
 class Run:
     attempt: int
     start: float
+    site: str
     end: float | None = None
 
 
@@ -47,6 +62,7 @@ class Audit:
     rerun_after_finish: list[str] = field(default_factory=list)  #: started again after a run completed
     overlapping: list[str] = field(default_factory=list)  #: two attempts ran at the same time
     same_attempt_twice: list[str] = field(default_factory=list)  #: one attempt number started twice
+    lost_with_pilot: list[str] = field(default_factory=list)  #: ran again after a run its killed pilot never reported
 
     @property
     def duplicates(self) -> int:
@@ -60,9 +76,9 @@ def read_runs(path: Path) -> list[Run]:
     runs: dict[int, list[Run]] = {}
     out: list[Run] = []
     for line in path.read_text().splitlines() if path.exists() else []:
-        kind, attempt, t = line.split()
+        kind, attempt, t, site = line.split()
         if kind == "start":
-            run = Run(int(attempt), float(t))
+            run = Run(int(attempt), float(t), site)
             runs.setdefault(run.attempt, []).append(run)
             out.append(run)
         else:
@@ -72,22 +88,27 @@ def read_runs(path: Path) -> list[Run]:
     return out
 
 
-def audit(jobs: Iterable[Any], marker_dir: Path, faults: Iterable[float] = ()) -> Audit:
+def audit(jobs: Iterable[Any], marker_dir: Path, faults: Iterable[Fault] = ()) -> Audit:
     """Compare the store's jobs (``JobRow``) with the markers.
 
     A run without an end died with its pilot: it is taken to have ended at the first fault
     after its start (payloads die with their pilot), or never if no fault came after it.
     """
     result = Audit()
-    fault_times = sorted(faults)
+    faults = sorted(faults, key=lambda f: f.time)
+    fault_times = [f.time for f in faults]
     for job in jobs:
         runs = read_runs(marker_dir / job.name)
         result.runs += len(runs)
         if job.status != "finished" or not any(r.end is not None and r.attempt == job.attempt_nr for r in runs):
             result.lost.append(job.name)
-        ends = [r.end for r in runs if r.end is not None]
-        if ends and any(r.start > min(ends) for r in runs):
+        completed = sorted((r for r in runs if r.end is not None), key=lambda r: r.end or 0.0)
+        reported = [r for r in completed if not any(r.site in f.sites and 0 <= f.time - (r.end or 0.0) <= GRACE
+                                                    for f in faults)]
+        if reported and any(r.start > (reported[0].end or 0.0) for r in runs):
             result.rerun_after_finish.append(job.name)
+        elif completed and any(r.start > (completed[0].end or 0.0) for r in runs):
+            result.lost_with_pilot.append(job.name)
         attempts = [r.attempt for r in runs]
         if len(attempts) != len(set(attempts)):
             result.same_attempt_twice.append(job.name)

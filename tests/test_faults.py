@@ -15,7 +15,7 @@ import pytest
 import ray
 
 from conftest import FAST
-from faults import actor_pid, audit, kill9, marker_workflow, wait_for
+from faults import Fault, actor_pid, audit, kill9, marker_workflow, wait_for
 from panray import Panray, Settings
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ def _busy_pilot(pr: Panray, wf_id: int, site: str) -> str | None:
 
 
 def _check(pr: Panray, wf_id: int, marks: Path, fault: float, lost_site: set[str]) -> None:
-    result = audit(pr.jobs(wf_id), marks, [fault])
+    result = audit(pr.jobs(wf_id), marks, [Fault(fault, frozenset(lost_site))])
     assert result.clean(), result
     retried = [(j, a) for j in pr.jobs(wf_id) for a in pr.store.attempts(j.job_id) if a.status == "failed"]
     assert retried, "the fault cut some runs short"
@@ -83,3 +83,20 @@ def test_every_pilot_of_a_site_killed_while_its_queue_holds_jobs(fpr: Panray, tm
     taken_back = [j for j in fpr.jobs(wf_id) if [h.status for h in fpr.store.history(j.job_id)].count("activated") > 1]
     assert taken_back, "jobs queued at (or reserved for) the dead pilots were brokered again"
     wait_for(lambda: _pilots_back(fpr, victims, pids), timeout=30, what="the supervisor to restart UKDF's pilots")
+
+
+def test_a_killed_workflow_manager_is_restarted_and_collects_what_pilots_hold(fpr: Panray, tmp_path: Path) -> None:
+    from panray.actors.names import manager_name
+
+    marks = tmp_path / "marks"
+    [wf_id] = fpr.submit(marker_workflow("kill-manager", 200, marks, 0.4))
+    wait_for(lambda: len(fpr.jobs(wf_id, status=["finished"])) >= 40, what="a fifth of the workflow to finish")
+    name = manager_name(fpr.settings.resolved_db_url, wf_id)
+    pid = actor_pid(name)
+    fault = kill9([name])
+    assert fpr.wait([wf_id], timeout=120) == {wf_id: "Finished"}, "no resume, no restart of the server"
+    assert actor_pid(name) != pid, "Ray restarted the manager in a new process"
+    result = audit(fpr.jobs(wf_id), marks, [Fault(fault)])
+    assert result.clean() and not result.lost_with_pilot, result
+    failed = [a for j in fpr.jobs(wf_id) for a in fpr.store.attempts(j.job_id) if a.status == "failed"]
+    assert failed == [], "what live pilots ran was adopted, not failed and retried"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from panray.actors.site_queue import SiteQueueCore
 from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.outbox import Outbox
 from panray.core.supervisor_core import DEAD, SILENT, SupervisorCore
 from panray.core.workflow_core import CoreSettings, WorkflowCore
 from panray.models import Campaign, Job, Workflow
@@ -125,3 +126,40 @@ def test_a_pilot_may_start_only_the_current_attempt_of_a_job_no_other_pilot_hold
     assert core.pilot[0] == core.pilot[1] == "pilot:UKDF:0"
     assert core.requeue([(first, 1)], 4.0) == [], "a claimed attempt is never taken back"
     assert core.placements() == ({"pilot:UKDF:0"}, set())
+
+
+def test_a_restarted_manager_adopts_what_live_pilots_run_and_hold_and_reruns_nothing_finished(
+        store: StateStore) -> None:
+    """The store lags the lost manager: it says activated for jobs that ran, ended or were re-attempted."""
+    core = _core(store, n=4)
+    core.start(0.0)
+    core.queued([0, 1, 2, 3], ["UKDF"] * 4, 1.0)
+    store.apply(core.drain_changes(1.0))
+    restarted = WorkflowCore(store.load_workflow(core.workflow_id), CoreSettings(), manager="m")
+    first = restarted.first_id
+    held = [(first, 1, "pilot:UKDF:0"), (first + 1, 2, "pilot:UKDF:1")]  # job 1: the lost manager's attempt 2
+    ended = [Outcome(first + 2, 1, "pilot:UKDF:0", "UKDF", 1.0, 1.5, 2.0, 0, None, None, None, None)]
+    assert restarted.adopt(held, [Started(first + 1, 2, "pilot:UKDF:1", 1.2, 1.3)], ended, 3.0) == []
+    assert restarted.start(3.0) == [3], "only the job no pilot holds is released again"
+    assert list(restarted.attempt) == [1, 2, 1, 2]
+    assert restarted.counts() == {"sent": 1, "running": 1, "finished": 1, "defined": 1}
+    assert (restarted.pilot[0], restarted.pilot[1]) == ("pilot:UKDF:0", "pilot:UKDF:1")
+    assert restarted.claim("pilot:UKDF:1", [(first, 1)], 3.5) == [False], "job 0 stays with its pilot"
+
+
+def test_the_outbox_keeps_reports_until_acknowledged_and_resends_them_as_one_batch() -> None:
+    box = Outbox()
+    s1, s2 = Started(1, 1, "p", 0.0, 1.0), Started(2, 1, "p", 0.0, 1.0)
+    o1 = Outcome(1, 1, "p", "UKDF", 0.0, 1.0, 2.0, 0, None, None, None, None)
+    box.add_started("m", s1)
+    assert box.flush() == {"m": (1, [s1], [])}
+    box.add_started("m", s2)
+    box.add_ended("m", [o1])
+    assert box.take_ended_keys() == [("m", 1)]
+    assert box.held("m") == ([s1, s2], [o1]), "new reports count as held too"
+    assert box.flush() == {"m": (2, [s2], [o1])}
+    assert box.flush() == {}
+    box.ack("m", 1)
+    assert box.resend("m") == (2, [s2], [o1]) and box.waiting() == ["m"]
+    box.ack("m", 2)
+    assert box.resend("m") is None and box.waiting() == [] and box.held("m") == ([], [])

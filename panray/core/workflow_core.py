@@ -10,7 +10,9 @@ accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in o
 Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
 failed as system errors and retried, jobs waiting in a queue are released again. A job taken
 back from a queue (or a pilot that never reported it) is released again as a new attempt
-(:meth:`WorkflowCore._withdraw`), so its old dispatch, wherever it still sits, is stale.
+(:meth:`WorkflowCore._withdraw`), so its old dispatch, wherever it still sits, is stale. A
+manager restarted while pilots live first :meth:`~WorkflowCore.adopt`\ s what they still run
+and the outcomes they hold, so those jobs are neither failed nor run again.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ class WorkflowCore:
         self._dirty: set[int] = set()
         self._dirty_tasks: set[int] = set()
         self.avoid: dict[int, str] = {}  #: job -> the site that just lost it (system error), avoided if possible
+        self._adopted: set[int] = set()  #: jobs live pilots still run, learnt by a restarted manager
         self._now = now or time.time()
 
     # -- the one path that changes a status --------------------------------------------------
@@ -131,6 +134,8 @@ class WorkflowCore:
             self._reset_failed(now)
         for i in range(self.n):
             c = self.status[i]
+            if c in HELD and i in self._adopted:
+                continue
             if c in HELD:
                 ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None))
             elif c in (ASSIGNED, ACTIVATED):
@@ -148,6 +153,31 @@ class WorkflowCore:
                 self._move(i, DEFINED, now)
                 ready.append(i)
         return ready + self._final_if_due(now)
+
+    def adopt(self, held: Iterable[tuple[int, int, str]], started: Iterable[Started], ended: Iterable[Outcome],
+              now: float) -> list[int]:
+        """Before :meth:`start` after a restart: what live pilots still run (job_id, attempt_nr, pilot) and
+        the starts and outcomes they hold unacknowledged. Attempts newer than the store's (the lost
+        manager's, not yet written) are taken over. Returns the jobs that became ready."""
+        started, ended, held = list(started), list(ended), list(held)
+        for job_id, attempt in [(e.job_id, e.attempt_nr) for e in (*started, *ended)] + [h[:2] for h in held]:
+            i = job_id - self.first_id
+            if 0 <= i < self.n and self.status[i] not in FINAL_CODES and attempt >= self.attempt[i]:
+                self.attempt[i] = attempt
+                if self.status[i] == PENDING:  # its release was not written yet
+                    self._move(i, DEFINED, now)
+        self.started(started)
+        ready = self.ended(ended)
+        for job_id, attempt, pilot in held:
+            i = job_id - self.first_id
+            if not (0 <= i < self.n and self.attempt[i] == attempt) or self.status[i] in FINAL_CODES:
+                continue
+            if self.status[i] not in HELD:  # claimed from the lost manager, its start not reported yet
+                self._to_sent(i, now)
+                self.pilot[i] = pilot
+            self._adopted.add(i)
+            self.last_beat[i] = now
+        return ready
 
     def _reset_failed(self, now: float) -> None:
         again = [i for i in range(self.n) if self.status[i] in (FAILED, CANCELLED, CLOSED)]
