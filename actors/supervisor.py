@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 LIVENESS_INTERVAL = 1.0
 """Seconds between two rounds of pings: a lost pilot is replaced within about this long."""
 
-START_TIMEOUT = 60.0
+START_TIMEOUT = 300.0
 """Seconds :meth:`Supervisor.supervise` waits for new pilots to answer."""
 
 

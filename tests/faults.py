@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from panray import Job, Workflow
+from test_integration import _wait_for as wait_for  # noqa: F401  (re-exported for fault cases)
 
 _SCRIPT = ('printf "start %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"; sleep "$2"; '
            'printf "end %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"')
@@ -152,14 +153,3 @@ def kill9(names: Iterable[str]) -> float:
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     return t
-
-
-def wait_for(cond: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    """Poll an outside condition with a deadline; fail on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
