@@ -163,3 +163,16 @@ def test_the_outbox_keeps_reports_until_acknowledged_and_resends_them_as_one_bat
     assert box.resend("m") == (2, [s2], [o1]) and box.waiting() == ["m"]
     box.ack("m", 2)
     assert box.resend("m") is None and box.waiting() == [] and box.held("m") == ([], [])
+
+
+def test_an_adopted_newer_attempt_belongs_to_the_pilot_that_runs_it(store: StateStore) -> None:
+    core = _core(store, n=1)
+    core.start(0.0)
+    core.queued([0], ["UKDF"], 1.0)
+    core.started([Started(core.first_id, 1, "pilot:UKDF:0", 1.0, 1.0)])
+    store.apply(core.drain_changes(1.0))  # stored: attempt 1 running on pilot:UKDF:0
+    restarted = WorkflowCore(store.load_workflow(core.workflow_id), CoreSettings(), manager="m")
+    restarted.adopt([(restarted.first_id, 2, "pilot:FrDF:1")], [], [], 2.0)
+    assert restarted.start(2.0) == []
+    assert (restarted.attempt[0], restarted.pilot[0]) == (2, "pilot:FrDF:1")
+    assert restarted.placements() == ({"pilot:FrDF:1"}, set()), "the liveness check watches the right pilot"

@@ -174,7 +174,7 @@ class WorkflowCore:
                 continue
             if self.status[i] not in HELD:  # claimed from the lost manager, its start not reported yet
                 self._to_sent(i, now)
-                self.pilot[i] = pilot
+            self.pilot[i] = pilot  # the store may still name the pilot of an older attempt
             self._adopted.add(i)
             self.last_beat[i] = now
         return ready
