@@ -281,13 +281,14 @@ class Pilot:
             if ref is not None and ref not in done:
                 rest.append((name, ref))
                 continue
+            if ref is None:  # no actor holds the name: Ray restarts keep it, so it is gone for good
+                self._reports.drop(name)
+                continue
             try:
-                if ref is None:
-                    raise ValueError(f"no manager {name}")
                 acked = ray.get(ref)
                 if acked:
                     self._reports.ack(name, acked)
-            except (ray.exceptions.RayActorError, ValueError):  # restarting, or gone: look it up again
+            except ray.exceptions.RayActorError:  # restarting, or replaced: look it up again
                 self._managers.pop(name, None)
                 broken.add(name)
         return rest

@@ -2,9 +2,10 @@
 
 What is measured
     For each fault, one workflow of N marker-writing jobs (``tests/faults.py``: each run appends
-    a start and an end line, with its attempt number and site, to its job's file) on a fresh
-    embedded cluster and SQLite store. Once the run is under way the fault is injected with
-    SIGKILL and nothing else is done: no ``panray resume``, no restart. Faults:
+    a start and an end line, with its attempt number and site, to its job's file), one after
+    the other on one embedded cluster and SQLite store (the next starts once every site has all
+    its pilots again). Once the run is under way the fault is injected with SIGKILL and nothing
+    else is done: no ``panray resume``, no restart. Faults:
 
     * ``pilot-per-site``: one busy pilot at FrDF and one at UKDF;
     * ``site-pilots``: every pilot of UKDF while its queue holds jobs;
@@ -62,22 +63,24 @@ def _victims(pr: Any, wf_id: int, fault: str) -> tuple[list[str], frozenset[str]
     return wait_for(busy, timeout=120, what="a busy pilot at FrDF and at UKDF"), frozenset({"FrDF", "UKDF"})
 
 
-def run(fault: str, n_jobs: int, seconds: float) -> dict[str, Any]:
-    import panray  # noqa: F401  (first: keeps Ray on loopback)
-    from faults import Fault, audit, first_end_after, healed_after, kill9, marker_workflow
-    from panray import Panray, Settings
+def _all_pilots(pr: Any) -> bool:
+    import ray
 
-    home = Path(tempfile.mkdtemp(prefix=f"panray-recovery-{fault}-"))
-    marks = home / "marks"
-    with Panray(Settings(home=home, flush_interval=0.05, **TIMERS)) as pr:
-        pr.runtime
-        t0 = time.time()
-        [wf_id] = pr.submit(marker_workflow(f"recovery-{fault}", n_jobs, marks, seconds))
-        names, sites = _victims(pr, wf_id, fault)
-        at = kill9(names)
-        status = pr.wait([wf_id], timeout=600)[wf_id]
-        total_s = time.time() - t0
-        result = audit(pr.jobs(wf_id), marks, [Fault(at, sites)])
+    return all(r["pilots"] == pr.catalog.get(r["site"]).pilots for r in ray.get(pr.runtime.brokerage.sites.remote()))
+
+
+def run(pr: Any, fault: str, n_jobs: int, seconds: float) -> dict[str, Any]:
+    from faults import Fault, audit, first_end_after, healed_after, kill9, marker_workflow, wait_for
+
+    wait_for(lambda: _all_pilots(pr), timeout=120, what="every site to have all its pilots")
+    marks = pr.settings.home / f"marks-{fault}"
+    t0 = time.time()
+    [wf_id] = pr.submit(marker_workflow(f"recovery-{fault}", n_jobs, marks, seconds))
+    names, sites = _victims(pr, wf_id, fault)
+    at = kill9(names)
+    status = pr.wait([wf_id], timeout=600)[wf_id]
+    total_s = time.time() - t0
+    result = audit(pr.jobs(wf_id), marks, [Fault(at, sites)])
     return {
         "fault": fault, "killed": len(names), "jobs": n_jobs, "status": status,
         "first_end_s": first_end_after(marks, at), "healed_s": healed_after(marks, at), "total_s": total_s,
@@ -101,7 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(TESTS_DIR))
     info, vers = machine_info(), versions()
     print_header("recovery: time to recover and duplicate runs per fault (kill -9)", info, vers)
-    results = [run(f, args.jobs, args.seconds) for f in faults]
+    import panray  # noqa: F401  (first: keeps Ray on loopback)
+    from panray import Panray, Settings
+
+    home = Path(tempfile.mkdtemp(prefix="panray-recovery-"))
+    with Panray(Settings(home=home, flush_interval=0.05, **TIMERS)) as pr:
+        pr.runtime
+        results = [run(pr, f, args.jobs, args.seconds) for f in faults]
     cols = ["fault", "killed", "jobs", "first_end_s", "healed_s", "total_s", "runs", "lost", "duplicates",
             "overlapping", "lost_with_pilot", "status", "ok"]
     print(format_table(results, cols))

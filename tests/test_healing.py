@@ -163,6 +163,10 @@ def test_the_outbox_keeps_reports_until_acknowledged_and_resends_them_as_one_bat
     assert box.resend("m") == (2, [s2], [o1]) and box.waiting() == ["m"]
     box.ack("m", 2)
     assert box.resend("m") is None and box.waiting() == [] and box.held("m") == ([], [])
+    box.add_ended("gone", [o1])
+    box.flush()
+    box.drop("gone")
+    assert box.waiting() == [] and box.held("gone") == ([], []), "a manager gone for good is not waited for"
 
 
 def test_an_adopted_newer_attempt_belongs_to_the_pilot_that_runs_it(store: StateStore) -> None:

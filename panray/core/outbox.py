@@ -79,6 +79,13 @@ class Outbox:
             else:
                 self._unacked.pop(manager, None)
 
+    def drop(self, manager: str) -> None:
+        """The manager is gone for good (its name is not registered): nobody will read these."""
+        with self.lock:
+            self._unacked.pop(manager, None)
+            self._started.pop(manager, None)
+            self._ended.pop(manager, None)
+
     def waiting(self) -> list[str]:
         """Managers that have not acknowledged everything yet."""
         with self.lock:
