@@ -148,20 +148,20 @@ class SiteQueue:
     async def forget_pilot(self, name: str, keep: str | None = None) -> int:
         """Pilot ``name`` died: give the jobs it had taken back to their managers; returns how many."""
         gone = self._core.forget_pilot(name, keep)
-        _give_back(gone)
+        _give_back(gone, lost_pilot=name)
         return len(gone)
 
     async def stats(self) -> tuple[int, int, int]:
         return self._core.stats()
 
 
-def _give_back(jobs: Iterable[Dispatch]) -> None:
+def _give_back(jobs: Iterable[Dispatch], lost_pilot: str | None = None) -> None:
     """Send jobs back to their workflows' managers, one call per manager, to be brokered again."""
     by_manager: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for d in jobs:
         by_manager[d.manager].append((d.job_id, d.attempt_nr))
     for name, ids in by_manager.items():
         try:
-            ray.get_actor(name, namespace=NAMESPACE).rebroker.remote(ids)
+            ray.get_actor(name, namespace=NAMESPACE).rebroker.remote(ids, lost_pilot)
         except ValueError:  # the manager is gone; a restarted one re-brokers from the store
             log.warning("manager %s is gone; %d jobs wait for it to restart", name, len(ids))

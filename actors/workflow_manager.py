@@ -136,9 +136,10 @@ class WorkflowManager:
         self._wake.set()
         return answer.result()
 
-    def rebroker(self, jobs: list[tuple[int, int]]) -> None:
-        """A site queue gave back these (job_id, attempt_nr) (its site went offline): broker again."""
-        self._inbox.append(("rebroker", jobs))
+    def rebroker(self, jobs: list[tuple[int, int]], lost_pilot: str | None = None) -> None:
+        """A site queue gave back these (job_id, attempt_nr): its site went offline, or (``lost_pilot``)
+        the pilot that had taken them died. Broker them again."""
+        self._inbox.append(("rebroker", jobs, lost_pilot))
         self._wake.set()
 
     def heartbeat(self, beats: list[tuple[int, int]], sent_at: float | None = None) -> None:
@@ -227,7 +228,7 @@ class WorkflowManager:
             self._beats += len(msg[1])
             self._beat_lags.append(time.time() - msg[2])
         elif kind == "rebroker":
-            self._ready.extend(self.core.requeue(msg[1], now))
+            self._ready.extend(self.core.requeue(msg[1], now, msg[2]))
         elif kind == "lost":
             self._ready.extend(self.core.lost(msg[1], msg[2], now))
         elif kind == "retry":

@@ -5,8 +5,8 @@ job, so what really ran can be compared with what the store says: lost jobs, job
 a run completed, attempts of one job that overlapped, one attempt number started twice.
 
 One run again is not a duplicate: a payload that completed on a pilot killed before it could
-report (its outcome existed only in that pilot's memory, ``GRACE`` s before the kill) is, for the
-store, a lost run; the audit counts those apart (``lost_with_pilot``).
+report (its outcome existed only in that pilot's memory: it ended within ``GRACE`` s of the kill)
+is, for the store, a lost run; the audit counts those apart (``lost_with_pilot``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from test_integration import _wait_for as wait_for  # noqa: F401  (re-exported f
 _SCRIPT = ('printf "start %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"; sleep "$2"; '
            'printf "end %s %s %s\\n" "$PANRAY_ATTEMPT" "$(date +%s.%N)" "$PANRAY_SITE" >> "$1"')
 GRACE = 1.0
-"""Seconds before a pilot kill in which a completed run may not have been reported yet."""
+"""Seconds around a pilot kill in which a completed run may not have been reported."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def audit(jobs: Iterable[Any], marker_dir: Path, faults: Iterable[Fault] = ()) -
         if job.status != "finished" or not any(r.end is not None and r.attempt == job.attempt_nr for r in runs):
             result.lost.append(job.name)
         completed = sorted((r for r in runs if r.end is not None), key=lambda r: r.end or 0.0)
-        reported = [r for r in completed if not any(r.site in f.sites and 0 <= f.time - (r.end or 0.0) <= GRACE
+        reported = [r for r in completed if not any(r.site in f.sites and abs(f.time - (r.end or 0.0)) <= GRACE
                                                     for f in faults)]
         if reported and any(r.start > (reported[0].end or 0.0) for r in runs):
             result.rerun_after_finish.append(job.name)

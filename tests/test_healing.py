@@ -180,3 +180,16 @@ def test_an_adopted_newer_attempt_belongs_to_the_pilot_that_runs_it(store: State
     assert restarted.start(2.0) == []
     assert (restarted.attempt[0], restarted.pilot[0]) == (2, "pilot:FrDF:1")
     assert restarted.placements() == ({"pilot:FrDF:1"}, set()), "the liveness check watches the right pilot"
+
+
+def test_jobs_a_dead_pilot_had_claimed_fail_when_its_queue_gives_them_back(store: StateStore) -> None:
+    core = _core(store, n=2)
+    core.start(0.0)
+    core.queued([0, 1], ["UKDF", "UKDF"], 1.0)
+    first = core.first_id
+    assert core.claim("pilot:UKDF:0", [(first, 1)], 1.5) == [True]
+    assert core.requeue([(first, 1), (first + 1, 1)], 2.0) == [1], "without a lost pilot only queued jobs return"
+    assert core.requeue([(first, 1)], 2.5, lost_pilot="pilot:UKDF:0") == [0]
+    assert (core.attempt[0], core.error_class[0], core.avoid) == (2, None, {0: "UKDF"})
+    [attempt] = core._attempts
+    assert (attempt.status, attempt.error_class, attempt.diag.split(";")[0]) == ("failed", "system", "pilot pilot:UKDF:0 lost")

@@ -212,14 +212,21 @@ class WorkflowCore:
         """Brokerage's explained choices, written with the next flush."""
         self._decisions.extend(rows)
 
-    def requeue(self, jobs: Iterable[tuple[int, int]], now: float) -> list[int]:
-        """(job_id, attempt_nr) taken back from a site queue: activated -> defined, to broker again."""
+    def requeue(self, jobs: Iterable[tuple[int, int]], now: float, lost_pilot: str | None = None) -> list[int]:
+        """(job_id, attempt_nr) taken back from a site queue: activated -> defined, to broker again.
+
+        With ``lost_pilot`` they are what that pilot had taken when it died: those it had claimed
+        fail as system errors (the manager's own liveness check may not tell a replacement
+        under the same name from the pilot that held them).
+        """
         ready = []
         for job_id, attempt in jobs:
             i = job_id - self.first_id
             if self.attempt[i] == attempt and self.status[i] == ACTIVATED:
                 self._withdraw(i, now)
                 ready.append(i)
+            elif lost_pilot and self.attempt[i] == attempt and self.status[i] in HELD:
+                ready.extend(self._fail(i, SYSTEM, None, f"pilot {lost_pilot} lost", now, None))
         return ready
 
     def _withdraw(self, i: int, now: float) -> None:
