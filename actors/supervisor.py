@@ -51,7 +51,7 @@ class Supervisor:
         self._stop = threading.Event()
         self._kick = threading.Event()  #: run the next round now
         self.rounds = 0
-        self.restarts = 0
+        self.starts = 0  #: pilots started (first starts and replacements)
         if ray.get_runtime_context().was_current_actor_reconstructed:
             self._add(list(site_nodes()))
         threading.Thread(target=self._loop, name="supervise", daemon=True).start()
@@ -79,7 +79,7 @@ class Supervisor:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"rounds": self.rounds, "restarts": self.restarts,
+            return {"rounds": self.rounds, "starts": self.starts,
                     "live": {site: sorted(names) for site, names in self.core.live.items()}}
 
     def stop(self) -> None:
@@ -153,4 +153,4 @@ class Supervisor:
         work_dir = str(Settings.model_validate(self.settings).work_dir)
         self._handles[name] = Pilot.options(name=name, resources={cfg.ray_resource: 1}, **opts).remote(
             name, site, cfg.slots, work_dir, self.settings)
-        self.restarts += 1
+        self.starts += 1
