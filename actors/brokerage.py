@@ -21,8 +21,9 @@ from panray.sites import Decision, JobRequest, SiteCatalog, SiteLoad, SiteStatus
 
 log = logging.getLogger(__name__)
 
-#: What a manager asks per job: (memory MB, cores, pinned site[, fraction of inputs per site]).
-Request = tuple[int, int, str | None] | tuple[int, int, str | None, Mapping[str, float]]
+#: What a manager asks per job: (memory MB, cores, pinned site[, fraction of inputs per site[, site to avoid]]).
+Request = (tuple[int, int, str | None] | tuple[int, int, str | None, Mapping[str, float]]
+           | tuple[int, int, str | None, Mapping[str, float], str | None])
 
 STATS_TTL = 0.25
 _UNTHROTTLED = 1 << 40
@@ -96,7 +97,8 @@ class Brokerage:
 
     async def _decide(self, requests: Sequence[Request], noop: bool, explain: bool) -> list[Decision]:
         await self._refresh()
-        jobs = [JobRequest(r[0], r[1], r[2], r[3] if len(r) > 3 else {}) for r in requests]  # type: ignore[misc]
+        jobs = [JobRequest(r[0], r[1], r[2], r[3] if len(r) > 3 else {}, r[4] if len(r) > 4 else None)  # type: ignore[misc]
+                for r in requests]
         self.calls += 1
         floor = _UNTHROTTLED if noop else self.floor
         decisions = broker(jobs, self._site_loads(noop), seed=self.seed + self.calls, explain=explain, floor=floor)
@@ -121,6 +123,10 @@ class Brokerage:
         if q is None:  # the site's node is gone: its queue with it
             return
         await (q.close.remote() if new is SiteStatus.OFFLINE else q.open.remote())
+
+    async def idle_sites(self) -> list[str]:
+        """Sites without a live pilot: what is queued there waits for nothing."""
+        return [n for n, pilots in self.pilots.items() if not pilots]
 
     async def site_names(self) -> list[str]:
         return list(self.status)

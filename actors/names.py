@@ -30,6 +30,7 @@ def pilot_name(site: str, n: int) -> str:
 
 
 BROKERAGE_NAME = "brokerage"
+SUPERVISOR_NAME = "supervisor"
 NAMESPACE = "panray"
 
 

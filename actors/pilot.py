@@ -3,6 +3,16 @@
 Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
 payloads at once, completes no-op jobs in-process, and reports starts and ends in batches to
 each workflow's manager (``update_job`` in bulk) — never one actor call per job.
+
+Before it starts a pulled batch the pilot claims it from each manager in one call: the manager
+admits only the attempts it still wants to run, and marks them ``sent`` to this pilot, so an
+attempt taken back from a queue (released again under a new attempt number) or already
+claimed elsewhere is dropped here. Two attempts of one job therefore never run at once.
+
+Reports stay in the pilot's :class:`~panray.core.outbox.Outbox` until the manager says it
+stored them; a failed call marks the manager for a resend of everything unacknowledged (Ray
+restarts a dead manager under the same handle; a name taken over by a new actor is looked up
+again). A restarted manager first asks every live pilot what it holds (:meth:`Pilot.holding`).
 """
 
 from __future__ import annotations
@@ -10,6 +20,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,6 +30,7 @@ import ray
 from panray.actors.names import Handles, queue_name
 from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
+from panray.core.outbox import Outbox
 from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServices
 from panray.payload import sleep_seconds
 from panray.retry import CANCELLED, SYSTEM
@@ -27,34 +39,7 @@ REPORT_INTERVAL = 0.05
 STOP_GRACE = 5.0
 """Seconds a stopping pilot gives its killed payloads to end and its log sink to deliver; what is
 still undelivered then stays in the pilot's spool on disk for the next pilot of its name."""
-
-
-class _Reports:
-    """Buffers starts and outcomes per workflow manager until the next flush."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.started: dict[str, list[Started]] = defaultdict(list)
-        self.ended: dict[str, list[Outcome]] = defaultdict(list)
-        self.n_ended = 0
-        self.wake = threading.Event()
-
-    def add_started(self, wf: str, s: Started) -> None:
-        with self.lock:
-            self.started[wf].append(s)
-        self.wake.set()
-
-    def add_ended(self, wf: str, outcomes: list[Outcome]) -> None:
-        with self.lock:
-            self.ended[wf].extend(outcomes)
-            self.n_ended += len(outcomes)
-        self.wake.set()
-
-    def take(self) -> tuple[dict[str, list[Started]], dict[str, list[Outcome]]]:
-        with self.lock:
-            started, ended = self.started, self.ended
-            self.started, self.ended = defaultdict(list), defaultdict(list)
-        return started, ended
+CLAIM_TIMEOUT = 30.0  #: seconds a pilot waits for a manager to admit a batch; unanswered = dropped
 
 
 class _Sleepers:
@@ -81,7 +66,10 @@ class _Sleepers:
             return [d for d, _ in self._jobs.values()]
 
     def wait_due(self, timeout: float) -> list[tuple[Dispatch, float]]:
-        """The jobs whose time is up, waiting at most ``timeout`` s for the first one."""
+        """The jobs whose time is up, waiting at most ``timeout`` s for the first one.
+
+        They stay held until :meth:`finish`, so that a job is always either held or reported.
+        """
         with self._cv:
             if not self._heap or self._heap[0][0] > time.monotonic():
                 delay = timeout if not self._heap else min(timeout, self._heap[0][0] - time.monotonic())
@@ -89,10 +77,15 @@ class _Sleepers:
             now, due = time.monotonic(), []
             while self._heap and self._heap[0][0] <= now:
                 _, key = heapq.heappop(self._heap)
-                entry = self._jobs.pop(key, None)
+                entry = self._jobs.get(key)
                 if entry is not None:
                     due.append(entry)
             return due
+
+    def finish(self, ds: list[Dispatch]) -> None:
+        with self._cv:
+            for d in ds:
+                self._jobs.pop((d.manager, d.job_id), None)
 
 
 def _refused(d: Dispatch, pilot: str, site: str, sent: float, exc: Exception) -> Outcome:
@@ -108,6 +101,7 @@ class Pilot:
 
     def __init__(self, pilot_id: str, site: str, slots: int, settings: Settings):
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
+        self.key = f"{pilot_id}#{uuid.uuid4().hex[:12]}"  #: this incarnation, as the site queue knows it
         self._services = RunnerServices(work_dir=settings.work_dir)
         self._spool_dir = settings.work_dir / "log-spool" / pilot_id.replace(":", "_")
         self._heartbeat_interval = settings.heartbeat_interval
@@ -120,9 +114,8 @@ class Pilot:
         self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots)
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
-        self._reports = _Reports()
+        self._reports = Outbox()
         self._stop = threading.Event()
-        self._acked = 0
         self._threads = [
             threading.Thread(target=self._pull_loop, name="pull", daemon=True),
             threading.Thread(target=self._report_loop, name="report", daemon=True),
@@ -153,6 +146,18 @@ class Pilot:
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
         return ray.get_runtime_context().get_node_id()
+
+    def incarnation(self) -> str:
+        """This pilot process' key: a replacement under the same name answers another one."""
+        return self.key
+
+    def holding(self, manager: str) -> tuple[list[tuple[int, int]], list[Started], list[Outcome]]:
+        """For a restarted manager: (job_id, attempt_nr) still running here, and the starts and
+        outcomes it has not acknowledged. A job is always in one of them until acknowledged."""
+        held = [(d.job_id, d.attempt_nr) for d in [p.d for p in list(self._running.values())] + self._sleeping.held()
+                if d.manager == manager]
+        started, ended = self._reports.held(manager)
+        return held, started, ended
 
     def info(self) -> dict[str, Any]:
         return {"pilot": self.pilot_id, "site": self.site, "slots": self.slots, "running": sorted(j for _, j in self._running)}
@@ -193,21 +198,49 @@ class Pilot:
             free = 1
             while self._free.acquire(blocking=False):
                 free += 1
-            ended = self._reports.n_ended
+            ended = self._reports.take_ended_keys()
             try:
-                batch = ray.get(self._queue.acquire.remote(self.pilot_id, free, ended - self._acked, 1.0))
+                batch = ray.get(self._queue.acquire.remote(self.key, free, ended, 1.0))
             except Exception as exc:  # the queue is being restarted or the cluster shuts down
                 if self._log is not None and self._pulling and not self._stop.is_set():  # once per streak
                     self._log.event("pull_failed", f"pulling from site-queue:{self.site} failed: {exc!r}"[:500],
                                     level="WARNING")
                 batch, self._pulling = [], False
+                self._reports.restore_ended_keys(ended)
                 time.sleep(0.5)
             else:
                 self._pulling = True
-            self._acked = ended
-            used = self._start(batch)
+            used = self._start(self._claim(batch) if batch else batch)
             for _ in range(free - used):
                 self._free.release()
+
+    def _claim(self, batch: list[Dispatch]) -> list[Dispatch]:
+        """The dispatches whose managers admit them, in one call per manager; no-ops need no claim.
+
+        What is refused or unanswered (a manager restarting re-releases it) is dropped, and the
+        queue hears at the next pull that this pilot no longer holds it.
+        """
+        keep = [d for d in batch if not d.payload]
+        asked: dict[str, list[Dispatch]] = defaultdict(list)
+        for d in batch:
+            if d.payload:
+                asked[d.manager].append(d)
+        refs = {}
+        now = time.time()
+        for name, ds in asked.items():
+            mgr = self._manager(name)
+            if mgr is not None:
+                refs[name] = mgr.claim.remote(self.pilot_id, [(d.job_id, d.attempt_nr) for d in ds], now)
+        for name, ds in asked.items():
+            admitted: list[bool] = [False] * len(ds)
+            if name in refs:
+                try:
+                    admitted = ray.get(refs[name], timeout=CLAIM_TIMEOUT)
+                except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                    self._handles.forget(name)  # look it up again next time
+            keep.extend(d for d, ok in zip(ds, admitted) if ok)
+            self._reports.restore_ended_keys([(name, d.job_id) for d, ok in zip(ds, admitted) if not ok])
+        return keep
 
     def _start(self, batch: list[Dispatch]) -> int:
         """Completes no-ops at once and hands real payloads to the slot pool; returns slots used."""
@@ -237,7 +270,6 @@ class Pilot:
             return 0
         proc = PayloadProcess(d, self.pilot_id, self._services)
         self._running[(d.manager, d.job_id)] = proc
-        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
         self._pool.submit(self._run_one, proc, now)
         return 1
 
@@ -256,24 +288,60 @@ class Pilot:
             out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, SYSTEM,
                           f"pilot error: {exc!r}"[:500], None, None)
         finally:
-            self._running.pop((d.manager, d.job_id), None)
             self._free.release()
         self._reports.add_ended(d.manager, [out])
+        self._running.pop((d.manager, d.job_id), None)  # after: always held or reported
 
     def _report_loop(self) -> None:
         next_beat = time.monotonic() + self._heartbeat_interval
+        calls: list[tuple[str, Any]] = []  #: (manager, report call) not answered yet
+        broken: set[str] = set()  #: managers whose last call failed: resend all they have not acknowledged
         while not self._stop.is_set():
             self._reports.wake.wait(min(1.0, self._heartbeat_interval))
             self._reports.wake.clear()
             time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
-            started, ended = self._reports.take()
-            for name in set(started) | set(ended):
-                mgr = self._manager(name)
-                if mgr is not None:
-                    mgr.report.remote(started.get(name, []), ended.get(name, []))
+            calls = self._acknowledged(calls, broken)
+            asking = {name for name, _ in calls}
+            for name, (seq, started, ended) in self._reports.flush().items():
+                if name not in broken:
+                    calls.append((name, self._send(name, seq, started, ended)))
+                    asking.add(name)
+            for name in self._reports.waiting():
+                if name in broken:
+                    batch = self._reports.resend(name)
+                    if batch is not None:
+                        broken.discard(name)
+                        calls.append((name, self._send(name, *batch)))
+                elif name not in asking:  # only the acknowledgement is missing: ask for it
+                    calls.append((name, self._send(name, None, [], [])))
             if time.monotonic() >= next_beat:
                 self._heartbeat()
                 next_beat = time.monotonic() + self._heartbeat_interval
+
+    def _send(self, name: str, seq: int | None, started: list[Started], ended: list[Outcome]) -> Any:
+        mgr = self._manager(name)
+        return None if mgr is None else mgr.report.remote(started, ended, self.key, seq)
+
+    def _acknowledged(self, calls: list[tuple[str, Any]], broken: set[str]) -> list[tuple[str, Any]]:
+        """Apply the answers that arrived; a failed call marks its manager broken. Returns the rest."""
+        refs = [ref for _, ref in calls if ref is not None]
+        done = set(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) if refs else set()
+        rest = []
+        for name, ref in calls:
+            if ref is not None and ref not in done:
+                rest.append((name, ref))
+                continue
+            if ref is None:  # no actor holds the name: Ray restarts keep it, so it is gone for good
+                self._reports.drop(name)
+                continue
+            try:
+                acked = ray.get(ref)
+                if acked:
+                    self._reports.ack(name, acked)
+            except ray.exceptions.RayActorError:  # restarting, or replaced: look it up again
+                self._handles.forget(name)
+                broken.add(name)
+        return rest
 
     def _heartbeat(self) -> None:
         """One batched heartbeat per manager for all payloads still running here."""
@@ -297,6 +365,7 @@ class Pilot:
                                                 0, None, None, None, None))
             for name, outs in ended.items():
                 self._reports.add_ended(name, outs)
+            self._sleeping.finish([d for d, _ in due])
 
     def _manager(self, name: str) -> Any:
         return self._handles.get(name)

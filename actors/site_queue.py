@@ -3,7 +3,11 @@
 The logic is the plain class :class:`SiteQueueCore` (tested without Ray); :class:`SiteQueue`
 is the thin async actor around it. Pilots pull with :meth:`SiteQueue.acquire`, which waits
 for work instead of polling. No-op jobs do not occupy a slot, so one pull can carry a large
-batch of them.
+batch of them. The queue remembers what each pilot took until the pilot says it ended, so a
+pilot that dies gives its reserved jobs back (:meth:`SiteQueue.forget_pilot`) instead of
+leaving them `activated` for good, and its slots stop counting as running. Pilots pull under
+a key of their name and incarnation (``pilot:UKDF:0#3f2a...``): a dead incarnation's late
+pull takes nothing, and its replacement under the same name is told apart.
 """
 
 from __future__ import annotations
@@ -29,16 +33,25 @@ class SiteQueueCore:
         self.site = site
         self.max_batch = max_batch
         self._jobs: deque[Dispatch] = deque()
-        self._held: dict[str, int] = {}  # pilot -> jobs it holds (sent, not reported ended)
+        self._held: dict[str, dict[tuple[str, int], Dispatch]] = {}  # pilot key -> taken, not reported ended
+        self._gone: set[str] = set()  #: keys of forgotten (dead) pilot incarnations
         self.n_sent = 0
 
     def put(self, jobs: Iterable[Dispatch]) -> int:
         self._jobs.extend(jobs)
         return len(self._jobs)
 
-    def take(self, pilot: str, slots: int, ended: int) -> list[Dispatch]:
-        """Pop jobs for ``pilot``: up to ``slots`` real payloads plus any no-ops met on the way."""
-        held = self._held.get(pilot, 0) - ended
+    def take(self, pilot: str, slots: int, ended: Iterable[tuple[str, int]] = ()) -> list[Dispatch]:
+        """Pop jobs for ``pilot``: up to ``slots`` real payloads plus any no-ops met on the way.
+
+        ``ended`` are the (manager, job_id) the pilot finished since its last pull. A forgotten
+        pilot (a dead incarnation whose pull was still waiting) gets nothing.
+        """
+        if pilot in self._gone:
+            return []
+        held = self._held.setdefault(pilot, {})
+        for key in ended:
+            held.pop(key, None)
         out: list[Dispatch] = []
         real = 0
         jobs = self._jobs
@@ -47,7 +60,7 @@ class SiteQueueCore:
             out.append(d)
             if occupies_slot(d.payload):
                 real += 1
-        self._held[pilot] = max(held, 0) + len(out)
+            held[(d.manager, d.job_id)] = d
         self.n_sent += len(out)
         return out
 
@@ -71,12 +84,19 @@ class SiteQueueCore:
         self._jobs = keep
         return gone
 
-    def forget_pilot(self, pilot: str) -> None:
-        self._held.pop(pilot, None)
+    def forget_pilot(self, name: str, keep: str | None = None) -> list[Dispatch]:
+        """Pilot ``name`` died: every incarnation but ``keep`` (the one that answers now, if any)
+        is forgotten, its slots no longer count; returns the jobs they took and never reported ended."""
+        gone: list[Dispatch] = []
+        for key in [k for k in self._held if k.split("#", 1)[0] == name and k != keep]:
+            gone.extend(self._held.pop(key).values())
+            self._gone.add(key)
+        self._gone.discard(keep)  # type: ignore[arg-type]
+        return gone
 
     def stats(self) -> tuple[int, int, int]:
         """(queued, running = held by pilots, live pilots)."""
-        return len(self._jobs), sum(self._held.values()), len(self._held)
+        return len(self._jobs), sum(len(h) for h in self._held.values()), len(self._held)
 
 
 @ray.remote(num_cpus=0)
@@ -106,9 +126,13 @@ class SiteQueue:
     async def open(self) -> None:
         self._closed = False
 
-    async def acquire(self, pilot: str, slots: int, ended: int = 0, timeout: float = 1.0) -> list[Dispatch]:
-        """Up to ``slots`` real jobs for ``pilot``; waits at most ``timeout`` s when empty."""
-        out = self._core.take(pilot, slots, ended)
+    async def acquire(self, pilot: str, slots: int, ended: list[tuple[str, int]] | None = None,
+                      timeout: float = 1.0) -> list[Dispatch]:
+        """Up to ``slots`` real jobs for ``pilot``; waits at most ``timeout`` s when empty.
+
+        ``ended``: (manager, job_id) of the jobs the pilot finished since its last pull.
+        """
+        out = self._core.take(pilot, slots, ended or ())
         if out or slots <= 0:
             return out
         self._arrived.clear()
@@ -116,19 +140,22 @@ class SiteQueue:
             await asyncio.wait_for(self._arrived.wait(), timeout)
         except asyncio.TimeoutError:
             return []
-        return self._core.take(pilot, slots, 0)
+        return self._core.take(pilot, slots)
 
     async def remove(self, manager: str | None = None, job_ids: list[int] | None = None) -> list[Dispatch]:
         return self._core.remove(manager=manager, job_ids=job_ids)
 
-    async def forget_pilot(self, pilot: str) -> None:
-        self._core.forget_pilot(pilot)
+    async def forget_pilot(self, name: str, keep: str | None = None) -> int:
+        """Pilot ``name`` died: give the jobs it had taken back to their managers; returns how many."""
+        gone = self._core.forget_pilot(name, keep)
+        _give_back(gone, lost_pilot=name)
+        return len(gone)
 
     async def stats(self) -> tuple[int, int, int]:
         return self._core.stats()
 
 
-def _give_back(jobs: Iterable[Dispatch]) -> None:
+def _give_back(jobs: Iterable[Dispatch], lost_pilot: str | None = None) -> None:
     """Send jobs back to their workflows' managers, one call per manager, to be brokered again."""
     by_manager: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for d in jobs:
@@ -136,6 +163,6 @@ def _give_back(jobs: Iterable[Dispatch]) -> None:
     for name, ids in by_manager.items():
         manager = actor(name)
         if manager is not None:
-            manager.rebroker.remote(ids)
+            manager.rebroker.remote(ids, lost_pilot)
         else:  # the manager is gone; a restarted one re-brokers from the store
             log.warning("manager %s is gone; %d jobs wait for it to restart", name, len(ids))

@@ -4,6 +4,11 @@ Pilots call :meth:`WorkflowManager.report` with batches; the calls only queue th
 return. One pump thread applies them to the core, asks brokerage for sites in batches, puts
 jobs into site queues, and hands state changes to a writer thread that persists them in one
 transaction per flush. Nothing on this path is one call or one database round trip per job.
+
+Ray restarts a manager that dies (``max_restarts``) on the stored state. Its report calls
+answer with the last report of each pilot whose effects are stored, so pilots keep the rest and
+send it again; a manager starting up first asks every live pilot what it still holds for it
+(:meth:`WorkflowCore.adopt`) and only then re-releases what nobody holds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from concurrent.futures import Future
 from typing import Any
 
 import ray
@@ -28,6 +34,9 @@ from panray.store import open_store
 from panray.store.base import ChangeBatch, DecisionRow
 
 log = logging.getLogger(__name__)
+
+COLLECT_TIMEOUT = 10.0
+"""Seconds a starting manager waits for live pilots to say what they hold for it."""
 
 LIVENESS_INTERVAL = 1.0
 """Seconds between checks that the pilots and site queues holding this workflow's jobs are alive:
@@ -130,12 +139,16 @@ class WorkflowManager:
         snap = self.store.load_workflow(workflow_id)
         core_settings = CoreSettings.from_settings(settings)
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
-        self._retry = retry
+        self._retry = retry and not ray.get_runtime_context().was_current_actor_reconstructed
         self._by = by  #: who started this manager (cause of a retry or a stored cancel)
+        self._seen: dict[str, int] = {}  #: pilot incarnation -> last report handled
+        self._acks: deque[tuple[int, dict[str, int]]] = deque()  #: (writer batches submitted, seen then)
+        self._acked: dict[str, int] = {}  #: pilot incarnation -> last report whose effects are stored
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
-        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout) / 4
+        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout,
+                                 core_settings.activated_timeout) / 4
         self._handles = Handles()
         self.brokerage = self._handles.require(BROKERAGE_NAME)
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -151,13 +164,26 @@ class WorkflowManager:
 
     # -- calls from pilots and clients (only enqueue) -----------------------------------------
 
-    def report(self, started: list[Started], ended: list[Outcome]) -> None:
-        self._inbox.append(("report", started, ended))
-        self._wake.set()
+    def report(self, started: list[Started], ended: list[Outcome], pilot: str | None = None,
+               seq: int | None = None) -> int:
+        """A pilot's batch (``seq`` numbers it; None: only asking); returns the pilot's last
+        report whose effects are stored, which it may forget."""
+        if seq is not None:
+            self._inbox.append(("report", started, ended, pilot, seq))
+            self._wake.set()
+        return self._acked.get(pilot or "", 0)
 
-    def rebroker(self, jobs: list[tuple[int, int]]) -> None:
-        """A site queue gave back these (job_id, attempt_nr) (its site went offline): broker again."""
-        self._inbox.append(("rebroker", jobs))
+    def claim(self, pilot: str, attempts: list[tuple[int, int]], sent_at: float) -> list[bool]:
+        """A pilot asks to start these (job_id, attempt_nr); returns which it may start."""
+        answer: Future[list[bool]] = Future()
+        self._inbox.append(("claim", pilot, attempts, sent_at, answer))
+        self._wake.set()
+        return answer.result()
+
+    def rebroker(self, jobs: list[tuple[int, int]], lost_pilot: str | None = None) -> None:
+        """A site queue gave back these (job_id, attempt_nr): its site went offline, or (``lost_pilot``)
+        the pilot that had taken them died. Broker them again."""
+        self._inbox.append(("rebroker", jobs, lost_pilot))
         self._wake.set()
 
     def heartbeat(self, beats: list[tuple[int, int]], sent_at: float | None = None) -> None:
@@ -203,6 +229,7 @@ class WorkflowManager:
 
     def _pump_loop(self) -> None:
         try:
+            self._ready.extend(self.core.adopt(*self._collect(), time.time()))
             self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self._by))
             last_flush = last_expire = time.time()
             while True:
@@ -216,7 +243,7 @@ class WorkflowManager:
                     except Exception:  # one bad message must not stop the workflow's other jobs
                         log.exception("workflow %s: could not handle %s", self.workflow_id, msg[0])
                 if now - last_expire >= self._expire_every:
-                    self._ready.extend(self.core.expire(now))
+                    self._expire(now)
                     last_expire = now
                 if self._ready:
                     self._dispatch(now)
@@ -224,7 +251,9 @@ class WorkflowManager:
                     batch = self.core.drain_changes(now)
                     if batch:
                         self._writer.put(batch)
+                    self._acks.append((self._writer.submitted, dict(self._seen)))
                     last_flush = now
+                self._promote_acks()
                 if self.core.done and not self._inbox and not self._restarting and not self._done.is_set():
                     self._writer.wait_idle()
                     self._done.set()
@@ -238,12 +267,16 @@ class WorkflowManager:
             for job, pilot in self.core.started(msg[1]):
                 self._kill_payloads([job], [pilot])
             self._ready.extend(self.core.ended(msg[2]))
+            if msg[3] is not None:
+                self._seen[msg[3]] = max(msg[4], self._seen.get(msg[3], 0))
+        elif kind == "claim":
+            msg[4].set_result(self.core.claim(msg[1], msg[2], msg[3]))
         elif kind == "heartbeat":
             self.core.heartbeat(msg[1], now)
             self._beats += len(msg[1])
             self._beat_lags.append(time.time() - msg[2])
         elif kind == "rebroker":
-            self._ready.extend(self.core.requeue(msg[1], now))
+            self._ready.extend(self.core.requeue(msg[1], now, msg[2]))
         elif kind == "lost":
             self._ready.extend(self.core.lost(msg[1], msg[2], now))
         elif kind == "retry":
@@ -264,6 +297,49 @@ class WorkflowManager:
             self._ready.extend(ready)
             self._kill([job for job, _pilot in held], whole=whole)
 
+    def _promote_acks(self) -> None:
+        """Reports whose effects the writer has stored may be forgotten by their pilots."""
+        while self._acks and self._writer.written >= self._acks[0][0] and self._writer.error is None:
+            self._acked.update(self._acks.popleft()[1])
+
+    def _collect(self) -> tuple[list[tuple[int, int, str]], list[Started], list[Outcome]]:
+        """What every live pilot still runs for this workflow, and the reports it holds for it."""
+        names = ray.get(self.brokerage.pilot_names.remote())
+        refs = {}
+        for name in names:
+            pilot = actor(name)
+            if pilot is not None:
+                refs[pilot.holding.remote(self.core.manager)] = name
+        done, late = ray.wait(list(refs), num_returns=len(refs), timeout=COLLECT_TIMEOUT) if refs else ([], [])
+        if late:
+            log.warning("workflow %s: pilots %s did not say what they hold", self.workflow_id,
+                        sorted(refs[r] for r in late))
+        held: list[tuple[int, int, str]] = []
+        started: list[Started] = []
+        ended: list[Outcome] = []
+        for ref in done:
+            try:
+                keys, s, e = ray.get(ref)
+            except ray.exceptions.RayActorError:
+                continue
+            held.extend((job_id, attempt, refs[ref]) for job_id, attempt in keys)
+            started.extend(s)
+            ended.extend(e)
+        return held, started, ended
+
+    def _expire(self, now: float) -> None:
+        """Time out silent pilots, and take back jobs queued at sites that have no live pilot
+        (their old dispatches leave those queues, so returning pilots do not run them)."""
+        idle = frozenset(ray.get(self.brokerage.idle_sites.remote()))
+        ready = self.core.expire(now, idle)
+        if idle and ready:
+            ids = [self.core.first_id + i for i in ready]
+            for site in idle:
+                q = self._queue_or_none(site)
+                if q is not None:
+                    q.remove.remote(manager=self.core.manager, job_ids=ids)
+        self._ready.extend(ready)
+
     def _dispatch(self, now: float) -> None:
         """Broker ready jobs in batches and put them into their sites' queues."""
         core = self.core
@@ -276,7 +352,8 @@ class WorkflowManager:
         batches += [(real[k:k + self.release_batch], False) for k in range(0, len(real), self.release_batch)]
         first, attempt = core.first_id, core.attempt
         for idxs, noop in batches:
-            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i)) for i in idxs]
+            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i), core.avoid.get(i))
+                    for i in idxs]
             sites, records = ray.get(self.brokerage.broker_explained.remote(reqs, noop))
             by_site: dict[str, list[int]] = defaultdict(list)
             explained: list[DecisionRow] = []

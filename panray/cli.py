@@ -271,6 +271,7 @@ BENCHMARKS = {
     "concurrent": ["--jobs", "200000"],
     "subprocess": ["--jobs", "3000"],
     "prompt_latency": [],
+    "recovery": [],
 }
 
 

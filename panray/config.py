@@ -55,6 +55,7 @@ class Settings(BoundaryModel):
     heartbeat_interval: float = _seconds(60.0, _DAY)
     heartbeat_timeout: float = _seconds(7200.0)
     sent_timeout: float = _seconds(1800.0)
+    activated_timeout: float = _seconds(300.0)  #: seconds a job may wait queued at a site without live pilots
     memory_tolerance: float = Field(default=1.0, gt=0, le=100, allow_inf_nan=False,
                                     description="a payload is killed above request_memory x this")
     flush_interval: float = _seconds(0.2, 60.0)

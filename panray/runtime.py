@@ -167,9 +167,9 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     import ray
 
     from panray.actors.brokerage import Brokerage
-    from panray.actors.names import BROKERAGE_NAME, NAMESPACE, pilot_name, queue_name
-    from panray.actors.pilot import Pilot
+    from panray.actors.names import BROKERAGE_NAME, SUPERVISOR_NAME, actor, queue_name
     from panray.actors.site_queue import SiteQueue
+    from panray.actors.supervisor import Supervisor
 
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
     if detached:
@@ -178,6 +178,7 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     nodes = site_nodes()
     pending = []
     rt.missing = []
+    with_nodes: list[str] = []
     for site in rt.catalog:
         res = {site.ray_resource or SITE_PREFIX + site.name: 1}
         if site.name not in nodes:
@@ -185,34 +186,15 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
             rt.missing.append(site.name)
             continue
         rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
-        names = [pilot_name(site.name, k) for k in range(site.pilots)]
-        rt.pilots[site.name] = [
-            _live_actor(lambda n=n, res=res, site=site: Pilot.options(name=n, resources=res, **opts).remote(
-                n, site.name, site.slots, rt.settings
-            ))
-            for n in names
-        ]
-        pending.append(rt.brokerage.register_pilots.remote(site.name, names))
-    _HANDLES.extend([rt.brokerage, *rt.queues.values(), *(p for ps in rt.pilots.values() for p in ps)])
+        with_nodes.append(site.name)
+    # The supervisor owns the pilots: a dead pilot's name is released only once its owner drops
+    # the handle, which the supervisor does when it starts the replacement.
+    supervisor = Supervisor.options(name=SUPERVISOR_NAME, scheduling_strategy=control_plane(), max_restarts=-1,
+                                    **opts).remote(rt.catalog, rt.settings, detached)
+    started = ray.get(supervisor.supervise.remote(with_nodes))
+    for site, names in started.items():
+        rt.pilots[site] = [actor(n) for n in names]
+        pending.append(rt.brokerage.register_pilots.remote(site, names))
+    _HANDLES.extend([rt.brokerage, supervisor, *rt.queues.values(), *(p for ps in rt.pilots.values() for p in ps)])
     ray.get(pending)
     return rt.missing
-
-
-def _live_actor(make: Any, attempts: int = 40) -> Any:
-    """Get or create a named pilot that answers.
-
-    A pilot that just died (killed, node lost) keeps its name until the cluster has processed
-    its death, and ``get_if_exists`` hands back the dead handle meanwhile; asking again once the
-    name is released starts a fresh pilot.
-    """
-    import ray
-
-    for _ in range(attempts):
-        handle = make()
-        try:
-            ray.get(handle.ready.remote())
-            _HANDLES.append(handle)
-            return handle
-        except ray.exceptions.RayActorError:
-            time.sleep(0.25)
-    raise RuntimeError("a pilot kept dying at start")

@@ -81,11 +81,10 @@ def _kill_panray_actors() -> None:
     """Detached actors outlive their creator: on a cluster we do not own, stop panray's by name."""
     import ray
 
-    from panray.actors.names import NAMESPACE
+    from panray.actors.names import NAMESPACE, SUPERVISOR_NAME
 
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != NAMESPACE:
-            continue
+    entries = [e for e in ray.util.list_named_actors(all_namespaces=True) if e["namespace"] == NAMESPACE]
+    for entry in sorted(entries, key=lambda e: e["name"] != SUPERVISOR_NAME):  # first, or it restarts pilots
         try:
             ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE), no_restart=True)
         except ValueError:

@@ -59,6 +59,7 @@ HEARTBEAT_LOST = "heartbeat lost"
 SENT_TIMEOUT = "sent timeout"  #: a pilot took the job and never started it
 PILOT_LOST = "pilot lost"
 SITE_OFFLINE = "site offline"  #: the site queue gave the job back
+SITE_IDLE = "site without live pilots"  #: queued too long where no pilot can take it
 QUEUE_LOST = "site queue lost"
 RESTARTED = "control plane restarted"
 RETRY_RULE = "retry rule"  #: an automatic new attempt (panray.retry)

@@ -24,7 +24,8 @@ The policy, in three steps per job:
      holding all of a job's inputs keeps winning until its backlog per unit of share is eleven
      times the others', so locality beats shares unless the local site is badly congested.
 3. **Choose** (:func:`broker`): the candidate of largest weight that the throttle still lets
-   take work; exact ties go to a seeded ``random.Random``. The choice is counted into a local
+   take work (a system-error retry skips the site that just lost it while another can take
+   it); exact ties go to a seeded ``random.Random``. The choice is counted into a local
    copy of the loads before the next job, so one call over 1,000 identical jobs splits them as
    1,000 calls over one job each would.
 
@@ -59,6 +60,7 @@ DEFAULT_FLOOR = 16
 
 THROTTLED = "throttled"
 NO_CANDIDATE = "no candidate site"
+LOST_HERE = "just lost this job (system error)"
 
 _PINNED_ONLY = frozenset({SiteStatus.BROKEROFF, SiteStatus.TEST})
 
@@ -91,6 +93,7 @@ class JobRequest:
     cores: int = 1
     pinned_site: str | None = None
     input_sites: Mapping[str, float] = field(default_factory=dict)
+    avoid_site: str | None = None  #: the site that just lost this job: skipped while another can take it
 
 
 @dataclass(slots=True)
@@ -236,6 +239,9 @@ def broker(
         if found is None:
             found = filter_cache[key] = candidates(job, sites)
         names, filtered = found
+        if job.avoid_site in names and len(names) > 1:
+            names = [n for n in names if n != job.avoid_site]
+            filtered = {**filtered, job.avoid_site: LOST_HERE}
         if not names:
             decisions.append(Decision(None, {} if explain else None, dict(filtered), NO_CANDIDATE))
             continue

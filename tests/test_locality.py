@@ -65,7 +65,8 @@ def test_requeue_moves_activated_jobs_back_to_defined_and_ignores_stale_attempts
     assert core.requeue([(job_id, 2)], 2.0) == []
     assert core.requeue([(job_id, 1)], 2.0) == [0]
     assert core.site[0] is None and core.counts() == {"defined": 1, "pending": 1}
-    assert core.requeue([(job_id, 1)], 2.0) == [], "only an activated job goes back"
+    assert core.attempt[0] == 2, "a job taken back is released as a new attempt"
+    assert core.requeue([(job_id, 2)], 2.0) == [], "only an activated job goes back"
 
 
 def test_lost_pilot_fails_its_jobs_as_system_errors_and_lost_queue_gives_jobs_back(store: StateStore) -> None:
@@ -74,15 +75,18 @@ def test_lost_pilot_fails_its_jobs_as_system_errors_and_lost_queue_gives_jobs_ba
     core.queued([0], ["UKDF"], 1.0)
     assert core.placements() == (set(), {"UKDF"})
     assert core.lost(set(), {"UKDF"}, 2.0) == [0]
+    assert core.attempt[0] == 2, "taken back from a lost queue: a new attempt, the old dispatch is stale"
     core.queued([0], ["FrDF"], 2.0)
-    core.started([Started(core.first_id, 1, "pilot:FrDF:0", 2.0, 2.5)])
+    core.started([Started(core.first_id, 1, "pilot:UKDF:0", 2.0, 2.5)])
+    assert core.placements() == (set(), {"FrDF"}), "a report of the stale attempt changes nothing"
+    core.started([Started(core.first_id, 2, "pilot:FrDF:0", 2.0, 2.5)])
     assert core.placements() == ({"pilot:FrDF:0"}, set())
     assert core.lost({"pilot:FrDF:0"}, set(), 3.0) == [0]
     store.apply(core.drain_changes(3.0))
     [attempt] = store.attempts(core.first_id)
-    assert (attempt.status, attempt.error_class, attempt.site) == ("failed", "system", "FrDF")
+    assert (attempt.attempt_nr, attempt.status, attempt.error_class, attempt.site) == (2, "failed", "system", "FrDF")
     assert "pilot:FrDF:0 lost" in (attempt.diag or "")
-    assert core.attempt[0] == 2
+    assert core.attempt[0] == 3
 
 
 def test_site_queue_drain_takes_every_job() -> None:

@@ -8,7 +8,11 @@ job once everything else has ended. Every status change becomes a history row; s
 accumulate until :meth:`WorkflowCore.drain_changes` hands them to the store in one batch.
 
 Starting a core on a snapshot taken mid-run *is* crash recovery: jobs that a pilot held are
-failed as system errors and retried, jobs waiting in a queue are released again.
+failed as system errors and retried, jobs waiting in a queue are released again. A job taken
+back from a queue (or a pilot that never reported it) is released again as a new attempt
+(:meth:`WorkflowCore._withdraw`), so its old dispatch, wherever it still sits, is stale. A
+manager restarted while pilots live first :meth:`~WorkflowCore.adopt`\ s what they still run
+and the outcomes they hold, so those jobs are neither failed nor run again.
 
 The module is longer than most (about 480 lines) on purpose: every event handler works on the
 same per-job arrays and the same moves, and one state machine split over files would hide which
@@ -42,6 +46,7 @@ from panray.transitions import (
     RESTARTED,
     RETRY_RULE,
     SENT_TIMEOUT,
+    SITE_IDLE,
     SITE_OFFLINE,
     TASKS,
     WORKFLOWS,
@@ -71,10 +76,11 @@ class CoreSettings:
     max_system_retries: int = _DEFAULTS["max_system_retries"].default
     heartbeat_timeout: float = _DEFAULTS["heartbeat_timeout"].default  #: a running job silent this long is lost
     sent_timeout: float = _DEFAULTS["sent_timeout"].default  #: a job sent to a pilot that never started it is lost
+    activated_timeout: float = _DEFAULTS["activated_timeout"].default  #: queued this long at a site without pilots: taken back
 
     @classmethod
     def from_settings(cls, s: Settings) -> CoreSettings:
-        return cls(s.max_system_retries, s.heartbeat_timeout, s.sent_timeout)
+        return cls(s.max_system_retries, s.heartbeat_timeout, s.sent_timeout, s.activated_timeout)
 
 
 class WorkflowCore:
@@ -125,6 +131,8 @@ class WorkflowCore:
         self.locality = DataLocality(self.workflow_id, (j for j in jobs if self.status[j.idx] == FINISHED))
         self._dirty: set[int] = set()
         self._dirty_tasks: set[int] = set()
+        self.avoid: dict[int, str] = {}  #: job -> the site that just lost it (system error), avoided if possible
+        self._adopted: set[int] = set()  #: jobs live pilots still run, learnt by a restarted manager
         self._now = now or time.time()
 
     # -- the one path that changes a status --------------------------------------------------
@@ -157,10 +165,12 @@ class WorkflowCore:
             self._reset_failed(now, retry_by(by or "user"))
         for i in range(self.n):
             c = self.status[i]
+            if c in HELD and i in self._adopted:
+                continue
             if c in HELD:
                 ready.extend(self._fail(i, SYSTEM, None, "lost: the control plane restarted", now, None, RESTARTED))
             elif c in (ASSIGNED, ACTIVATED):
-                self._move(i, DEFINED, now, RESTARTED)
+                self._withdraw(i, now, RESTARTED)
                 ready.append(i)
             elif c == DEFINED:
                 ready.append(i)
@@ -174,6 +184,31 @@ class WorkflowCore:
                 self._move(i, DEFINED, now, RELEASED)
                 ready.append(i)
         return ready + self._final_if_due(now)
+
+    def adopt(self, held: Iterable[tuple[int, int, str]], started: Iterable[Started], ended: Iterable[Outcome],
+              now: float) -> list[int]:
+        """Before :meth:`start` after a restart: what live pilots still run (job_id, attempt_nr, pilot) and
+        the starts and outcomes they hold unacknowledged. Attempts newer than the store's (the lost
+        manager's, not yet written) are taken over. Returns the jobs that became ready."""
+        started, ended, held = list(started), list(ended), list(held)
+        for job_id, attempt in [(e.job_id, e.attempt_nr) for e in (*started, *ended)] + [h[:2] for h in held]:
+            i = job_id - self.first_id
+            if 0 <= i < self.n and self.status[i] not in FINAL_CODES and attempt >= self.attempt[i]:
+                self.attempt[i] = attempt
+                if self.status[i] == PENDING:  # its release was not written yet
+                    self._move(i, DEFINED, now, RESTARTED)
+        self.started(started)
+        ready = self.ended(ended)
+        for job_id, attempt, pilot in held:
+            i = job_id - self.first_id
+            if not (0 <= i < self.n and self.attempt[i] == attempt) or self.status[i] in FINAL_CODES:
+                continue
+            if self.status[i] not in HELD:  # claimed from the lost manager, its start not reported yet
+                self._to_sent(i, now)
+            self.pilot[i] = pilot  # the store may still name the pilot of an older attempt
+            self._adopted.add(i)
+            self.last_beat[i] = now
+        return ready
 
     def _reset_failed(self, now: float, cause: str) -> None:
         again = [i for i in range(self.n) if self.status[i] in (FAILED, CANCELLED, CLOSED)]
@@ -193,7 +228,9 @@ class WorkflowCore:
                 continue
             self._move(i, ASSIGNED, now, BROKERAGE)
             self.site[i] = site
+            self.avoid.pop(i, None)
             self._move(i, ACTIVATED, now, BROKERAGE)
+            self.last_beat[i] = now
             self.locality.placed(self.first_id + i, self.attempt[i], self.rows[i].inputs, site, now)
             moved.append(i)
         return moved
@@ -206,16 +243,29 @@ class WorkflowCore:
         """Brokerage's explained choices, written with the next flush."""
         self._decisions.extend(rows)
 
-    def requeue(self, jobs: Iterable[tuple[int, int]], now: float) -> list[int]:
-        """(job_id, attempt_nr) taken back from a site queue: activated -> defined, to broker again."""
+    def requeue(self, jobs: Iterable[tuple[int, int]], now: float, lost_pilot: str | None = None) -> list[int]:
+        """(job_id, attempt_nr) taken back from a site queue: activated -> defined, to broker again.
+
+        With ``lost_pilot`` they are what that pilot had taken when it died: those it had claimed
+        fail as system errors (the manager's own liveness check may not tell a replacement
+        under the same name from the pilot that held them).
+        """
         ready = []
         for job_id, attempt in jobs:
             i = job_id - self.first_id
             if self.attempt[i] == attempt and self.status[i] == ACTIVATED:
-                self._move(i, DEFINED, now, SITE_OFFLINE)
-                self.site[i] = None
+                self._withdraw(i, now, SITE_OFFLINE)
                 ready.append(i)
+            elif lost_pilot and self.attempt[i] == attempt and self.status[i] in HELD:
+                ready.extend(self._fail(i, SYSTEM, None, f"pilot {lost_pilot} lost", now, None, PILOT_LOST))
         return ready
+
+    def _withdraw(self, i: int, now: float, cause: str) -> None:
+        """Take a queued job back to broker it again, as a new attempt: the old dispatch may still
+        sit in a queue or on a pilot, and its attempt number now marks it stale."""
+        self.attempt[i] += 1
+        self._move(i, DEFINED, now, cause)
+        self.site[i] = None
 
     def lost(self, pilots: set[str], sites: set[str], now: float) -> list[int]:
         """Pilots or site queues died: fail what the pilots held, take back what the queues held."""
@@ -225,8 +275,7 @@ class WorkflowCore:
             if c in HELD and self.pilot[i] in pilots:
                 ready.extend(self._fail(i, SYSTEM, None, f"pilot {self.pilot[i]} lost", now, None, PILOT_LOST))
             elif c == ACTIVATED and self.site[i] in sites:
-                self._move(i, DEFINED, now, QUEUE_LOST)
-                self.site[i] = None
+                self._withdraw(i, now, QUEUE_LOST)
                 ready.append(i)
         return ready
 
@@ -269,6 +318,20 @@ class WorkflowCore:
                 self.pilot[i] = e.pilot
         return late
 
+    def claim(self, pilot: str, attempts: Iterable[tuple[int, int]], now: float) -> list[bool]:
+        """A pilot asks to start these (job_id, attempt_nr): yes only for the current attempt of a
+        job not yet on a pilot, which becomes ``sent`` to it (the fence against duplicate runs)."""
+        out = []
+        for job_id, attempt in attempts:
+            i = job_id - self.first_id
+            ok = 0 <= i < self.n and self.attempt[i] == attempt and self.status[i] in (DEFINED, ASSIGNED, ACTIVATED)
+            if ok:
+                self._to_sent(i, now)
+                self.pilot[i] = pilot
+                self.last_beat[i] = now
+            out.append(ok)
+        return out
+
     def heartbeat(self, beats: Iterable[tuple[int, int]], now: float) -> None:
         """Pilots' batched heartbeats: (job_id, attempt_nr) of payloads still running."""
         for job_id, attempt in beats:
@@ -276,13 +339,18 @@ class WorkflowCore:
             if self.attempt[i] == attempt:
                 self.last_beat[i] = now
 
-    def expire(self, now: float) -> list[int]:
-        """Fail as system errors the jobs whose pilot went silent; returns retries to dispatch."""
+    def expire(self, now: float, idle_sites: frozenset[str] = frozenset()) -> list[int]:
+        """Fail as system errors the jobs whose pilot went silent, and take back the jobs queued
+        too long at ``idle_sites`` (sites without live pilots); returns the jobs to dispatch."""
         ready: list[int] = []
         beat_limit, sent_limit = now - self.settings.heartbeat_timeout, now - self.settings.sent_timeout
+        queued_limit = now - self.settings.activated_timeout
         for i in range(self.n):
             c = self.status[i]
-            if c == SENT and self.last_beat[i] < sent_limit:
+            if c == ACTIVATED and idle_sites and self.site[i] in idle_sites and self.last_beat[i] < queued_limit:
+                self._withdraw(i, now, SITE_IDLE)
+                ready.append(i)
+            elif c == SENT and self.last_beat[i] < sent_limit:
                 ready.extend(self._fail(i, SYSTEM, None, "sent to a pilot that never started it", now, None,
                                         SENT_TIMEOUT))
             elif c in (STARTING, RUNNING) and self.last_beat[i] < beat_limit:
@@ -363,6 +431,8 @@ class WorkflowCore:
         self.diag[i] = f"{diag}; {d.reason}" if diag else d.reason
         self._dirty.add(i)
         if d.retry and not self.cancelled:
+            if error_class == SYSTEM and self.site[i] is not None:
+                self.avoid[i] = self.site[i]
             self._new_attempt(i, d.request_memory, t, RETRY_RULE)
             return [i]
         self._prune(i, t)
