@@ -190,7 +190,7 @@ class Service:
         lifetime = "detached" if rt.cluster is None else None
         handle = WorkflowManager.options(
             name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
-            lifetime=lifetime, scheduling_strategy=control_plane(),
+            lifetime=lifetime, scheduling_strategy=control_plane(), max_restarts=-1,  # Ray restarts a dead one
         ).remote(workflow_id, self.settings, retry, by=by)
         self._managers[workflow_id] = handle
         _HANDLES.append(handle)
@@ -319,7 +319,13 @@ class Service:
                 step = 0.5 if progress else left
                 if left is not None and step is not None:
                     step = min(step, left)
-                status = ray.get(mgr.wait.remote(step))
+                try:
+                    status = ray.get(mgr.wait.remote(step))
+                except ray.exceptions.ActorUnavailableError:  # being restarted by Ray: ask again
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"workflow {wf_id} still running after {timeout} s") from None
+                    time.sleep(0.2)
+                    continue
                 if progress:
                     progress(ray.get(mgr.progress.remote()), status is not None)
                 if status is not None:
