@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from panray.actors.metrics import PilotMetrics
 from panray.actors.names import NAMESPACE, queue_name
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, RunnerServices
@@ -99,6 +100,7 @@ class Pilot:
         self.pilot_id, self.site, self.slots = pilot_id, site, slots
         self._services = RunnerServices(work_dir=Path(work_dir))
         self._heartbeat_interval = float((logging or {}).get("heartbeat_interval", 60.0))
+        self._metrics = PilotMetrics(site, pilot_id) if (logging or {}).get("metrics", True) else None
         if logging:
             self._configure_logging(logging)
         self._queue = ray.get_actor(queue_name(site), namespace=NAMESPACE)
@@ -127,6 +129,10 @@ class Pilot:
         self._services.object_store = make_object_store(settings)
         self._services.log_interval = settings.log_interval
         self._services.memory_tolerance = settings.memory_tolerance
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``Pilot(USDF#3: 5/8 slots busy)``."""
+        return f"Pilot({self.site}#{self.pilot_id.rpartition(':')[2]}: {len(self._running)}/{self.slots} slots busy)"
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
@@ -217,6 +223,8 @@ class Pilot:
             self._reports.wake.clear()
             time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
             started, ended = self._reports.take()
+            if self._metrics is not None:
+                self._metrics.report(started.values(), ended.values(), len(self._running), self.slots)
             for name in set(started) | set(ended):
                 mgr = self._manager(name)
                 if mgr is not None:

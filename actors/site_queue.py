@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 import ray
 
+from panray.actors.metrics import QueueMetrics
 from panray.actors.names import NAMESPACE
 from panray.core.messages import Dispatch
 from panray.payload import occupies_slot
@@ -83,10 +84,15 @@ class SiteQueueCore:
 class SiteQueue:
     """Ray actor wrapping :class:`SiteQueueCore`; pilots block in ``acquire`` until work arrives."""
 
-    def __init__(self, site: str, max_batch: int = 1000):
+    def __init__(self, site: str, max_batch: int = 1000, metrics: bool = True):
         self._core = SiteQueueCore(site, max_batch)
+        self._metrics = QueueMetrics(site) if metrics else None
         self._arrived = asyncio.Event()
         self._closed = False
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``SiteQueue(FrDF: 1,204 queued)``."""
+        return f"SiteQueue({self._core.site}: {self._core.stats()[0]:,} queued)"
 
     async def put(self, jobs: list[Dispatch]) -> int:
         if self._closed:  # brokered just before the site went offline
@@ -109,6 +115,8 @@ class SiteQueue:
     async def acquire(self, pilot: str, slots: int, ended: int = 0, timeout: float = 1.0) -> list[Dispatch]:
         """Up to ``slots`` real jobs for ``pilot``; waits at most ``timeout`` s when empty."""
         out = self._core.take(pilot, slots, ended)
+        if self._metrics is not None and self._metrics.due():
+            self._metrics.record(*self._core.stats()[:2])
         if out or slots <= 0:
             return out
         self._arrived.clear()

@@ -11,20 +11,25 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import defaultdict, deque
 from typing import Any
 
 import ray
 
 from panray.core.cluster_core import make_core
+from panray.actors.metrics import ManagerMetrics
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, manager_name, queue_name
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings
 from panray.payload import occupies_slot
+from panray.statuses import JOB_CODES
 from panray.store import open_store
 from panray.store.base import ChangeBatch, DecisionRow
 
 log = logging.getLogger(__name__)
+
+_STATUS_NAMES = [s.value for s in JOB_CODES]
 
 LIVENESS_INTERVAL = 1.0
 """Seconds between checks that the pilots and site queues holding this workflow's jobs are alive:
@@ -34,9 +39,10 @@ a lost node is noticed within seconds instead of after the heartbeat timeout."""
 class _Writer(threading.Thread):
     """Persists change batches in order, off the pump thread."""
 
-    def __init__(self, store: Any):
+    def __init__(self, store: Any, metrics: ManagerMetrics | None = None):
         super().__init__(name="writer", daemon=True)
         self.store = store
+        self.metrics = metrics
         self.batches: deque[ChangeBatch] = deque()
         self.cv = threading.Condition()
         self.written = 0
@@ -56,7 +62,10 @@ class _Writer(threading.Thread):
                     self.cv.wait()
                 batch = self.batches.popleft()
             try:
+                t0 = time.perf_counter()
                 self.store.apply(batch)
+                if self.metrics is not None:
+                    self.metrics.stored(time.perf_counter() - t0)
             except BaseException as exc:  # surfaced by wait(); the manager stops persisting
                 log.exception("state store write failed")
                 self.error = exc
@@ -85,6 +94,12 @@ class WorkflowManager:
             sent_timeout=float(settings.get("sent_timeout", 1800.0)),
         )
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
+        self.workflow_name = snap.workflow.name
+        labels = {t.task_id: t.label for t in snap.tasks}
+        self._metrics = (ManagerMetrics(workflow_id, self.core.manager.split(":")[1], [labels[t] for t in sorted(labels)])
+                         if settings.get("metrics", True) else None)
+        self._released = array("d", bytes(8 * self.core.n))  #: when each job was last queued to a site
+        self._lag_max: float | None = None  #: largest heartbeat lag since the last flush
         self._retry = retry
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
@@ -95,7 +110,7 @@ class WorkflowManager:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Event()
-        self._writer = _Writer(self.store)
+        self._writer = _Writer(self.store, self._metrics)
         self._writer.start()
         self._ready: list[int] = []
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
@@ -103,6 +118,10 @@ class WorkflowManager:
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``WorkflowManager(7 ci_hsc: 1,023/2,000 ended)``."""
+        return f"WorkflowManager({self.workflow_id} {self.workflow_name}: {self.core.n_final:,}/{self.core.n:,} ended)"
 
     # -- calls from pilots and clients (only enqueue) -----------------------------------------
 
@@ -175,6 +194,9 @@ class WorkflowManager:
                     batch = self.core.drain_changes(now)
                     if batch:
                         self._writer.put(batch)
+                    if self._metrics is not None:
+                        self._metrics.flush(self.core.task_counts, _STATUS_NAMES, self._lag_max)
+                        self._lag_max = None
                     last_flush = now
                 if self.core.done and not self._inbox and not self._restarting and not self._done.is_set():
                     self._writer.wait_idle()
@@ -189,10 +211,14 @@ class WorkflowManager:
             for job, pilot in self.core.started(msg[1]):
                 self._kill_payloads([job], [pilot])
             self._ready.extend(self.core.ended(msg[2]))
+            if self._metrics is not None and msg[2]:
+                self._metrics.ended(msg[2], self._released, self.core.first_id, self.core.attempt)
         elif kind == "heartbeat":
             self.core.heartbeat(msg[1], now)
             self._beats += len(msg[1])
-            self._beat_lags.append(time.time() - msg[2])
+            lag = time.time() - msg[2]
+            self._beat_lags.append(lag)
+            self._lag_max = lag if self._lag_max is None else max(self._lag_max, lag)
         elif kind == "rebroker":
             self._ready.extend(self.core.requeue(msg[1], now))
         elif kind == "lost":
@@ -244,6 +270,9 @@ class WorkflowManager:
             core.record_decisions(explained)
             for site, group in by_site.items():
                 moved = core.queued(group, [site] * len(group), now)
+                if self._metrics is not None:
+                    for i in moved:
+                        self._released[i] = now
                 q = self._queue_or_none(site)
                 if moved and q is not None:  # else the liveness check takes them back
                     q.put.remote([core.dispatch(i, site) for i in moved])

@@ -41,6 +41,7 @@ class Runtime:
     queues: dict[str, Any] = field(default_factory=dict)
     pilots: dict[str, list[Any]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  #: configured sites with no Ray node carrying their resource
+    dashboard_url: str | None = None  #: Ray's dashboard (http://host:port), if the cluster runs one
 
     def shutdown(self) -> None:
         import ray
@@ -88,18 +89,26 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         pass
     elif address:
         rt.owns_ray = True
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        ctx = ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        rt.dashboard_url = _url(ctx.dashboard_url)
     elif not start:
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
     else:
         settings.home.mkdir(parents=True, exist_ok=True)
-        rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site)
+        rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site,
+                                         dashboard=settings.dashboard, dashboard_port=settings.dashboard_port)
         rt.owns_ray = True
-        ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ctx = ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
+                       log_to_driver=False)
+        rt.dashboard_url = _url(ctx.dashboard_url)
         _cluster_file(settings).write_text(json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
     ensure_actors(rt, detached=detached)
     return rt
+
+
+def _url(address: str | None) -> str | None:
+    """Ray reports the dashboard as ``host:port`` (or nothing when it does not run)."""
+    return f"http://{address}" if address else None
 
 
 def control_plane() -> Any:
@@ -140,7 +149,8 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
             log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, res)
             rt.missing.append(site.name)
             continue
-        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
+        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(
+            site.name, metrics=rt.settings.metrics)
         names = [pilot_name(site.name, k) for k in range(site.pilots)]
         rt.pilots[site.name] = [
             _live_actor(lambda n=n, res=res, site=site: Pilot.options(name=n, resources=res, **opts).remote(

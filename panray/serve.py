@@ -8,7 +8,8 @@ An embedded cluster lives only as long as the process that started it, so ``bps 
 detached too, so a submitting process may exit while its run goes on.
 
 ``cluster.json`` holds ``address``, ``pid`` and, for a server, ``serve: true``, the process'
-start time (so a reused pid is not taken for the server) and whether it owns the cluster.
+start time (so a reused pid is not taken for the server), whether it owns the cluster and the
+URL of Ray's dashboard (or null).
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ def serve(settings: Settings) -> int:
         me = psutil.Process()
         _cluster_file(settings).write_text(json.dumps({
             "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
+            "dashboard": rt.dashboard_url,
         }))
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
+              f"Ray dashboard: {rt.dashboard_url or 'off (set dashboard: true)'}\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
         while not stop.wait(1.0):
             pass
