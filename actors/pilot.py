@@ -1,8 +1,9 @@
 """A warm pilot: a long-lived actor on its site's node that pulls batches and runs payloads.
 
 Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
-payloads at once, completes no-op jobs in-process, and reports starts and ends in batches to
-each workflow's manager (``update_job`` in bulk) — never one actor call per job.
+payloads at once (a function job's payload is a Ray task it launches and waits for,
+:mod:`panray.actors.function_task`), completes no-op jobs in-process, and reports starts and
+ends in batches to each workflow's manager (``update_job`` in bulk) — never one actor call per job.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 
 import ray
 
+from panray.actors.function_task import FunctionRun
 from panray.actors.metrics import PilotMetrics
 from panray.actors.names import NAMESPACE, queue_name
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.payload_runner import PayloadProcess, RunnerServices
-from panray.payload import sleep_seconds
+from panray.payload import is_function, sleep_seconds
 
 REPORT_INTERVAL = 0.05
 
@@ -192,7 +194,7 @@ class Pilot:
                 self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
                 continue
             used += 1
-            proc = PayloadProcess(d, self.pilot_id, self._services)
+            proc = (FunctionRun if is_function(d.payload) else PayloadProcess)(d, self.pilot_id, self._services)
             self._running[(d.manager, d.job_id)] = proc
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, 0.0))
             self._pool.submit(self._run_one, proc, now)
