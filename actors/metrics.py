@@ -4,7 +4,9 @@ Ray exports them on each node's Prometheus endpoint (``MetricsExportPort`` of ``
 with a ``ray_`` prefix; the dashboard's Metrics view shows them when Prometheus and Grafana are
 set up (``configs/prometheus.yml``, ``configs/grafana-panray.json``). Every recorder works in
 batches — once per flush tick or per report batch, never one metric call per job — and tags are
-bounded: workflow, label, site, status, error class, pilot; never a job id.
+bounded: workflow, label, site, status, error class, pilot; never a job id. Metric calls cost
+tens of microseconds, so each recorder also caps its rate: the manager's at one round per flush
+tick, a pilot's at one round per ``PILOT_PERIOD``.
 
 Examples:
     >>> sample([0.5, 0.1, 0.9, 0.3], 2)
@@ -24,10 +26,12 @@ from panray.core.messages import Outcome
 DISPATCH_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0]
 #: Seconds: one state-store transaction (a flush of changes).
 STORE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
-#: At most this many latency observations per report batch: the histogram is a bounded sample.
+#: At most this many latency observations per flush tick: the histogram is a bounded sample.
 SAMPLES_PER_BATCH = 8
 #: A site queue publishes its depth at most this often (seconds).
 QUEUE_PERIOD = 0.5
+#: A pilot sends its counts and slot gauges at most this often (seconds); counts accumulate meanwhile.
+PILOT_PERIOD = 0.5
 
 _made: dict[str, Any] = {}
 
@@ -77,12 +81,13 @@ class ManagerMetrics:
         self.base = {"store": store, "workflow": self.wf}  #: ids are per store (one cluster, several stores)
         self.labels = list(labels)  #: label of each task, in the core's task order
         self._last: dict[tuple[str, str], int] = {}
+        self._latencies: list[float] = []  #: samples since the last flush, at most SAMPLES_PER_BATCH per batch
         self.jobs = _metric("Gauge", "panray_jobs", "Jobs by status, per workflow and label",
                             ("store", "workflow", "label", "status"))
         self.retries = _metric("Counter", "panray_retries_total", "New attempts after a failure, by error class",
                                ("store", "workflow", "error_class"))
         self.dispatch = _metric("Histogram", "panray_dispatch_latency_seconds",
-                                "Release (queued to a site) -> payload start, sampled per report batch",
+                                "Release (queued to a site) -> payload start, sampled per flush tick",
                                 ("store", "workflow"), boundaries=DISPATCH_BUCKETS)
         self.store = _metric("Histogram", "panray_store_write_seconds", "One state-store flush transaction",
                              ("store", "workflow"), boundaries=STORE_BUCKETS)
@@ -97,14 +102,16 @@ class ManagerMetrics:
             self.jobs.set(n, tags={**self.base, "label": label, "status": status})
         if max_lag is not None:
             self.lag.set(max_lag, tags=self.base)
+        if self._latencies:
+            for v in sample(self._latencies):
+                self.dispatch.observe(v, tags=self.base)
+            self._latencies = []
 
     def ended(self, outcomes: Sequence[Outcome], released: Any, first_id: int, attempt: Any) -> None:
         """One report batch: sample the dispatch latency, count the failures that got a new attempt."""
-        tags = self.base
-        lat = [o.start_time - released[o.job_id - first_id] for o in outcomes
+        lat = [max(o.start_time - released[o.job_id - first_id], 0.0) for o in outcomes
                if o.start_time and released[o.job_id - first_id]]
-        for v in sample(lat):
-            self.dispatch.observe(max(v, 0.0), tags=tags)
+        self._latencies.extend(sample(lat))
         retried = Tally(o.error_class for o in outcomes
                         if o.error_class and attempt[o.job_id - first_id] > o.attempt_nr)
         for cls, n in retried.items():
@@ -126,20 +133,29 @@ class PilotMetrics:
                               ("site", "error_class"))
         self.slots = _metric("Gauge", "panray_pilot_slots", "Pilot slots by state (busy, free)",
                              ("site", "pilot", "state"))
+        self._started = 0
+        self._ended: Tally[str | None] = Tally()
+        self._next = 0.0
 
     def report(self, started: Iterable[Sequence[Any]], ended: Iterable[Sequence[Outcome]], busy: int,
                slots: int) -> None:
         """``started``/``ended``: the per-manager lists of one report batch."""
+        self._started += sum(1 for batch in started for s in batch if s.start_time)
+        for batch in ended:
+            self._ended.update(o.error_class for o in batch)
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + PILOT_PERIOD
         site = {"site": self.site}
-        n_started = sum(1 for batch in started for s in batch if s.start_time)
-        if n_started:
-            self.started.inc(n_started, tags=site)
-        classes = Tally(o.error_class for batch in ended for o in batch)
-        ok = classes.pop(None, 0)
+        if self._started:
+            self.started.inc(self._started, tags=site)
+        ok = self._ended.pop(None, 0)
         if ok:
             self.finished.inc(ok, tags=site)
-        for cls, n in classes.items():
+        for cls, n in self._ended.items():
             self.failed.inc(n, tags={"site": self.site, "error_class": cls})
+        self._started, self._ended = 0, Tally()
         self.slots.set(busy, tags={"site": self.site, "pilot": self.pilot, "state": "busy"})
         self.slots.set(slots - busy, tags={"site": self.site, "pilot": self.pilot, "state": "free"})
 
