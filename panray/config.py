@@ -49,7 +49,9 @@ class Settings(BaseModel):
     release_batch: int = 500
     max_system_retries: int = 3
     embedded_cpus_per_site: int = 8
-    dashboard: bool = Field(default=True, description="embedded cluster: run Ray's dashboard on 127.0.0.1")
+    dashboard: bool | None = Field(
+        default=None, description="embedded cluster: run Ray's dashboard on 127.0.0.1; None = for panray serve "
+                                  "only (it costs ~1 GiB RSS and seconds at start, too much for one-shot runs)")
     dashboard_port: int = Field(default=8265, ge=0, le=65535, description="8265 = Ray's default (the next free port if taken); 0 = any free port")
     metrics: bool = Field(default=True, description="export panray's metrics through ray.util.metrics")
 

@@ -95,8 +95,9 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
     else:
         settings.home.mkdir(parents=True, exist_ok=True)
+        dashboard = detached if settings.dashboard is None else settings.dashboard  # detached: panray serve
         rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site,
-                                         dashboard=settings.dashboard, dashboard_port=settings.dashboard_port)
+                                         dashboard=dashboard, dashboard_port=settings.dashboard_port)
         rt.owns_ray = True
         ctx = ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
                        log_to_driver=False)

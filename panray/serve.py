@@ -117,7 +117,7 @@ def serve(settings: Settings) -> int:
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
-              f"Ray dashboard: {rt.dashboard_url or 'off (set dashboard: true)'}\n"
+              f"Ray dashboard: {rt.dashboard_url or 'none (the cluster runs none; dashboard: false?)'}\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
         while not stop.wait(1.0):
             pass

@@ -1,5 +1,6 @@
 """Ray's dashboard for operators: ``panray serve`` runs it on 127.0.0.1, and its API lists panray's
-named actors with reprs that say what they hold, and nodes labelled with their site."""
+named actors with reprs that say what they hold, nodes labelled with their site, and function
+jobs as Ray tasks named after the jobs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from ray.util.state import list_tasks
 
-from panray_server import running_server
+from panray_server import panray, running_server
 
 REPRS = {
     "brokerage": r"Brokerage\(3 sites, \d+ pilots\)",
@@ -58,3 +61,22 @@ def test_serve_dashboard_shows_panray_actors_and_sites(tmp_path: Path) -> None:
             m = re.match(r"(?:site-queue|pilot):(\w+)", name)
             if m:
                 assert site_of[actor["node_id"]] == m.group(1), name
+
+        wf = tmp_path / "functions.yaml"  # tests/ is on the PYTHONPATH the server's nodes start with
+        wf.write_text(yaml.safe_dump({"name": "fn", "jobs": [
+            {"name": "measure:3", "label": "measure", "function": "fn_payloads:measure", "args": [3, 1],
+             "site": "FrDF", "request_memory": 100},
+            {"name": "measure:4", "label": "measure", "function": "fn_payloads:measure", "args": [4, 1],
+             "parents": ["measure:3"], "request_memory": 100},
+        ]}))
+        sub = panray("submit", str(wf), env=env, timeout=300)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        deadline = time.monotonic() + 60  # task events reach the state API within seconds
+        while True:
+            tasks = {n: [(t.state, t.node_id) for t in list_tasks(address=base, filters=[("name", "=", n)])]
+                     for n in ("measure:3", "measure:4")}
+            if all(v and v[0][0] == "FINISHED" for v in tasks.values()):
+                break
+            assert time.monotonic() < deadline, tasks
+            time.sleep(0.5)
+        assert site_of[tasks["measure:3"][0][1]] == "FrDF"  # on a node of the job's site
