@@ -45,6 +45,10 @@ class Brokerage:
         self.seed = seed
         self.calls = 0
 
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``Brokerage(3 sites, 9 pilots)``."""
+        return f"Brokerage({len(self.pilots)} sites, {sum(map(len, self.pilots.values()))} pilots)"
+
     async def _refresh(self) -> None:
         if time.monotonic() - self.stats_time < STATS_TTL:
             return

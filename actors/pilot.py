@@ -1,7 +1,8 @@
 """A warm pilot: a long-lived actor on its site's node that pulls batches and runs payloads.
 
 Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
-payloads at once, completes no-op jobs in-process, and reports starts and ends in batches to
+payloads at once (a function job's payload is a Ray task it launches and waits for,
+:mod:`panray.actors.function_task`), completes no-op jobs in-process, and reports starts and ends in batches to
 each workflow's manager (``update_job`` in bulk) — never one actor call per job.
 
 Before it starts a pulled batch the pilot claims it from each manager in one call: the manager
@@ -27,12 +28,14 @@ from typing import Any
 
 import ray
 
+from panray.actors.function_task import FunctionRun
+from panray.actors.metrics import PilotMetrics
 from panray.actors.names import Handles, queue_name
 from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.outbox import Outbox
 from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServices
-from panray.payload import sleep_seconds
+from panray.payload import is_function, sleep_seconds
 from panray.retry import CANCELLED, SYSTEM
 
 REPORT_INTERVAL = 0.05
@@ -105,6 +108,7 @@ class Pilot:
         self._services = RunnerServices(work_dir=settings.work_dir)
         self._spool_dir = settings.work_dir / "log-spool" / pilot_id.replace(":", "_")
         self._heartbeat_interval = settings.heartbeat_interval
+        self._metrics = PilotMetrics(site, pilot_id) if settings.metrics else None
         self._log: Any = None  #: the pilot's own lifecycle log (start, pull problems, stop)
         self._pulling = True  #: the last pull reached the queue
         self._configure_logging(settings)
@@ -142,6 +146,10 @@ class Pilot:
         self._log.event("start", f"pilot {self.pilot_id} started at {self.site} with {self.slots} slots"
                         + (f"; re-sending {recovered} log entries a previous pilot of this name left" if recovered else ""),
                         slots=self.slots, recovered=recovered)
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``Pilot(USDF#3: 5/8 slots busy)``."""
+        return f"Pilot({self.site}#{self.pilot_id.rpartition(':')[2]}: {len(self._running)}/{self.slots} slots busy)"
 
     def ready(self) -> str:
         """Answers once the actor is up: where it runs."""
@@ -268,7 +276,7 @@ class Pilot:
             self._sleeping.add(d, now, seconds)
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
             return 0
-        proc = PayloadProcess(d, self.pilot_id, self._services)
+        proc = (FunctionRun if is_function(d.payload) else PayloadProcess)(d, self.pilot_id, self._services)
         self._running[(d.manager, d.job_id)] = proc
         self._pool.submit(self._run_one, proc, now)
         return 1
@@ -302,7 +310,11 @@ class Pilot:
             time.sleep(REPORT_INTERVAL)  # let a burst of ends gather into one report
             calls = self._acknowledged(calls, broken)
             asking = {name for name, _ in calls}
-            for name, (seq, started, ended) in self._reports.flush().items():
+            flushed = self._reports.flush()
+            if self._metrics is not None:
+                self._metrics.report([v[1] for v in flushed.values()], [v[2] for v in flushed.values()],
+                                     len(self._running), self.slots)
+            for name, (seq, started, ended) in flushed.items():
                 if name not in broken:
                     calls.append((name, self._send(name, seq, started, ended)))
                     asking.add(name)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 import ray
 
+from panray.actors.metrics import QueueMetrics
 from panray.actors.names import actor
 from panray.core.messages import Dispatch
 from panray.payload import occupies_slot
@@ -103,10 +104,15 @@ class SiteQueueCore:
 class SiteQueue:
     """Ray actor wrapping :class:`SiteQueueCore`; pilots block in ``acquire`` until work arrives."""
 
-    def __init__(self, site: str, max_batch: int = 1000):
+    def __init__(self, site: str, max_batch: int = 1000, metrics: bool = True):
         self._core = SiteQueueCore(site, max_batch)
+        self._metrics = QueueMetrics(site) if metrics else None
         self._arrived = asyncio.Event()
         self._closed = False
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``SiteQueue(FrDF: 1,204 queued)``."""
+        return f"SiteQueue({self._core.site}: {self._core.stats()[0]:,} queued)"
 
     async def put(self, jobs: list[Dispatch]) -> int:
         if self._closed:  # brokered just before the site went offline
@@ -133,6 +139,8 @@ class SiteQueue:
         ``ended``: (manager, job_id) of the jobs the pilot finished since its last pull.
         """
         out = self._core.take(pilot, slots, ended or ())
+        if self._metrics is not None and self._metrics.due():
+            self._metrics.record(*self._core.stats()[:2])
         if out or slots <= 0:
             return out
         self._arrived.clear()

@@ -21,7 +21,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.names import BROKERAGE_NAME, NAMESPACE, pilot_name, queue_name
+from panray.actors.names import BROKERAGE_NAME, NAMESPACE, actor, pilot_name, queue_name
 from panray.config import Settings
 from panray.core.supervisor_core import DEAD, Answer, SupervisorCore
 from panray.sites import SiteCatalog, SiteConfig
@@ -122,24 +122,22 @@ class Supervisor:
         for site, name, keep in actions.forget:
             if keep is None:
                 log.warning("pilot %s at %s lost: its reserved jobs go back to be brokered", name, site)
-            try:
-                ray.get_actor(queue_name(site), namespace=NAMESPACE).forget_pilot.remote(name, keep)
-            except ValueError:  # the site's node is gone with its queue
-                pass
+            queue = actor(queue_name(site))
+            if queue is not None:  # else the site's node is gone with its queue
+                queue.forget_pilot.remote(name, keep)
         for site, name in actions.start:
             self._start(site, name)
         if actions.views:
-            brokerage = ray.get_actor(BROKERAGE_NAME, namespace=NAMESPACE)
-            for site, view in actions.views.items():
+            brokerage = actor(BROKERAGE_NAME)
+            for site, view in (actions.views.items() if brokerage is not None else ()):
                 brokerage.register_pilots.remote(site, view)
 
     def _handle(self, name: str) -> Any:
         h = self._handles.get(name)
         if h is None:
-            try:
-                h = self._handles[name] = ray.get_actor(name, namespace=NAMESPACE)
-            except ValueError:
-                return None
+            h = actor(name)
+            if h is not None:
+                self._handles[name] = h
         return h
 
     def _start(self, site: str, name: str) -> None:

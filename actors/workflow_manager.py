@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import uuid
+from array import array
 from collections import defaultdict, deque
 from concurrent.futures import Future
 from typing import Any
@@ -25,11 +26,13 @@ import ray
 
 from panray.config import Settings
 from panray.core.cluster_core import make_core
+from panray.actors.metrics import ManagerMetrics
 from panray.actors.names import BROKERAGE_NAME, Handles, actor, manager_name, queue_name
 from panray.core.messages import Outcome, Started
 from panray.core.workflow_core import CoreSettings
 from panray.exceptions import StoreUnavailableError
 from panray.payload import occupies_slot
+from panray.statuses import JOB_CODES
 from panray.store import open_store
 from panray.store.base import ChangeBatch, DecisionRow
 
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COLLECT_TIMEOUT = 10.0
 """Seconds a starting manager waits for live pilots to say what they hold for it."""
+_STATUS_NAMES = [s.value for s in JOB_CODES]
 
 LIVENESS_INTERVAL = 1.0
 """Seconds between checks that the pilots and site queues holding this workflow's jobs are alive:
@@ -62,10 +66,11 @@ class _Writer(threading.Thread):
     ``wait()``.
     """
 
-    def __init__(self, store: Any, name: str):
+    def __init__(self, store: Any, name: str, metrics: ManagerMetrics | None = None):
         super().__init__(name="writer", daemon=True)
         self.store = store
         self.key = f"{name}#{uuid.uuid4().hex[:12]}"  #: one per manager incarnation
+        self.metrics = metrics
         self.batches: deque[ChangeBatch] = deque()
         self.cv = threading.Condition()
         self.written = 0
@@ -88,7 +93,10 @@ class _Writer(threading.Thread):
                     self.cv.wait()
                 batch = self.batches[0]
             try:
+                t0 = time.perf_counter()
                 self.store.apply(batch)
+                if self.metrics is not None:
+                    self.metrics.stored(time.perf_counter() - t0)
             except StoreUnavailableError as exc:
                 self._away(exc)
                 time.sleep(WRITE_RETRY_PAUSE)
@@ -144,6 +152,12 @@ class WorkflowManager:
         self._seen: dict[str, int] = {}  #: pilot incarnation -> last report handled
         self._acks: deque[tuple[int, dict[str, int]]] = deque()  #: (writer batches submitted, seen then)
         self._acked: dict[str, int] = {}  #: pilot incarnation -> last report whose effects are stored
+        self.workflow_name = snap.workflow.name
+        labels = {t.task_id: t.label for t in snap.tasks}
+        self._metrics = (ManagerMetrics(workflow_id, self.core.manager.split(":")[1], [labels[t] for t in sorted(labels)])
+                         if settings.metrics else None)
+        self._released = array("d", bytes(8 * self.core.n))  #: when each job was last queued to a site
+        self._lag_max: float | None = None  #: largest heartbeat lag since the last flush
         self._restarting = False
         self._beat_lags: deque[float] = deque(maxlen=100_000)
         self._beats = 0
@@ -154,13 +168,17 @@ class WorkflowManager:
         self._inbox: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._done = threading.Event()
-        self._writer = _Writer(self.store, manager_name(db_url, workflow_id))
+        self._writer = _Writer(self.store, manager_name(db_url, workflow_id), self._metrics)
         self._writer.start()
         self._ready: list[int] = []
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
+
+    def __repr__(self) -> str:
+        """What the dashboard shows: ``WorkflowManager(7 ci_hsc: 1,023/2,000 ended)``."""
+        return f"WorkflowManager({self.workflow_id} {self.workflow_name}: {self.core.n_final:,}/{self.core.n:,} ended)"
 
     # -- calls from pilots and clients (only enqueue) -----------------------------------------
 
@@ -252,6 +270,9 @@ class WorkflowManager:
                     if batch:
                         self._writer.put(batch)
                     self._acks.append((self._writer.submitted, dict(self._seen)))
+                    if self._metrics is not None:
+                        self._metrics.flush(self.core.task_counts, _STATUS_NAMES, self._lag_max)
+                        self._lag_max = None
                     last_flush = now
                 self._promote_acks()
                 if self.core.done and not self._inbox and not self._restarting and not self._done.is_set():
@@ -267,6 +288,8 @@ class WorkflowManager:
             for job, pilot in self.core.started(msg[1]):
                 self._kill_payloads([job], [pilot])
             self._ready.extend(self.core.ended(msg[2]))
+            if self._metrics is not None and msg[2]:
+                self._metrics.ended(msg[2], self._released, self.core.first_id, self.core.attempt)
             if msg[3] is not None:
                 self._seen[msg[3]] = max(msg[4], self._seen.get(msg[3], 0))
         elif kind == "claim":
@@ -274,7 +297,9 @@ class WorkflowManager:
         elif kind == "heartbeat":
             self.core.heartbeat(msg[1], now)
             self._beats += len(msg[1])
-            self._beat_lags.append(time.time() - msg[2])
+            lag = time.time() - msg[2]
+            self._beat_lags.append(lag)
+            self._lag_max = lag if self._lag_max is None else max(self._lag_max, lag)
         elif kind == "rebroker":
             self._ready.extend(self.core.requeue(msg[1], now, msg[2]))
         elif kind == "lost":
@@ -370,6 +395,9 @@ class WorkflowManager:
             core.record_decisions(explained)
             for site, group in by_site.items():
                 moved = core.queued(group, [site] * len(group), now)
+                if self._metrics is not None:
+                    for i in moved:
+                        self._released[i] = now
                 q = self._queue_or_none(site)
                 if moved and q is not None:  # else the liveness check takes them back
                     q.put.remote([core.dispatch(i, site) for i in moved])

@@ -32,6 +32,15 @@ Usage
 ``--cluster RULES`` runs panray a second time per backend with those clustering rules on the same graph
 (``panray.dag.parse_rules`` syntax); ``nodes_per_s`` counts quanta, ``vs_unclustered`` compares the two.
 
+``--payload function`` gives every node a trivial Python function instead (``math:hypot(3, 4)``):
+panray runs each as a function job (a Ray task named after the job, launched by a pilot slot, its
+output tailed and its result stored like any payload's), raw Ray as a task calling it, and the
+``threads`` baseline (``--baselines ray,threads``) as a stdlib thread-pool DAG executor (2 threads,
+a child submitted when its last parent ends), Parsl's ThreadPoolExecutor design without Parsl.
+
+``--metrics-cost`` runs panray a second time per backend with ``metrics: false`` (same graph, same
+run, order alternating); ``slowdown`` is how much slower the run with metrics on is (0.03 = 3%).
+
 ``--profile DIR`` runs py-spy (raw collapsed stacks, sampled at 100 Hz) on the panray driver,
 WorkflowManager, Pilot, SiteQueue and Brokerage processes during each panray run.
 """
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -80,20 +90,25 @@ def _topological(shape: Any) -> list[int]:
     return [pos[n] for n in TopologicalSorter(dict(zip(shape.names, shape.parents))).static_order()]
 
 
-def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster: str | None = None) -> dict[str, Any]:
+FUNCTION, FUNCTION_ARGS = "math:hypot", [3, 4]  #: the trivial function of ``--payload function``
+
+
+def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster: str | None = None,
+               metrics: bool = True, payload: str = "noop") -> dict[str, Any]:
     import panray  # noqa: F401  (first: keeps Ray on loopback)
     from panray import Job, Panray, Settings, Workflow
     from panray.dag import drp, parse_rules
 
     shape = drp(n_jobs)
     t0 = time.perf_counter()
-    jobs = [Job(name=n, label=lb, parents=ps, tags=tg)
+    call = {"function": FUNCTION, "args": FUNCTION_ARGS, "request_memory": 100} if payload == "function" else {}
+    jobs = [Job(name=n, label=lb, parents=ps, tags=tg, **call)
             for n, lb, ps, tg in zip(shape.names, shape.labels, shape.parents, shape.tags)]
     wf = Workflow(name=f"bench-drp-{len(shape)}", jobs=jobs, clustering=parse_rules(cluster or ""))
     model_s = time.perf_counter() - t0
     del jobs
     home = Path(tempfile.mkdtemp(prefix="panray-bench-"))
-    with Panray(Settings(home=home, db_url=db_url)) as pr:
+    with Panray(Settings(home=home, db_url=db_url, metrics=metrics)) as pr:
         t_setup = time.perf_counter()
         pr.runtime  # start the embedded cluster and actors outside the timing
         setup_s = time.perf_counter() - t_setup
@@ -113,7 +128,7 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
     }
 
 
-def run_ray(n_jobs: int) -> dict[str, Any]:
+def run_ray(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
     import panray  # noqa: F401  (loopback environment)
     import ray
     from panray.dag import drp
@@ -128,8 +143,8 @@ def run_ray(n_jobs: int) -> dict[str, Any]:
              log_to_driver=False)
 
     @ray.remote
-    def noop(*_parents: Any) -> None:
-        return None
+    def noop(*_parents: Any) -> Any:
+        return math.hypot(*FUNCTION_ARGS) if payload == "function" else None
 
     ray.get([noop.remote() for _ in range(200)])  # warm the worker pool, as panray's pilots are warm
     t0 = time.perf_counter()
@@ -145,6 +160,44 @@ def run_ray(n_jobs: int) -> dict[str, Any]:
 
 def _noop(*_parents: Any) -> None:
     return None
+
+
+def run_threads(n_jobs: int) -> dict[str, Any]:
+    """A stdlib thread-pool DAG executor: a node runs on one of 2 threads once its parents ended."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from panray.dag import drp
+
+    shape = drp(n_jobs)
+    pos = {name: i for i, name in enumerate(shape.names)}
+    children: list[list[int]] = [[] for _ in range(len(shape))]
+    for i, ps in enumerate(shape.parents):
+        for p in ps:
+            children[pos[p]].append(i)
+    waiting = [len(ps) for ps in shape.parents]
+    lock, done, ended = threading.Lock(), threading.Event(), [0]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        def run(i: int) -> None:
+            math.hypot(*FUNCTION_ARGS)
+            ready = []
+            with lock:
+                for c in children[i]:
+                    waiting[c] -= 1
+                    if not waiting[c]:
+                        ready.append(c)
+                ended[0] += 1
+                if ended[0] == len(shape):
+                    done.set()
+            for c in ready:
+                pool.submit(run, c)
+
+        roots = [i for i in range(len(shape)) if not waiting[i]]  # before any node runs
+        t0 = time.perf_counter()
+        for i in roots:
+            pool.submit(run, i)
+        done.wait()
+        seconds = time.perf_counter() - t0
+    return {"jobs": len(shape), "seconds": seconds, "ok": ended[0] == len(shape)}
 
 
 def run_dask(n_jobs: int) -> dict[str, Any]:
@@ -234,9 +287,12 @@ def _stop_profilers(procs: list[subprocess.Popen]) -> None:
 def _child(spec: dict[str, Any]) -> None:
     system = spec["system"]
     if system == "panray":
-        result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"), spec.get("cluster"))
+        result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"), spec.get("cluster"),
+                            spec.get("metrics", True), spec.get("payload", "noop"))
     elif system == "ray":
-        result = run_ray(spec["jobs"])
+        result = run_ray(spec["jobs"], spec.get("payload", "noop"))
+    elif system == "threads":
+        result = run_threads(spec["jobs"])
     else:
         result = run_dask(spec["jobs"])
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -270,45 +326,57 @@ def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None,
-           cluster: str | None = None) -> list[dict[str, Any]]:
+           cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop") -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
-    for backend in backends:
-        for rules in [None, cluster] if cluster else [None]:
-            spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile, "cluster": rules}
+    for k, backend in enumerate(backends):
+        variants = [(None, True)] + ([(cluster, True)] if cluster else [])
+        if metrics_cost:  # alternate the order so that neither side always runs on a warmer machine
+            variants[:1] = [(None, False), (None, True)] if k % 2 == 0 else [(None, True), (None, False)]
+        for rules, metrics in variants:
+            spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile, "cluster": rules,
+                    "metrics": metrics, "payload": payload}
             if backend == "postgres":
                 spec["db_url"] = pg.create_database(f"bench_{n}_{int(time.time() * 1000)}")
             specs.append(spec)
-    specs += [{"system": b, "backend": "-", "jobs": n} for b in baselines]
+    specs += [{"system": b, "backend": "-", "jobs": n, "payload": payload} for b in baselines]
     return specs
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     for n in {r["jobs_requested"] for r in rows}:
         group = [r for r in rows if r["jobs_requested"] == n]
-        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in ("ray", "dask")}
+        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in ("ray", "dask", "threads")}
         for r in group:
             rate = r.get("nodes_per_s")
-            r["vs_ray"] = rate / ref["ray"] if rate and ref.get("ray") else None
-            r["vs_dask"] = rate / ref["dask"] if rate and ref.get("dask") else None
-        plain = {r["backend"]: r.get("nodes_per_s") for r in group if r["system"] == "panray" and not r.get("cluster")}
+            for base in ("ray", "dask", "threads"):
+                r[f"vs_{base}"] = rate / ref[base] if rate and ref.get(base) else None
+        plain = {r["backend"]: r.get("nodes_per_s") for r in group
+                 if r["system"] == "panray" and not r.get("cluster") and r.get("metrics", True)}
+        bare = {r["backend"]: r.get("nodes_per_s") for r in group if r["system"] == "panray" and r.get("metrics") is False}
+        for r in group:
+            rate, off = r.get("nodes_per_s"), bare.get(r["backend"])
+            on = r["system"] == "panray" and r.get("metrics") and not r.get("cluster")
+            r["slowdown"] = off / rate - 1 if on and rate and off else None
         for r in group:
             rate, ref_rate = r.get("nodes_per_s"), plain.get(r["backend"])
             r["vs_unclustered"] = rate / ref_rate if r.get("cluster") and rate and ref_rate else None
 
 
 def measure(jobs: list[int], backends: list[str], baselines: list[str], profile: str | None,
-            cluster: str | None = None) -> list[dict[str, Any]]:
+            cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     pg_ctx = postgres_server() if "postgres" in backends else None
     pg = pg_ctx.__enter__() if pg_ctx else None
     try:
         for n in jobs:
-            for spec in _specs(n, backends, baselines, pg, profile, cluster):
+            for spec in _specs(n, backends, baselines, pg, profile, cluster, metrics_cost, payload):
                 timeout = 300 + n / 50  # bounded: even a 50 nodes/s system ends
-                label = f"{spec['system']}/{spec['backend']}/{n}" + ("/clustered" if spec.get("cluster") else "")
+                label = (f"{spec['system']}/{spec['backend']}/{n}" + ("/clustered" if spec.get("cluster") else "")
+                         + ("/metrics-off" if spec.get("metrics") is False else ""))
                 print(f"-- running {label} ...", file=sys.stderr, flush=True)
                 r = run_isolated({k: v for k, v in spec.items() if k != "backend"}, timeout)
-                r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n, cluster=spec.get("cluster"))
+                r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n, cluster=spec.get("cluster"),
+                         metrics=spec.get("metrics"))
                 if r.get("seconds"):
                     r["nodes_per_s"] = r.get("quanta", r["jobs"]) / r["seconds"]  # DAG nodes are quanta
                 print(f"   {label}: {json.dumps({k: v for k, v in r.items() if k != 'counts'})}",
@@ -321,8 +389,8 @@ def measure(jobs: list[int], backends: list[str], baselines: list[str], profile:
     return rows
 
 
-COLUMNS = ["system", "backend", "cluster", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
-           "vs_dask", "vs_unclustered", "peak_rss_mib", "ok"]
+COLUMNS = ["system", "backend", "cluster", "metrics", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
+           "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cluster", metavar="RULES", help="also run panray with these clustering rules, e.g. "
                     "'single=isr+characterizeImage+calibrate@visit,detector;warp=makeWarp@visit' "
                     "(NAME=LABEL[+LABEL][@DIM,DIM][:MAX], ';'-separated)")
+    ap.add_argument("--payload", choices=["noop", "function"], default="noop",
+                    help="no-op jobs, or a trivial Python function per node (function jobs as Ray tasks)")
+    ap.add_argument("--metrics-cost", action="store_true", help="also run panray with metrics off (same run)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -343,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     backends = [b for b in args.backends.split(",") if b]
     baselines = [b for b in args.baselines.split(",") if b]
     info, vers = machine_info(), versions()
-    print_header("dag_throughput: DRP-shaped DAG of no-op jobs", info, vers)
-    rows = measure(args.jobs or [10_000], backends, baselines, args.profile, args.cluster)
+    what = "no-op jobs" if args.payload == "noop" else f"function jobs ({FUNCTION}{tuple(FUNCTION_ARGS)})"
+    print_header(f"dag_throughput: DRP-shaped DAG of {what}", info, vers)
+    rows = measure(args.jobs or [10_000], backends, baselines, args.profile, args.cluster, args.metrics_cost, args.payload)
     print(format_table(rows, COLUMNS))
     payload = {"benchmark": "dag_throughput", "machine": info, "versions": vers, "results": rows}
     path = write_json("dag_throughput", payload)

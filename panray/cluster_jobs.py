@@ -63,6 +63,12 @@ def _cluster_job(name: str, label: str, members: list[Job], idxs: list[int], gra
             f"cluster {name!r}: its quanta are pinned to different sites "
             f"({', '.join(sorted(str(p) for p in pins))}); pin them alike or cluster them apart"
         )
+    calls = [q.name for q in members if q.function is not None]
+    if calls:
+        raise WorkflowValidationError(
+            f"cluster {name!r}: function jobs run as Ray tasks and are not clustered ({', '.join(calls[:3])}); "
+            "leave their labels out of the clustering rules"
+        )
     first = members[0]
     pos = {q: k for k, q in enumerate(idxs)}
     spec = ClusterSpec(

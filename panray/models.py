@@ -46,6 +46,12 @@ class Job(BoundaryModel):
     command: list[str] | str | None = Field(
         default=None, description="argv list, or a shell line run as bash -c (encoded); None = no-op"
     )
+    function: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$",
+        description="importable 'module:function' run as a Ray task instead of a command (or, in Python, the "
+                    "function itself)")
+    args: list[Any] = Field(max_length=10_000, default_factory=list, description="JSON-able positional arguments of the function")
+    kwargs: dict[str, Any] = Field(max_length=10_000, default_factory=dict, description="JSON-able keyword arguments of the function")
     parents: list[Name] = Field(default_factory=list)
     environment: dict[EnvName, EnvValue] = Field(default_factory=dict)
     request_memory: PositiveInt32 = Field(default=2048, description="MB")
@@ -60,6 +66,33 @@ class Job(BoundaryModel):
     inputs: list[Name] = Field(default_factory=list, description="input dataset names")
     outputs: list[Name] = Field(default_factory=list, description="output dataset names")
     tags: dict[str, Any] = Field(default_factory=dict, description="e.g. the data ID; plain JSON")
+
+    @field_validator("function", mode="before")
+    @classmethod
+    def _function_by_name(cls, v: Any) -> Any:
+        """A module-level callable becomes its importable ``module:qualname``."""
+        if v is None or isinstance(v, str):
+            return v
+        if not callable(v):
+            raise ValueError(f"function must be 'module:function' or a callable, not {type(v).__name__}")
+        module, qualname = getattr(v, "__module__", None), getattr(v, "__qualname__", "")
+        if not module or module == "__main__" or "<" in qualname:
+            raise ValueError(f"function {qualname or v!r} is not importable by name "
+                             f"(define it at module level in an importable module)")
+        return f"{module}:{qualname}"
+
+    @model_validator(mode="after")
+    def _function_or_command(self) -> Job:
+        if self.function is not None and self.command is not None:
+            raise ValueError(f"job {self.name!r} has both a command and a function; give one")
+        if self.function is None and (self.args or self.kwargs):
+            raise ValueError(f"job {self.name!r} has args/kwargs but no function")
+        if self.function is not None:
+            try:
+                json.dumps([self.args, self.kwargs], allow_nan=False)
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise ValueError(f"job {self.name!r}: function arguments are not JSON: {exc}") from None
+        return self
 
     @field_validator("command")
     @classmethod

@@ -1,7 +1,8 @@
 """Payload commands travel encoded (Rubin's ``bash-c-enc``): never interpolated into a shell string.
 
 A command is an argv list, a shell line (run as ``bash -c LINE``), or ``None`` for a no-op job
-(ordering nodes, control-plane benchmarks) that the pilot completes in-process.
+(ordering nodes, control-plane benchmarks) that the pilot completes in-process. A function job
+carries an importable ``module:function`` with JSON arguments instead, run as a Ray task.
 
 Examples:
     >>> enc = encode_command("echo 'hi there'; exit 3")
@@ -9,18 +10,31 @@ Examples:
     ['bash', '-c', "echo 'hi there'; exit 3"]
     >>> decode_command(encode_command(None)) is None
     True
+    >>> decode_function(encode_function("math:hypot", [3, 4], {}, "hyp:0"))
+    FunctionCall(function='math:hypot', args=[3, 4], kwargs={}, name='hyp:0')
 """
 
 from __future__ import annotations
 
 import json
 import math
+from typing import Any, NamedTuple
 
 NOOP = ""
 #: ``["panray:sleep", SECONDS]`` is held by the pilot as a timer, without a process: the
 #: in-process payload for measuring the control plane with many jobs running at once.
 SLEEP = "panray:sleep"
 _SLEEP_PREFIX = "sleep:"
+_FUNCTION_PREFIX = "fn:"
+
+
+class FunctionCall(NamedTuple):
+    """A function payload: what to import and call, and the job's name (its Ray task's name)."""
+
+    function: str  #: ``module:qualified.name``
+    args: list[Any]
+    kwargs: dict[str, Any]
+    name: str
 
 
 def occupies_slot(encoded: str) -> bool:
@@ -53,3 +67,17 @@ def decode_command(encoded: str) -> list[str] | None:
     if not encoded:
         return None
     return json.loads(bytes.fromhex(encoded).decode())
+
+
+def encode_function(function: str, args: list[Any], kwargs: dict[str, Any], name: str) -> str:
+    """``fn:`` and the hex of the JSON call: arguments travel as data, never as code."""
+    body = json.dumps([function, args, kwargs, name], separators=(",", ":"))
+    return _FUNCTION_PREFIX + body.encode().hex()
+
+
+def is_function(encoded: str) -> bool:
+    return encoded.startswith(_FUNCTION_PREFIX)
+
+
+def decode_function(encoded: str) -> FunctionCall:
+    return FunctionCall(*json.loads(bytes.fromhex(encoded[len(_FUNCTION_PREFIX):]).decode()))

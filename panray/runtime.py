@@ -47,6 +47,7 @@ class Runtime:
     queues: dict[str, Any] = field(default_factory=dict)
     pilots: dict[str, list[Any]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  #: configured sites with no Ray node carrying their resource
+    dashboard_url: str | None = None  #: Ray's dashboard (http://host:port), if the cluster runs one
 
     def shutdown(self) -> None:
         import ray
@@ -121,15 +122,19 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
             ray_auth.use_token(token)
         _check_reachable(address)
         rt.owns_ray = True
-        ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        ctx = ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        rt.dashboard_url = _url(ctx.dashboard_url)
     elif not start:
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
     else:
         ray_auth.use_token(ray_auth.new_token(private_dir(settings.home)))
-        rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site)
+        dashboard = detached if settings.dashboard is None else settings.dashboard  # detached: panray serve
+        rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site,
+                                         dashboard=dashboard, dashboard_port=settings.dashboard_port)
         rt.owns_ray = True
-        ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ctx = ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
+                       log_to_driver=False)
+        rt.dashboard_url = _url(ctx.dashboard_url)
         write_private(_cluster_file(settings), json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
     ensure_actors(rt, detached=detached)
     return rt
@@ -145,6 +150,11 @@ def _check_payload_user(settings: Settings) -> None:
         PayloadUser.lookup(settings.payload_user)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _url(address: str | None) -> str | None:
+    """Ray reports the dashboard as ``host:port`` (or nothing when it does not run)."""
+    return f"http://{address}" if address else None
 
 
 def control_plane() -> Any:
@@ -185,7 +195,8 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
             log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, res)
             rt.missing.append(site.name)
             continue
-        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(site.name)
+        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(
+            site.name, metrics=rt.settings.metrics)
         with_nodes.append(site.name)
     # The supervisor owns the pilots: a dead pilot's name is released only once its owner drops
     # the handle, which the supervisor does when it starts the replacement.

@@ -8,7 +8,8 @@ An embedded cluster lives only as long as the process that started it, so ``bps 
 detached too, so a submitting process may exit while its run goes on.
 
 ``cluster.json`` holds ``address``, ``pid`` and, for a server, ``serve: true``, the process'
-start time (so a reused pid is not taken for the server) and whether it owns the cluster.
+start time (so a reused pid is not taken for the server), whether it owns the cluster and the
+URL of Ray's dashboard (or null).
 """
 
 from __future__ import annotations
@@ -120,11 +121,13 @@ def serve(settings: Settings) -> int:
         write_private(_cluster_file(settings), json.dumps({
             "address": address, "pid": me.pid, "started": me.create_time(), "serve": True, "owns_cluster": owns,
             "url": http.url,
+            "dashboard": rt.dashboard_url,
         }))
         print(f"panray serving {', '.join(rt.catalog.names())} on {address} "
               f"({'embedded' if owns else 'joined'}; home {settings.home})\n"
               f"reach it with PANRAY_HOME={settings.home} or PANRAY_RAY_ADDRESS={address}\n"
               f"HTTP API on {http.url} (PANRAY_URL={http.url}; `panray token` prints a token)\n"
+              f"Ray dashboard: {rt.dashboard_url or 'none (the cluster runs none; dashboard: false?)'}\n"
               "stop with `panray serve --stop` or SIGTERM", flush=True)
         if os.geteuid() == 0 and settings.payload_user is None:
             print("warning: payloads run as root and can read this home; set payload_user (PANRAY_PAYLOAD_USER)",

@@ -14,7 +14,7 @@ from panray.cluster_jobs import cluster_jobs
 from panray.dag import build_graph, partition_tasks
 from panray.exceptions import PanrayError, UnknownSiteError, WorkflowValidationError, show
 from panray.models import DEFAULT_MAX_WORKFLOW_JOBS, Campaign, Job, Workflow
-from panray.payload import encode_command
+from panray.payload import encode_command, encode_function
 from panray.placement import Mode, place
 from panray.sites import SiteCatalog
 from panray.store.base import NewCampaign, NewJob, NewTask, NewWorkflow
@@ -25,6 +25,11 @@ _dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
 def _dumps_small(value: dict | list) -> str:  # type: ignore[type-arg]
     """JSON of a job's optional mapping or list; the empty ones (most jobs) skip the encoder."""
     return _dumps(value) if value else ("{}" if isinstance(value, dict) else "[]")
+
+
+def _payload(j: Job) -> str:
+    """The encoded command, or the encoded call of a function job."""
+    return encode_function(j.function, j.args, j.kwargs, j.name) if j.function else encode_command(j.command)
 
 
 def _retry_json(j: Job, memo: dict[tuple[object, ...], str]) -> str:
@@ -85,7 +90,7 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog, *, max_jobs: int = DEFAUL
         NewJob(
             idx, j.name, j.label, task_of[idx],
             "final" if idx == final_idx else ("init" if idx < n_init else "job"),
-            encode_command(j.command), _dumps_small(j.environment), j.request_memory, j.request_cpus,
+            _payload(j), _dumps_small(j.environment), j.request_memory, j.request_cpus,
             j.max_attempts, j.site, j.queue, j.priority, _dumps_small(j.inputs), _dumps_small(j.outputs),
             _dumps_small(j.tags), _retry_json(j, retry_memo),
         )

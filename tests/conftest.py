@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -86,8 +87,13 @@ import panray  # noqa: E402  (sets RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER before Ray 
 from panray import Panray, Settings  # noqa: E402
 
 
+#: Ray workers on every node of the clusters tests start import the test helpers (the modules of
+#: function jobs, tests/fn_payloads.py) as any installed module: set before a raylet starts.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+
 #: Second-scale lifecycle timers so that lost pilots are noticed within a test.
-FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0, "sent_timeout": 10.0, "memory_tolerance": 1.0}
+FAST = {"heartbeat_interval": 0.5, "heartbeat_timeout": 4.0, "sent_timeout": 10.0, "memory_tolerance": 1.0,
+        "metrics": True}  # the suite exercises the metrics that users turn on
 
 
 @pytest.fixture(scope="session")

@@ -88,7 +88,7 @@ def _dying_with_pilot(argv: list[str], user: PayloadUser | None) -> tuple[list[s
 class PayloadResult:
     start_time: float
     end_time: float
-    exit_code: int
+    exit_code: int | None  #: None: a function payload that raised
     error_class: str | None
     diag: str | None
     max_pss_kb: int | None = None
@@ -230,13 +230,20 @@ class PayloadProcess:
             return PayloadResult(start, end, 0, None, None, max_pss)
         return PayloadResult(start, end, code, PAYLOAD, f"payload exited with code {code}", max_pss)
 
-    def _start_watchers(self, files: list[tuple[Path, str]]) -> tuple[Any, Any]:
-        from panray.logging_bridge import LogTailer, MemoryMonitor
+    def _start_tailer(self, files: list[tuple[Path, str]]) -> Any:
+        """Ship the payload's log lines through the logging bridge while it runs (None: no sink)."""
+        from panray.logging_bridge import LogTailer
 
-        tailer = None
-        if self.services.sink is not None:
-            tailer = LogTailer(files, self.ids(), self.services.sink, interval=self.services.log_interval)
-            tailer.start()
+        if self.services.sink is None:
+            return None
+        tailer = LogTailer(files, self.ids(), self.services.sink, interval=self.services.log_interval)
+        tailer.start()
+        return tailer
+
+    def _start_watchers(self, files: list[tuple[Path, str]]) -> tuple[Any, Any]:
+        from panray.logging_bridge import MemoryMonitor
+
+        tailer = self._start_tailer(files)
         limit_kb = int(self.d.request_memory * 1024 * self.services.memory_tolerance)
         assert self._proc is not None
         monitor = MemoryMonitor(
