@@ -177,7 +177,7 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     import ray
 
     from panray.actors.brokerage import Brokerage
-    from panray.actors.names import BROKERAGE_NAME, SUPERVISOR_NAME, actor, queue_name
+    from panray.actors.names import BROKERAGE_NAME, NAMESPACE, SUPERVISOR_NAME, actor, queue_name
     from panray.actors.site_queue import SiteQueue
     from panray.actors.supervisor import Supervisor
 
