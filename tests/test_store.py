@@ -246,10 +246,21 @@ def test_a_version_2_store_is_migrated(store: StateStore, store_url: str) -> Non
     store.close()
     raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN cause")
     raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN previous")
+    for trigger in ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update"):
+        raw_sql(store_url, f"DROP TRIGGER {trigger}" + ("" if store_url.startswith("sqlite") else
+                                                       f" ON {trigger.split('_')[0]}"))
+    for table in ("batch_marks", "audit", "task_job_stats", "task_max_pss"):  # what version 2 did not have
+        raw_sql(store_url, f"DROP TABLE {table}")
+    if not store_url.startswith("sqlite"):
+        raw_sql(store_url, "DROP FUNCTION panray_task_job_stats")
+        raw_sql(store_url, "DROP FUNCTION panray_task_max_pss")
+    for index in ("jobs_workflow_label", "jobs_workflow_site", "brokerage_decisions_time", "attempts_failed"):
+        raw_sql(store_url, f"DROP INDEX {index}")
     raw_sql(store_url, "UPDATE schema_version SET version = 2")
     again = open_store(store_url)
     try:
         assert again.history(w.first_job_id) == [HistoryRow(w.first_job_id, 1, "defined", 1.0, "", "")]
+        assert {(r.status, r.n) for r in again.task_stats(w.workflow_id)} == {("pending", 1)}  # filled from jobs
         row = HistoryRow(w.first_job_id, 1, "assigned", 2.0, "defined", "brokerage")
         again.apply(ChangeBatch(history=[row]))
         assert again.history(w.first_job_id)[-1] == row

@@ -130,11 +130,18 @@ _DDL = (
         target TEXT NOT NULL, outcome TEXT NOT NULL CHECK {audit_outcome}, detail TEXT NOT NULL)""",
     "CREATE INDEX audit_user ON audit (user_name)",
 )
-#: Statements that bring a store of the key's version to the next one (both backends).
-#: v2 -> v3: the job history records the previous status and the cause of each change.
+#: Statements that bring a store of the key's version to the next one (both backends; templates
+#: filled in with the dialect's types). v2 -> v3: the job history records the previous status and
+#: the cause of each change; batch marks (writes repeated after an outage count once), the audit of
+#: the service's actions and the monitor's task aggregates (filled from the stored jobs) appear.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE job_history ADD COLUMN previous TEXT NOT NULL DEFAULT ''",
-        "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''"),
+        "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''",
+        *(s for s in _DDL if "batch_marks" in s or "audit" in s), *MONITOR_DDL,
+        "INSERT INTO task_job_stats (task_id, status, n, wall, max_request) SELECT task_id, status, COUNT(*),"
+        " SUM(COALESCE(end_time - start_time, 0)), MAX(request_memory) FROM jobs GROUP BY task_id, status",
+        "INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM attempts a"
+        " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id"),
 }
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -382,7 +389,10 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             found = [r[0] for r in cur.fetchall()]
             while len(found) == 1 and found[0] in _MIGRATIONS:
                 for statement in _MIGRATIONS[found[0]]:
-                    cur.execute(statement)
+                    cur.execute(statement.format(**d.types, **_CHECKS))
+                if found[0] == 2:
+                    for statement in d.triggers:  # the monitor's aggregates are kept from now on
+                        cur.execute(statement)
                 found = [found[0] + 1]
                 cur.execute(d.sql("UPDATE schema_version SET version = ?"), (found[0],))
         if found != [SCHEMA_VERSION]:
