@@ -178,4 +178,6 @@ def parse_rules(text: str) -> list[ClusterRule]:
                                      dimensions=[d for d in dims.split(",") if d], max_size=int(size) if colon else None))
         except ValidationError as exc:
             raise WorkflowValidationError(f"clustering rule {part!r}: {exc.errors()[0]['msg']}") from None
+        except WorkflowValidationError as exc:  # the model's own one-line refusal
+            raise WorkflowValidationError(f"clustering rule {part!r}: {exc}") from None
     return rules

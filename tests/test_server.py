@@ -188,7 +188,7 @@ def test_bad_input_is_refused_whole(server: HttpServer, keys: dict[str, Any]) ->
         cyclic = {"name": "w", "jobs": [{"name": "a", "label": "x", "parents": ["b"]},
                                         {"name": "b", "label": "x", "parents": ["a"]}]}
         r = c.post("/workflows", json=cyclic)
-        assert (r.status_code, r.json()["error"]) == (400, "cycle in job graph: a -> b -> a")
+        assert (r.status_code, r.json()["error"]) == (400, "workflow 'w': cycle in job graph: a -> b -> a")
         big = b'{"name": "w", "jobs": [], "pad": "' + b"x" * MAX_BODY + b'"}'
         r = c.post("/workflows", content=big, headers={"Content-Type": "application/json"})
         assert r.status_code == 413 and f"limit of {MAX_BODY} bytes" in r.json()["error"]

@@ -38,7 +38,7 @@ def _in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[object]
 def _marked(first: int, n: int, writer: str | None, seq: int) -> ChangeBatch:
     """A batch with one status change of job ``first``, its history row and a decision row."""
     status = (J.DEFINED, J.ASSIGNED, J.ACTIVATED)[n]
-    return ChangeBatch(jobs=[state(first, status)], history=[HistoryRow(first, 1, status.value, float(n))],
+    return ChangeBatch(jobs=[state(first, status)], history=[HistoryRow(first, 1, status.value, float(n), "", "test")],
                        decisions=[DecisionRow(first, 1, "{}", float(n))], writer=writer, seq=seq)
 
 

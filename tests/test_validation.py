@@ -383,7 +383,7 @@ def test_the_python_api_refuses_before_storing_or_starting_ray(tmp_path: Path) -
         for wf, error in ((too_big, "more than the maximum of 2"), (unplaceable, "asks 2048 MB on 100 cores")):
             with pytest.raises(WorkflowValidationError, match=error):
                 pr.submit(wf)
-        assert pr.store.workflows() == [] and pr._runtime is None
+        assert pr.store.workflows() == [] and pr.service._runtime is None
 
 
 def test_tables_escape_control_characters() -> None:

@@ -94,6 +94,8 @@ def open_store(url: str) -> StateStore:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)  # new directories are private
         except OSError as exc:
             raise StoreError(f"state store {url}: cannot create its directory: {exc.strerror}") from None
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise StoreError(f"state store {url}: not a regular file")
         try:
             create_private(Path(path))  # SQLite gives -wal/-shm the file's mode
         except OSError as exc:
