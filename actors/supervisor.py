@@ -133,12 +133,10 @@ class Supervisor:
                 brokerage.register_pilots.remote(site, view)
 
     def _handle(self, name: str) -> Any:
-        h = self._handles.get(name)
-        if h is None:
-            h = actor(name)
-            if h is not None:
-                self._handles[name] = h
-        return h
+        """The pilot it started, or (after its own restart) the one it finds under that name."""
+        if name not in self._handles and (found := actor(name)) is not None:
+            self._handles[name] = found
+        return self._handles.get(name)
 
     def _start(self, site: str, name: str) -> None:
         """A pilot under this name; while a dead one still holds the name, the next round tries again."""

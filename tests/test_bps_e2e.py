@@ -158,27 +158,14 @@ def test_bps_submit_failed_quantum_prunes_and_final_job_runs(tmp_path: Path, env
 
 #: bps's defaults as a user gets them: no finalJob resources (bps asks 16 cores and 32768 MB for it)
 #: and every path relative to the directory bps runs in.
-RELATIVE_YAML = """\
-wmsServiceClass: panray.bps.PanrayService
-project: test
-campaign: panray
-operator: tester
-payload:
-  payloadName: mock
-  butlerConfig: repo
-  output: {output}
-  outputRun: {output}/run
-qgraphFile: repo/mock.qg
-submitPath: submit
-requestMemory: 1000
-extraAggregateOptions: --mock-storage-classes
-"""
+RELATIVE_YAML = SUBMIT_YAML.split("finalJob:")[0].format(repo="repo", output=OUTPUT, qgraph="repo/mock.qg",
+                                                         submit="submit")
 
 
 @pytest.mark.slow
 def test_bps_defaults_and_relative_paths_run_out_of_the_box(tmp_path: Path, env: dict[str, str]) -> None:
     _make_repo(tmp_path / "repo", fail_detector=None)
-    (tmp_path / "submit.yaml").write_text(RELATIVE_YAML.format(output=OUTPUT))
+    (tmp_path / "submit.yaml").write_text(RELATIVE_YAML)
     ping = subprocess.run([BPS, "ping"], capture_output=True, text=True, timeout=120, env=env)
     assert ping.returncode == 0 and "panray server pid" in ping.stdout + ping.stderr, ping.stderr[-2000:]
     out = _bps("submit", "submit.yaml", env=env, cwd=tmp_path)
