@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from panray import Job, Panray, Settings, Workflow
 from panray.exceptions import AuthenticationError, NotFoundError, PermissionDeniedError
+from panray.health import HEALTH_PATH, READY_PATH
 from panray.server import Authenticator, HttpServer
 from panray.service import Service
 
@@ -108,10 +109,10 @@ def test_good_tokens_map_groups_to_roles(server: HttpServer, keys: dict[str, Any
         assert c.get("/whoami").json() == {"user": "prod", "roles": ["production", "user"]}
 
 
-def test_probes_and_schema_need_no_token(server: HttpServer) -> None:
+def test_probes_and_schema_need_no_token(server: HttpServer, cluster: Panray) -> None:
     with httpx.Client(base_url=server.url) as c:
-        assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/readyz").status_code in (200, 503)
+        assert c.get(HEALTH_PATH).json() == {"status": "ok"}  # the paths the Kubernetes probes use
+        assert c.get(READY_PATH).status_code == 200  # the store answers and Ray is connected
         paths = c.get("/openapi.json").json()["paths"]
     assert "/api/v1/workflows/{workflow_id}/jobs" in paths and "/api/v1/workflows/{workflow_id}/cancel" in paths
 

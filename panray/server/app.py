@@ -37,6 +37,7 @@ from panray.exceptions import (
     PanrayError,
     PermissionDeniedError,
 )
+from panray.health import HEALTH_PATH, READY_PATH
 from panray.identity import Identity
 from panray.models import Campaign, Workflow
 from panray.server.auth import Authenticator
@@ -212,11 +213,11 @@ def create_app(service: Service, authenticator: Authenticator, *, max_body: int 
 
     # -- probes (no token: the Kubernetes chart probes these) ----------------------------------
 
-    @app.get("/healthz")
+    @app.get(HEALTH_PATH)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(READY_PATH)
     async def readyz() -> Response:
         try:
             ok = await call(service.ready)
