@@ -13,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import getpass
+import json
 import math
 from pathlib import Path
 from typing import Any

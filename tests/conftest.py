@@ -160,3 +160,9 @@ def remote_pr(http_server: HttpServer, server_settings: Settings) -> Iterator[Pa
     session = Panray(server_settings, url=http_server.url, token=token)
     yield session
     session.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """test_prompt.py runs last: it replaces the session's Ray with a one-node cluster of its own,
+    which ends the session cluster's actors (their owner, this process, leaves it)."""
+    items.sort(key=lambda item: item.module is not None and item.module.__name__ == "test_prompt")

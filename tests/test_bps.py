@@ -386,8 +386,8 @@ def test_interrupted_embedded_submit_is_held_then_cancelled(tmp_path: Path, monk
     run_id = f"1@{home}"
     deadline = time.monotonic() + 120
     try:
-        while not (home / "panray.db").exists() or PanrayService({}).report(run_id)[0][0].job_state_counts[
-                WmsStates.RUNNING] == 0:
+        while not (home / "panray.db").exists() or not (runs := PanrayService({}).report(run_id)[0]) \
+                or runs[0].job_state_counts[WmsStates.RUNNING] == 0:  # stored, then started
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the first payload never started"
             time.sleep(0.3)

@@ -161,6 +161,12 @@ def test_panray_logs_tells_how_many_lines_a_full_spool_dropped(fake: FakeCloudLo
     sink.close(timeout=5)
     monkeypatch.setenv("PANRAY_LOG_SINK", "cloud")
     monkeypatch.setenv("PANRAY_CLOUD_LOGGING_ENDPOINT", fake.url)
+    from panray import Campaign, Job, Panray, Settings, Workflow
+    from panray.submission import build_campaign
+
+    with Panray(Settings(home=tmp_path)) as pr:  # job 9 exists: logs of an unknown job are an error
+        nine = Workflow(name="w", jobs=[Job(name=f"j{k}", label="isr") for k in range(9)])
+        pr.store.submit(build_campaign(Campaign(name="c", owner="o", workflows=[nine]), pr.catalog))
     assert main(["--home", str(tmp_path), "logs", "9"]) == 0
     out, err = capsys.readouterr()
     assert [line.split(": ", 1)[1] for line in out.splitlines()] == [f"line {n}" for n in range(5)]

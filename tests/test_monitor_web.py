@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from panray import Campaign, Job, Panray, Settings, Workflow
+from panray.identity import Identity, Role
 from panray.logging_bridge import LocalObjectStore, attempt_prefix, make_entry, make_sink, panray_ids
 from panray.monitor.reader import PanrayReader
 from panray.monitor.web import monitor_router
@@ -235,7 +236,9 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
             Job(name="bad", label="isr", command=[sys.executable, "-c", FAILING]),
             Job(name="child", label="calibrate", parents=["bad"], command=["true"]),
             Job(name="ok", label="isr", command=["true"])]
-    [wf] = cluster.submit(Workflow(name="browser-run", owner="alice", jobs=jobs))
+    alice = Identity("alice", frozenset({Role.USER}))  # the owner comes from who asks, as over HTTP
+    [wf] = cluster.service.submit_campaign(alice, Campaign(name="browser-run", owner="alice", workflows=[
+        Workflow(name="browser-run", jobs=jobs)]))
     app = FastAPI()
     app.include_router(monitor_router(PanrayReader(cluster.service), issuer.authorize, poll_seconds=0.5))
     first = serve(app)

@@ -125,7 +125,7 @@ def test_each_pilot_logs_its_own_start(cluster: Any, panray_home: Path) -> None:
     expected = {pilot_name(site.name, k) for site in cluster.runtime.catalog for k in range(site.pilots)
                 if site.name not in cluster.runtime.missing}
     starts = {}
-    for path in (panray_home / "work" / "pilots").glob("*.log"):
+    for path in (cluster.settings.work_dir / "pilots").glob("*.log"):
         for e in map(json.loads, path.read_text().splitlines()):
             if e["event"] == "start":
                 starts[e["Harvester_WorkerID"]] = e

@@ -38,7 +38,7 @@ def test_poisoned_jobs_fail_alone_and_the_others_finish(cluster: Panray) -> None
     for k, (payload, env) in enumerate(POISONS.values()):
         rows[k] = rows[k]._replace(payload=payload, environment=env)
     [sub] = cluster.store.submit(new).workflows
-    cluster._start_manager(sub.workflow_id)
+    cluster.service._start_manager(sub.workflow_id, by="test")
 
     assert cluster.wait([sub.workflow_id], timeout=120) == {sub.workflow_id: "SubFinished"}
     jobs = {j.name: j for j in cluster.jobs(sub.workflow_id)}
