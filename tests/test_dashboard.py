@@ -16,6 +16,8 @@ import pytest
 import yaml
 from ray.util.state import list_tasks
 
+from panray.ray_auth import TOKEN_FILE
+
 from panray_server import panray, running_server
 
 REPRS = {
@@ -25,14 +27,16 @@ REPRS = {
 }
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get(url: str, token: str) -> Any:
+    """A dashboard API call; Ray's token authentication (on for panray's clusters) wants the token."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 
-def _state(base: str, what: str) -> list[dict[str, Any]]:
+def _state(base: str, what: str, token: str) -> list[dict[str, Any]]:
     """One listing of Ray's state API (``/api/v0/actors``, ``/api/v0/nodes``) through the dashboard."""
-    return _get(f"{base}/api/v0/{what}?detail=1&limit=1000")["data"]["result"]["result"]
+    return _get(f"{base}/api/v0/{what}?detail=1&limit=1000", token)["data"]["result"]["result"]
 
 
 @pytest.mark.slow
@@ -42,10 +46,11 @@ def test_serve_dashboard_shows_panray_actors_and_sites(tmp_path: Path) -> None:
     env |= {"PANRAY_HOME": str(home), "PANRAY_DASHBOARD_PORT": "0"}  # 0: never collide with another session's
     with running_server(home, env) as info:
         base = str(info["dashboard"])
+        token = (home / TOKEN_FILE).read_text().strip()
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", base), base
         deadline = time.monotonic() + 60
         while True:  # the state API answers once the dashboard has read the cluster's actor table
-            actors = {a["name"]: a for a in _state(base, "actors") if a["ray_namespace"] == "panray" and a["name"]}
+            actors = {a["name"]: a for a in _state(base, "actors", token) if a["ray_namespace"] == "panray" and a["name"]}
             if "brokerage" in actors and sum(n.startswith("pilot:") for n in actors) >= 3:
                 break
             assert time.monotonic() < deadline, sorted(actors)
@@ -55,7 +60,7 @@ def test_serve_dashboard_shows_panray_actors_and_sites(tmp_path: Path) -> None:
             assert re.fullmatch(pattern, actor["repr_name"]), (name, actor["repr_name"])
             assert actor["state"] == "ALIVE"
         assert {n for n in actors if n.startswith("site-queue:")} == {f"site-queue:{s}" for s in ("USDF", "FrDF", "UKDF")}
-        site_of = {n["node_id"]: n["labels"].get("panray.io/site") for n in _state(base, "nodes")}
+        site_of = {n["node_id"]: n["labels"].get("panray.io/site") for n in _state(base, "nodes", token)}
         assert sorted(site_of.values()) == ["FrDF", "UKDF", "USDF"]
         for name, actor in actors.items():  # a site's queue and pilots run on that site's node
             m = re.match(r"(?:site-queue|pilot):(\w+)", name)
