@@ -197,7 +197,7 @@ def test_bad_input_is_refused_whole(server: HttpServer, keys: dict[str, Any]) ->
         assert r.status_code == 413  # streamed without a length: counted as it comes
         assert c.get("/workflows").json()["rows"] == before  # nothing stored
         r = c.get("/workflows/987654")
-        assert (r.status_code, r.json()) == (404, {"error": "no workflow 987654"})
+        assert (r.status_code, r.json()) == (404, {"error": "no workflow 987654 in this store"})
         assert c.get("/jobs/987654").status_code == 404
         r = c.get("/workflows/1/jobs", params={"limit": 10**6})
         assert r.status_code == 422 and r.json()["error"].startswith("query.limit:")
