@@ -56,6 +56,10 @@ class Supervisor:
             self._add(list(site_nodes()))
         threading.Thread(target=self._loop, name="supervise", daemon=True).start()
 
+
+    def __repr__(self) -> str:
+        """What the Ray dashboard shows for this actor."""
+        return f"Supervisor({len(self.catalog)} sites, {len(self._handles)} pilots)"
     def supervise(self, sites: list[str]) -> dict[str, list[str]]:
         """Keep the pilots of these sites running (starting them now), besides those already
         supervised; returns each site's pilots once they all answer."""

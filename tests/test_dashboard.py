@@ -24,6 +24,7 @@ REPRS = {
     "brokerage": r"Brokerage\(3 sites, \d+ pilots\)",
     "site-queue:": r"SiteQueue\((USDF|FrDF|UKDF): [\d,]+ queued\)",
     "pilot:": r"Pilot\((USDF|FrDF|UKDF)#\d+: \d+/\d+ slots busy\)",
+    "supervisor": r"Supervisor\(3 sites, \d+ pilots\)",
 }
 
 
