@@ -154,30 +154,3 @@ def test_bps_submit_failed_quantum_prunes_and_final_job_runs(tmp_path: Path, env
     assert _report_row(report.split("PAYLOAD ERROR COUNT", 1)[1], "a")[1:3] == ["1", "1"]
     state = subprocess.run([BPS, "status", "--id", run_id], capture_output=True, text=True, timeout=60, env=env)
     assert "status: FAILED" in state.stdout + state.stderr
-
-
-#: bps's defaults as a user gets them: no finalJob resources (bps asks 16 cores and 32768 MB for it)
-#: and every path relative to the directory bps runs in.
-RELATIVE_YAML = SUBMIT_YAML.split("finalJob:")[0].format(repo="repo", output=OUTPUT, qgraph="repo/mock.qg",
-                                                         submit="submit")
-
-
-@pytest.mark.slow
-def test_bps_defaults_and_relative_paths_run_out_of_the_box(tmp_path: Path, env: dict[str, str]) -> None:
-    _make_repo(tmp_path / "repo", fail_detector=None)
-    (tmp_path / "submit.yaml").write_text(RELATIVE_YAML)
-    ping = subprocess.run([BPS, "ping"], capture_output=True, text=True, timeout=120, env=env)
-    assert ping.returncode == 0 and "panray server pid" in ping.stdout + ping.stderr, ping.stderr[-2000:]
-    out = _bps("submit", "submit.yaml", env=env, cwd=tmp_path)
-    run_id = re.search(r"^Run Id: (\S+)$", out, re.M)[1]
-    with Panray(Settings(home=Path(env["PANRAY_HOME"]))) as pr:
-        wf_id = RunRef.parse(run_id).workflow_id
-        deadline = time.monotonic() + 180
-        while not pr.is_final(wf_id):
-            assert time.monotonic() < deadline, f"run {run_id} still {pr.status(wf_id)[0].status}"
-            time.sleep(0.5)
-        assert {j.status for j in pr.jobs(wf_id)} == {"finished"}, [(j.name, j.status, j.diag) for j in pr.jobs(wf_id)]
-    with Butler.from_config(str(tmp_path / "repo")) as butler:
-        refs = butler.query_datasets("dataset_auto2", collections=OUTPUT)
-        assert sorted(r.dataId["detector"] for r in refs) == list(DETECTORS)
-
