@@ -49,7 +49,10 @@ def test_lost_pilot_is_a_system_error_and_the_job_runs_elsewhere(cluster: Panray
         assert pr.wait([wf_id], timeout=60) == {wf_id: "Finished"}
     finally:
         ensure_actors(cluster.runtime)  # the killed pilot comes back for the other tests
-    assert ray.get(ray.get_actor(pilot, namespace="panray").ready.remote())  # a fresh pilot holds the name
+    from panray.actors.names import actor
+
+    fresh = _wait_for(lambda: actor(pilot), timeout=60, what="the supervisor to start a fresh pilot under the name")
+    assert ray.get(fresh.ready.remote())  # a fresh pilot holds the name
     attempts = pr.store.attempts(row.job_id)
     assert [(a.attempt_nr, a.status, a.error_class) for a in attempts] == [(1, "failed", "system"), (2, "finished", None)]
     assert f"pilot {pilot} lost" in attempts[0].diag, "the manager's liveness check beats the heartbeat timeout"
