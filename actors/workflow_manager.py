@@ -29,7 +29,7 @@ from panray.core.cluster_core import make_core
 from panray.actors.metrics import ManagerMetrics
 from panray.actors.names import BROKERAGE_NAME, Handles, actor, manager_name, queue_name
 from panray.core.messages import Outcome, Started
-from panray.core.workflow_core import CoreSettings
+from panray.core.workflow_core import DEFINED, CoreSettings
 from panray.exceptions import StoreUnavailableError
 from panray.payload import occupies_slot
 from panray.statuses import JOB_CODES
@@ -171,6 +171,8 @@ class WorkflowManager:
         self._writer = _Writer(self.store, manager_name(db_url, workflow_id), self._metrics)
         self._writer.start()
         self._ready: list[int] = []
+        self._parked: list[int] = []  #: ready jobs of a held workflow or task, brokered on release
+        self._prioritised = len(set(self.core.priority)) > 1  #: broker higher priorities first
         self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
         self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
         self._pump.start()
@@ -231,9 +233,36 @@ class WorkflowManager:
         self._inbox.append(("retry", by))
         self._wake.set()
 
+    def rerun(self, task_id: int | None = None, job_ids: list[int] | None = None, memory: int | None = None,
+              by: str = "") -> int:
+        """Retry by hand the failed, cancelled and pruned jobs of a task and/or these jobs (neither:
+        all of them) while the workflow runs, with ``memory`` MB if given; returns how many rerun."""
+        answer: Future[int] = Future()
+        self._restarting = True  # the workflow may have ended: it runs again
+        self._done.clear()
+        self._inbox.append(("rerun", task_id, job_ids, memory, by, answer))
+        self._wake.set()
+        return answer.result()
+
+    def hold(self, task_id: int | None = None, by: str = "") -> None:
+        """Broker nothing more of the workflow (or of a task) until :meth:`release`; running jobs go on."""
+        self._inbox.append(("hold", task_id, by))
+        self._wake.set()
+
+    def release(self, task_id: int | None = None) -> None:
+        """Broker the held workflow (or task) again."""
+        self._inbox.append(("release", task_id))
+        self._wake.set()
+
+    def set_priority(self, priority: int, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
+        """A new priority for the workflow's jobs (or a task's, or these): higher ones are brokered first."""
+        self._inbox.append(("priority", priority, task_id, job_ids))
+        self._wake.set()
+
     def progress(self) -> dict[str, Any]:
         c = self.core
-        return {"workflow_id": self.workflow_id, "status": c.workflow_status, "counts": c.counts(), "total": c.n}
+        return {"workflow_id": self.workflow_id, "status": c.workflow_status, "counts": c.counts(), "total": c.n,
+                "retries": c.n_retries}
 
     def wait(self, timeout: float | None = None) -> str | None:
         """Block until the workflow has ended and its state is persisted; returns its status."""
@@ -312,6 +341,7 @@ class WorkflowManager:
             snap = self.store.load_workflow(self.workflow_id)
             self.core = make_core(snap, self.core.settings, manager=self.core.manager)
             self._ready = self.core.start(now, retry=True, by=msg[1])
+            self._parked = []  # the new core's start hands back every defined job, held ones too
             self._restarting = False
         elif kind == "cancel":
             task_id, job_ids, by = msg[1], msg[2], msg[3]
@@ -319,8 +349,36 @@ class WorkflowManager:
             held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()), by=by)
             if whole:
                 self._ready.clear()
+                self._parked.clear()
             self._ready.extend(ready)
             self._kill([job for job, _pilot in held], whole=whole)
+
+        elif kind == "rerun":
+            self._rerun(msg[1], msg[2], msg[3], msg[4], msg[5], now)
+        elif kind == "hold":
+            back = self.core.hold(now, msg[1], by=msg[2])
+            self._parked.extend(back)
+            self._drop_queued([self.core.first_id + i for i in back])
+        elif kind == "release":
+            self.core.release_hold(msg[1])
+            parked, self._parked = self._parked, []
+            self._ready.extend(i for i in parked if self.core.status[i] == DEFINED)
+        elif kind == "priority":
+            whole = msg[2] is None and msg[3] is None
+            self.core.set_priority(range(self.core.n) if whole else self.core.select(msg[2], msg[3] or ()), msg[1])
+            self._prioritised = True
+
+    def _rerun(self, task_id: int | None, job_ids: list[int] | None, memory: int | None, by: str,
+               answer: Future[int], now: float) -> None:
+        try:
+            idxs = None if task_id is None and job_ids is None else self.core.select(task_id, job_ids or ())
+            again, ready = self.core.rerun(idxs, now, by=by, memory=memory)
+            self._ready.extend(ready)
+            answer.set_result(len(again))
+        except Exception as exc:  # the caller hears of it; the workflow goes on
+            answer.set_exception(exc)
+        finally:
+            self._restarting = False
 
     def _promote_acks(self) -> None:
         """Reports whose effects the writer has stored may be forgotten by their pilots."""
@@ -369,6 +427,12 @@ class WorkflowManager:
         """Broker ready jobs in batches and put them into their sites' queues."""
         core = self.core
         ready, self._ready = self._ready, []
+        if core.held_all or core.held_tasks:
+            self._parked.extend(i for i in ready if core.is_held(i))
+            ready = [i for i in ready if not core.is_held(i)]
+        if self._prioritised:
+            priority = core.priority
+            ready.sort(key=lambda i: -priority[i])
         deferred: list[int] = []
         rows = core.rows
         noops = [i for i in ready if not occupies_slot(rows[i].payload)]
@@ -449,14 +513,20 @@ class WorkflowManager:
         """Drop queued jobs (all of the workflow's, or only these) and kill these payloads on every pilot."""
         if not whole and not job_ids:
             return
+        self._drop_queued(None if whole else job_ids)
+        if job_ids:
+            self._kill_payloads(job_ids, ray.get(self.brokerage.pilot_names.remote()))
+
+    def _drop_queued(self, job_ids: list[int] | None) -> None:
+        """Take the workflow's queued jobs (None: all of them) out of every site queue."""
+        if job_ids is not None and not job_ids:
+            return
         for site in ray.get(self.brokerage.site_names.remote()):
             q = self._queue(site)
-            if whole:
+            if job_ids is None:
                 q.remove.remote(manager=self.core.manager)
             else:
                 q.remove.remote(manager=self.core.manager, job_ids=job_ids)
-        if job_ids:
-            self._kill_payloads(job_ids, ray.get(self.brokerage.pilot_names.remote()))
 
     def _kill_payloads(self, job_ids: list[int], pilots: list[str]) -> None:
         """Ask these pilots to kill the payloads; a pilot that is gone took its payloads with it."""

@@ -17,22 +17,49 @@ Examples:
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from panray.config import Settings
 from panray.exceptions import PanrayError
 from panray.identity import Identity, local_identity
 from panray.models import Campaign, Workflow
-from panray.service import Service, WorkflowSummary
-from panray.store.base import AttemptRow, DecisionRow, HistoryRow, JobRow, QuantumRow, TaskRow, TransferRow
-from panray.store.base import WorkflowRow
+from panray.service import Progress, Service, WorkflowSummary
+from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow, JobPage, JobQuery, JobRow
+from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
 
 if TYPE_CHECKING:
     from panray.remote import RemoteService
 
-__all__ = ["Panray", "WorkflowSummary"]
+__all__ = ["Panray", "WorkflowHandle", "WorkflowSummary"]
+
+
+class WorkflowHandle:
+    """A submitted workflow as a future: poll it, block on it with a timeout, or ``await`` it."""
+
+    def __init__(self, session: Panray, workflow_id: int):
+        self.session = session
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id})"
+
+    def done(self) -> bool:
+        """Whether the workflow has ended (read from the store, no waiting)."""
+        return self.session.is_final(self.workflow_id)
+
+    def result(self, timeout: float | None = None) -> str:
+        """Block until the workflow ends (``TimeoutError`` after ``timeout`` s); its final status."""
+        return self.session.wait([self.workflow_id], timeout=timeout)[self.workflow_id]
+
+    async def wait_async(self, timeout: float | None = None) -> str:
+        """:meth:`result` for asyncio: the wait runs in a worker thread, the event loop goes on."""
+        import asyncio
+
+        return await asyncio.to_thread(self.result, timeout)
+
+    def __await__(self) -> Generator[Any, None, str]:
+        return self.wait_async().__await__()
 
 
 class Panray:
@@ -124,6 +151,24 @@ class Panray:
              site: str | None = None, limit: int | None = None, offset: int = 0) -> list[JobRow]:
         return self._backend.jobs(workflow_id, status, label=label, site=site, limit=limit, offset=offset)
 
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
+        """One page of jobs matching ``query`` (status, label, site, error class, exit code; sort, limit, offset).
+
+        Examples:
+            >>> page = pr.job_page(wf_id, JobQuery(error_class="payload", limit=50))   # doctest: +SKIP
+            >>> page.total, [j.name for j in page.rows][:2]                            # doctest: +SKIP
+            (120, ['isr:3', 'isr:7'])
+        """
+        return self._backend.job_page(workflow_id, query)
+
+    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+        """Failed attempts grouped by error class, exit code and diagnostic, largest first."""
+        return self._backend.error_groups(workflow_id)
+
+    def manager_alive(self, workflow_id: int) -> bool | None:
+        """Whether the workflow's manager answers (None: no cluster runs to ask)."""
+        return self._backend.manager_alive(workflow_id)
+
     def job(self, job_id: int) -> JobRow:
         return self._backend.job(job_id)
 
@@ -158,21 +203,36 @@ class Panray:
     def is_final(self, workflow_id: int) -> bool:
         return self._backend.is_final(workflow_id)
 
-    def wait(self, workflow_ids: Sequence[int], *, progress: bool = False, timeout: float | None = None) -> dict[int, str]:
-        """Block until the workflows end; returns their final statuses (with ``progress`` a bar on stderr)."""
-        return self._backend.wait(workflow_ids, timeout=timeout, progress=self._draw if progress else None)
+    def wait(self, workflow_ids: Sequence[int], *, progress: bool | Progress = False,
+             timeout: float | None = None) -> dict[int, str]:
+        """Block until the workflows end; returns their final statuses.
 
-    @staticmethod
-    def _draw(p: dict[str, Any], final: bool) -> None:
-        counts, total = p["counts"], max(p["total"], 1)
-        ended = sum(counts.get(s, 0) for s in ("finished", "failed", "closed", "cancelled"))
-        width = 40
-        fill = int(width * ended / total)
-        running = counts.get("running", 0)
-        line = (f"\rworkflow {p['workflow_id']} [{'#' * fill}{'.' * (width - fill)}] {ended}/{total} ended, "
-                f"{running} running, {counts.get('failed', 0)} failed  ")
-        sys.stderr.write(line + ("\n" if final else ""))
-        sys.stderr.flush()
+        ``progress``: True shows ended/total, elapsed, rate, ETA and retries on stderr (one line
+        redrawn on a terminal, a line every few seconds when redirected); a callable gets each step.
+        """
+        if progress is True:
+            from panray.cli_output import WaitDisplay
+
+            progress = WaitDisplay()
+        return self._backend.wait(workflow_ids, timeout=timeout, progress=progress or None)
+
+    def handle(self, workflow_id: int) -> WorkflowHandle:
+        """A future-like handle on a submitted workflow: ``done()``, ``result(timeout)``, ``await``."""
+        self.status(workflow_id)  # an unknown id fails here, not in a later result()
+        return WorkflowHandle(self, workflow_id)
+
+    def start(self, workflow: Workflow) -> WorkflowHandle:
+        """Submit one workflow and return at once with its handle.
+
+        Examples:
+            >>> h = pr.start(wf)                      # doctest: +SKIP
+            >>> h.done(), h.result(timeout=600)       # doctest: +SKIP
+            (False, 'Finished')
+            >>> await pr.start(wf)                    # doctest: +SKIP
+            'Finished'
+        """
+        [wf_id] = self.submit(workflow)
+        return WorkflowHandle(self, wf_id)
 
     # -- act ---------------------------------------------------------------------------------
 
@@ -183,6 +243,36 @@ class Panray:
     def retry(self, workflow_id: int) -> None:
         """Rerun the failed, cancelled and pruned jobs of an ended workflow (never a finished one)."""
         self._backend.retry(self.identity, workflow_id)  # type: ignore[arg-type]
+
+    def retry_jobs(self, workflow_id: int, *, task_id: int | None = None, job_ids: Sequence[int] | None = None,
+                   memory: int | None = None) -> int:
+        """Rerun now the failed, cancelled and pruned jobs of a task and/or these jobs (neither: all
+        of them), even while the workflow runs, with ``memory`` MB if given; returns how many rerun.
+
+        Examples:
+            >>> pr.retry_jobs(wf_id, job_ids=[17, 18], memory=8000)       # doctest: +SKIP
+            2
+        """
+        return self._backend.retry_jobs(self.identity, workflow_id, task_id=task_id,  # type: ignore[arg-type]
+                                        job_ids=job_ids, memory=memory)
+
+    def hold(self, workflow_id: int, *, task_id: int | None = None) -> bool:
+        """Broker nothing more of the workflow (or task) until :meth:`release`; running jobs go on."""
+        return self._backend.hold(self.identity, workflow_id, task_id=task_id)  # type: ignore[arg-type]
+
+    def release(self, workflow_id: int, *, task_id: int | None = None) -> bool:
+        """Broker a held workflow (or task) again."""
+        return self._backend.release(self.identity, workflow_id, task_id=task_id)  # type: ignore[arg-type]
+
+    def set_priority(self, workflow_id: int, priority: int, *, task_id: int | None = None,
+                     job_ids: Sequence[int] | None = None) -> int:
+        """A new priority for the workflow's jobs (or a task's, or these); higher ones are brokered first."""
+        return self._backend.set_priority(self.identity, workflow_id, priority,  # type: ignore[arg-type]
+                                          task_id=task_id, job_ids=job_ids)
+
+    def held(self, workflow_id: int) -> bool | list[int]:
+        """What of a workflow is held: True (all of it), or the ids of its held tasks."""
+        return self._backend.held(workflow_id)
 
     def resume(self, workflow_ids: Sequence[int] | None = None) -> list[int]:
         """Start managers for every workflow not ended (after a crash), or for these; returns their ids."""

@@ -33,8 +33,8 @@ from panray.models import Campaign
 from panray.server.app import API, MAX_PAGE, MAX_WAIT, BodyTooLargeError, InputError
 from panray.server.auth import token_file
 from panray.service import Progress, WorkflowSummary
-from panray.store.base import AttemptRow, AuditRow, DecisionRow, HistoryRow, JobRow, QuantumRow, TaskRow
-from panray.store.base import TransferRow, WorkflowRow
+from panray.store.base import AttemptRow, AuditRow, DecisionRow, ErrorGroupRow, HistoryRow, JobPage, JobQuery, JobRow
+from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
 
 __all__ = ["RemoteService", "resolve_token"]
 
@@ -135,6 +135,22 @@ class RemoteService:
             next_offset = data["next_offset"]
         return out
 
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
+        params = [*(("status", s) for s in query.status), *(
+            (k, v) for k, v in (("label", query.label), ("site", query.site), ("error_class", query.error_class),
+                                ("exit_code", query.exit_code), ("task_id", query.task_id), ("name", query.name),
+                                ("sort", query.sort), ("limit", query.limit), ("offset", query.offset))
+            if v is not None)]
+        data = self._call("GET", f"/workflows/{workflow_id}/job-page", params=params)
+        return JobPage(_table(data, JobRow), list(data["created"]), int(data["total"]))
+
+    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+        return _table(self._get(f"/workflows/{workflow_id}/errors"), ErrorGroupRow)
+
+    def manager_alive(self, workflow_id: int) -> bool | None:
+        alive = self._get(f"/workflows/{workflow_id}/manager")["alive"]
+        return None if alive is None else bool(alive)
+
     def job(self, job_id: int) -> JobRow:
         return JobRow(**self._get(f"/jobs/{job_id}")["job"])
 
@@ -201,6 +217,27 @@ class RemoteService:
 
     def retry(self, who: Identity | None, workflow_id: int) -> None:
         self._call("POST", f"/workflows/{workflow_id}/retry")
+
+    def retry_jobs(self, who: Identity | None, workflow_id: int, *, task_id: int | None = None,
+                   job_ids: Sequence[int] | None = None, memory: int | None = None) -> int:
+        body = {"task_id": task_id, "job_ids": None if job_ids is None else list(job_ids), "memory": memory}
+        return int(self._call("POST", f"/workflows/{workflow_id}/retry-jobs", json=body)["retried"])
+
+    def hold(self, who: Identity | None, workflow_id: int, *, task_id: int | None = None) -> bool:
+        return bool(self._call("POST", f"/workflows/{workflow_id}/hold", json={"task_id": task_id})["reached"])
+
+    def release(self, who: Identity | None, workflow_id: int, *, task_id: int | None = None) -> bool:
+        return bool(self._call("POST", f"/workflows/{workflow_id}/release", json={"task_id": task_id})["reached"])
+
+    def set_priority(self, who: Identity | None, workflow_id: int, priority: int, *, task_id: int | None = None,
+                     job_ids: Sequence[int] | None = None) -> int:
+        body = {"priority": priority, "task_id": task_id, "job_ids": None if job_ids is None else list(job_ids)}
+        return int(self._call("PUT", f"/workflows/{workflow_id}/priority", json=body)["jobs"])
+
+    def held(self, workflow_id: int) -> bool | list[int]:
+        from panray.core.workflow_core import held_of
+
+        return held_of(self.workflow(workflow_id).settings)
 
     def resume(self, who: Identity | None, workflow_ids: Sequence[int] | None = None) -> list[int]:
         body = None if workflow_ids is None else {"workflow_ids": list(workflow_ids)}

@@ -23,18 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from panray.config import Settings
+from panray.core.workflow_core import held_of
 from panray.exceptions import ConflictError, NotFoundError, PanrayError, PermissionDeniedError
 from panray.identity import Identity
 from panray.models import Campaign
 from panray.sites import load_catalog
 from panray.statuses import FINAL_WORKFLOW_STATES
 from panray.store import AuditRow, StateStore, open_store
-from panray.store.base import AttemptRow, DecisionRow, HistoryRow, JobRow, QuantumRow, TaskRow, TransferRow
-from panray.store.base import WorkflowRow
+from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow, JobPage, JobQuery, JobRow
+from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
 from panray.submission import build_campaign
+from panray.validation import INT32_MAX, INT32_MIN
 
 #: Actions on one workflow (or its tasks and jobs): its owner or an operator role.
-OWNER_ACTIONS = frozenset({"cancel", "retry", "resume"})
+OWNER_ACTIONS = frozenset({"cancel", "retry", "resume", "hold", "release", "set-priority"})
 #: Actions on the shared system: operator roles only.
 OPERATOR_ACTIONS = frozenset({"set-site-status", "prompt-notify"})
 #: Actions every authenticated user may take.
@@ -255,6 +257,31 @@ class Service:
              site: str | None = None, limit: int | None = None, offset: int = 0) -> list[JobRow]:
         return self.store.jobs(workflow_id, status=status, label=label, site=site, limit=limit, offset=offset)
 
+    def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
+        """One page of a workflow's jobs matching ``query`` (filters, sort, limit, offset), and the total."""
+        self.workflow(workflow_id)
+        return self.store.job_page(workflow_id, query)
+
+    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+        """Failed attempts grouped by error class, exit code and diagnostic, largest first."""
+        self.workflow(workflow_id)
+        return self.store.error_groups(workflow_id)
+
+    def manager_alive(self, workflow_id: int) -> bool | None:
+        """Whether the workflow's manager answers; None when no cluster runs to ask."""
+        import ray
+
+        if self.running() is None:
+            return None
+        mgr = self._manager(workflow_id)
+        if mgr is None:
+            return False
+        try:
+            ray.get(mgr.progress.remote(), timeout=5)
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            return False
+        return True
+
     def job(self, job_id: int) -> JobRow:
         return self.store.job(job_id)
 
@@ -348,8 +375,7 @@ class Service:
         is a failure for good of those jobs (descendants pruned, the final job still runs) and
         needs the workflow's manager running.
         """
-        parts = ([f"task {task_id}"] if task_id is not None else []) + [f"job {j}" for j in job_ids or ()]
-        with self._action(who, "cancel", " ".join([f"workflow {workflow_id}", *parts])):
+        with self._action(who, "cancel", _target(workflow_id, task_id, job_ids)):
             self._authorize_on(who, "cancel", workflow_id)
             partial = task_id is not None or job_ids is not None
             if partial:
@@ -385,6 +411,82 @@ class Service:
             else:
                 self._start_manager(workflow_id, retry=True, by=who.user)
 
+    def retry_jobs(self, who: Identity, workflow_id: int, *, task_id: int | None = None,
+                   job_ids: Sequence[int] | None = None, memory: int | None = None) -> int:
+        """Rerun now, while the workflow runs (or after it ended), the failed, cancelled and pruned
+        jobs of a task and/or these jobs (neither: all of them), with ``memory`` MB for the new
+        attempts if given; the jobs they pruned run after them and finished jobs never rerun.
+        Returns how many jobs got a new attempt.
+        """
+        import ray
+
+        with self._action(who, "retry", _target(workflow_id, task_id, job_ids)):
+            row = self._authorize_on(who, "retry", workflow_id)
+            if memory is not None and not 0 < memory <= INT32_MAX:
+                raise PanrayError(f"memory {memory}: expected MB from 1 to {INT32_MAX}")
+            if row.cancelled:
+                raise ConflictError(f"workflow {workflow_id} was cancelled; `panray retry {workflow_id}` reruns it "
+                                    "once it has ended")
+            self._check_in_workflow(workflow_id, task_id, job_ids or ())
+            if self.store.quantum_counts(workflow_id):
+                raise ConflictError(f"workflow {workflow_id} is clustered: retry of selected jobs is not supported "
+                                    f"for clustered workflows yet; `panray retry {workflow_id}` reruns every failed "
+                                    "job once it has ended")
+            mgr = self._manager(workflow_id) or self._start_manager(workflow_id, by=who.user)
+            jobs = None if job_ids is None else list(job_ids)
+            return int(ray.get(mgr.rerun.remote(task_id, jobs, memory, by=who.user)))
+
+    def hold(self, who: Identity, workflow_id: int, *, task_id: int | None = None) -> bool:
+        """Broker nothing more of the workflow (or of one task) until released: its queued jobs are
+        taken back, payloads already on a pilot run on. Kept in the store, so a restarted manager
+        holds too; False if no manager is running to apply it now."""
+        with self._action(who, "hold", _target(workflow_id, task_id)):
+            row = self._authorize_on(who, "hold", workflow_id)
+            self._check_in_workflow(workflow_id, task_id, ())
+            held = held_of(row.settings)
+            self.store.set_held(workflow_id, True if task_id is None or held is True else [*held, task_id])
+            mgr = self._manager(workflow_id)
+            if mgr is None:
+                return False
+            mgr.hold.remote(task_id, by=who.user)
+            return True
+
+    def release(self, who: Identity, workflow_id: int, *, task_id: int | None = None) -> bool:
+        """Broker a held workflow (or task) again; False if no manager is running to apply it now."""
+        with self._action(who, "release", _target(workflow_id, task_id)):
+            row = self._authorize_on(who, "release", workflow_id)
+            self._check_in_workflow(workflow_id, task_id, ())
+            held = held_of(row.settings)
+            if task_id is not None and held is True:
+                raise ConflictError(f"workflow {workflow_id} is held as a whole; `panray release {workflow_id}` "
+                                    "releases it")
+            self.store.set_held(workflow_id, [] if task_id is None else [t for t in held if t != task_id])
+            mgr = self._manager(workflow_id)
+            if mgr is None:
+                return False
+            mgr.release.remote(task_id)
+            return True
+
+    def set_priority(self, who: Identity, workflow_id: int, priority: int, *, task_id: int | None = None,
+                     job_ids: Sequence[int] | None = None) -> int:
+        """A new priority for the workflow's jobs (or a task's, or these): its manager brokers
+        higher ones first. Returns how many jobs it applies to."""
+        with self._action(who, "set-priority", f"{_target(workflow_id, task_id, job_ids)} to {priority}"):
+            self._authorize_on(who, "set-priority", workflow_id)
+            if not INT32_MIN <= priority <= INT32_MAX:
+                raise PanrayError(f"priority {priority}: expected an integer from {INT32_MIN} to {INT32_MAX}")
+            self._check_in_workflow(workflow_id, task_id, job_ids or ())
+            jobs = None if job_ids is None else list(job_ids)
+            n = self.store.set_priority(workflow_id, priority, task_id=task_id, job_ids=jobs)
+            mgr = self._manager(workflow_id)
+            if mgr is not None:
+                mgr.set_priority.remote(priority, task_id, jobs)
+            return n
+
+    def held(self, workflow_id: int) -> bool | list[int]:
+        """What of a workflow is held: True (all of it), or the ids of its held tasks."""
+        return held_of(self.workflow(workflow_id).settings)
+
     def resume(self, who: Identity, workflow_ids: Sequence[int] | None = None) -> list[int]:
         """Start managers for the workflows not ended (after a crash), or for these, that ``who`` may act on.
 
@@ -419,6 +521,12 @@ class Service:
             lines = [prompt.format_report(prompt.notify(v, detectors, instrument)) for v in range(visit, visit + visits)]
             prompt.flush(instrument)
             return "\n".join([*lines, prompt.format_stats(prompt.stats(instrument))])
+
+
+def _target(workflow_id: int, task_id: int | None = None, job_ids: Sequence[int] | None = None) -> str:
+    """``workflow 7 task 3 job 12 job 13``: what an action names, for the audit."""
+    parts = ([f"task {task_id}"] if task_id is not None else []) + [f"job {j}" for j in job_ids or ()]
+    return " ".join([f"workflow {workflow_id}", *parts])
 
 
 __all__ = ["Identity", "Service", "WorkflowSummary", "authorize"]

@@ -78,6 +78,11 @@ def retry_by(user: str) -> str:
     return sys.intern(f"retry by {user}")
 
 
+@lru_cache(maxsize=4096)
+def hold_by(user: str) -> str:
+    return sys.intern(f"hold by {user}")
+
+
 @lru_cache(maxsize=65536)
 def prune_from(name: str) -> str:
     return sys.intern(f"prune from {name}")

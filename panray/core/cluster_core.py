@@ -23,6 +23,7 @@ from array import array
 from collections.abc import Iterable, Iterator
 
 from panray.cluster_format import SKIP_ENV
+from panray.exceptions import ConflictError
 from panray.core.messages import Dispatch, Outcome
 from panray.core.workflow_core import (
     ACTIVATED,
@@ -205,6 +206,13 @@ class ClusteredCore(WorkflowCore):
                 self._move(c, DEFINED, t, RELEASED)
                 ready.append(c)
         return ready
+
+    def rerun(self, idxs: Iterable[int] | None, now: float, *, by: str = "",
+              memory: int | None = None) -> tuple[list[int], list[int]]:
+        """Not for clustered workflows yet: a cluster job's quanta end one by one, so which
+        descendants a rerun reopens needs the quanta's graph; ``panray retry`` reruns them all."""
+        raise ConflictError("retry of selected jobs is not supported for clustered workflows yet; "
+                            "`panray retry WF` reruns every failed job once the workflow has ended")
 
     def _reset_failed(self, now: float, cause: str) -> None:
         """A workflow retry reruns every quantum not finished."""

@@ -21,6 +21,7 @@ handler can move a job where.
 
 from __future__ import annotations
 
+import json
 import time
 from array import array
 from collections.abc import Iterable
@@ -52,6 +53,7 @@ from panray.transitions import (
     WORKFLOWS,
     cancel_by,
     follow,
+    hold_by,
     new_attempt,
     prune_from,
     retry_by,
@@ -67,6 +69,12 @@ _STATUS_STR = [s.value for s in JOB_CODES]
 
 
 _DEFAULTS = Settings.model_fields
+
+
+def held_of(settings: str) -> bool | list[int]:
+    """The held part of a workflow's stored settings: True (all), or the ids of held tasks."""
+    held = json.loads(settings or "{}").get("held", [])
+    return True if held is True else list(held or ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +141,11 @@ class WorkflowCore:
         self._dirty_tasks: set[int] = set()
         self.avoid: dict[int, str] = {}  #: job -> the site that just lost it (system error), avoided if possible
         self._adopted: set[int] = set()  #: jobs live pilots still run, learnt by a restarted manager
+        self.priority = array("i", (j.priority for j in jobs))
+        self.n_retries = 0  #: new attempts after a failure since this core started (progress display)
+        held = held_of(wf.settings)
+        self.held_all = held is True  #: the whole workflow is held: nothing is brokered
+        self.held_tasks: set[int] = set() if held is True else {t - self.first_task for t in held}
         self._now = now or time.time()
 
     # -- the one path that changes a status --------------------------------------------------
@@ -324,7 +337,8 @@ class WorkflowCore:
         out = []
         for job_id, attempt in attempts:
             i = job_id - self.first_id
-            ok = 0 <= i < self.n and self.attempt[i] == attempt and self.status[i] in (DEFINED, ASSIGNED, ACTIVATED)
+            ok = (0 <= i < self.n and self.attempt[i] == attempt and self.status[i] in (DEFINED, ASSIGNED, ACTIVATED)
+                  and not self.is_held(i))
             if ok:
                 self._to_sent(i, now)
                 self.pilot[i] = pilot
@@ -445,6 +459,7 @@ class WorkflowCore:
         counts[ended] -= 1
         counts[first] += 1
         self.n_final -= 1
+        self.n_retries += 1
         self.memory[i] = memory
         self.site[i] = self.pilot[i] = None
         self.exit_code[i] = self.error_class[i] = self.diag[i] = None
@@ -500,6 +515,77 @@ class WorkflowCore:
         for i in gone:
             self._prune(i, now, "was cancelled")
         return held, self._final_if_due(now)
+
+    def rerun(self, idxs: Iterable[int] | None, now: float, *, by: str = "",
+              memory: int | None = None) -> tuple[list[int], list[int]]:
+        """Retry by hand while the workflow runs: a new attempt, with a fresh budget (and
+        ``memory`` MB if given), for each of ``idxs`` (None: every job) that failed or was
+        cancelled or pruned; the jobs they pruned are reopened to run after them, and an ended
+        final job runs again last. Finished jobs never rerun, jobs not ended are left alone, and
+        a pruned job stays closed while another ancestor of it stays failed. Returns the jobs
+        given a new attempt (the final job aside) and those ready now.
+        """
+        if self.cancelled:
+            return [], []
+        status, f = self.status, self.final_idx
+        chosen = range(self.n) if idxs is None else idxs
+        roots = sorted({i for i in chosen if status[i] in (FAILED, CANCELLED) and i != f})
+        chosen_closed = [i for i in (range(self.n) if idxs is None else idxs) if status[i] == CLOSED]
+        root_set = set(roots)
+        blockers = [i for i in range(self.n) if status[i] in (FAILED, CANCELLED) and i not in root_set and i != f]
+        blocked = set(self.releaser.descendants(blockers))
+        reopen = {c for c in (*self.releaser.descendants(roots), *chosen_closed)
+                  if status[c] == CLOSED and c != f and c not in blocked}
+        again = sorted(root_set | reopen)
+        if not again:
+            return [], []
+        cause = retry_by(by or "user")
+        if f is not None and status[f] in FINAL_CODES:
+            again.append(f)
+        ready = []
+        for i in again:
+            self.user_failures[i] = self.system_failures[i] = 0
+            self._new_attempt(i, memory if memory is not None and i in root_set else self.memory[i], now, cause,
+                              PENDING)
+            if i in root_set and all(status[p] == FINISHED for p in self.graph.parents(i)):
+                self._move(i, DEFINED, now, RELEASED)
+                ready.append(i)
+        return [i for i in again if i != f], ready
+
+    def is_held(self, i: int) -> bool:
+        """Whether job ``i`` is held back from brokerage (its workflow or its task is held)."""
+        return self.held_all or (bool(self.held_tasks) and self.task_of[i] in self.held_tasks)
+
+    def hold(self, now: float, task_id: int | None = None, *, by: str = "") -> list[int]:
+        """Hold the workflow (or one task): nothing more is brokered and its queued jobs are
+        taken back to ``defined``; payloads already on a pilot run on. Returns the jobs taken back."""
+        if task_id is None:
+            self.held_all = True
+        else:
+            self.held_tasks.add(task_id - self.first_task)
+        cause = hold_by(by or "user")
+        back = [i for i in range(self.n) if self.status[i] in (ASSIGNED, ACTIVATED) and self.is_held(i)]
+        for i in back:
+            self._move(i, DEFINED, now, cause)
+            self.site[i] = None
+        return back
+
+    def release_hold(self, task_id: int | None = None) -> None:
+        """Let the workflow (or one task) be brokered again: the whole workflow, or the task."""
+        if task_id is None:
+            self.held_all = False
+            self.held_tasks.clear()
+        else:
+            self.held_tasks.discard(task_id - self.first_task)
+
+    def held_state(self) -> bool | list[int]:
+        """What is held, as stored: True (the workflow), or the held task ids."""
+        return True if self.held_all else sorted(t + self.first_task for t in self.held_tasks)
+
+    def set_priority(self, idxs: Iterable[int], priority: int) -> None:
+        """A new brokerage priority for these jobs: higher ones are brokered first."""
+        for i in idxs:
+            self.priority[i] = priority
 
     def select(self, task_id: int | None = None, job_ids: Iterable[int] = ()) -> list[int]:
         """Indices of the jobs of a task and of the given job ids (ids not in this workflow are ignored)."""

@@ -42,6 +42,8 @@ from panray.identity import Identity
 from panray.models import Campaign, Workflow
 from panray.server.auth import Authenticator
 from panray.service import Service
+from panray.store.base import ErrorGroupRow, JobQuery, JobRow
+from panray.validation import Int32, PositiveInt32
 
 __all__ = ["API", "MAX_PAGE", "BodyTooLargeError", "InputError", "create_app"]
 
@@ -131,6 +133,28 @@ class CancelRequest(BaseModel):
 
     task_id: int | None = None
     job_ids: list[int] | None = None
+
+
+class RetryJobsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: int | None = None
+    job_ids: list[int] | None = Field(default=None, max_length=MAX_PAGE)
+    memory: PositiveInt32 | None = None  #: MB for the new attempts
+
+
+class HoldRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: int | None = None
+
+
+class PriorityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    priority: Int32
+    task_id: int | None = None
+    job_ids: list[int] | None = Field(default=None, max_length=MAX_PAGE)
 
 
 class ResumeRequest(BaseModel):
@@ -284,6 +308,27 @@ def create_app(service: Service, authenticator: Authenticator, *, max_body: int 
         more = len(page) > limit
         return _json({**rows(page[:limit]), "next_offset": offset + limit if more else None})
 
+    @app.get(f"{API}/workflows/{{workflow_id}}/job-page")
+    async def job_page(who: Who, workflow_id: int, status: Annotated[list[str] | None, Query()] = None,
+                       label: str | None = None, site: str | None = None, error_class: str | None = None,
+                       exit_code: int | None = None, task_id: int | None = None, name: str | None = None,
+                       sort: Literal["idx", "-duration"] = "idx",
+                       limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+                       offset: Annotated[int, Query(ge=0)] = 0) -> Response:
+        """One page of jobs matching the filters, with each job's creation time and the total that match."""
+        query = JobQuery(tuple(status or ()), label, site, error_class, exit_code, task_id, name, sort, limit, offset)
+        page = await call(service.job_page, workflow_id, query)
+        return _json({**rows(page.rows, JobRow._fields), "created": page.created, "total": page.total})
+
+    @app.get(f"{API}/workflows/{{workflow_id}}/errors")
+    async def error_groups(who: Who, workflow_id: int) -> Response:
+        return _json(rows(await call(service.error_groups, workflow_id), ErrorGroupRow._fields))
+
+    @app.get(f"{API}/workflows/{{workflow_id}}/manager")
+    async def manager(who: Who, workflow_id: int) -> Response:
+        await call(service.workflow, workflow_id)
+        return _json({"alive": await call(service.manager_alive, workflow_id)})
+
     @app.get(f"{API}/workflows/{{workflow_id}}/max-pss")
     async def max_pss(who: Who, workflow_id: int) -> Response:
         return _json({str(k): v for k, v in (await call(service.max_pss, workflow_id)).items()})
@@ -330,6 +375,30 @@ def create_app(service: Service, authenticator: Authenticator, *, max_body: int 
     async def retry(who: Who, workflow_id: int) -> Response:
         await call(service.retry, who, workflow_id)
         return _json({"workflow_id": workflow_id})
+
+    @app.post(f"{API}/workflows/{{workflow_id}}/retry-jobs",
+              description="Rerun failed, cancelled and pruned jobs (a task's, these, or all) while the workflow runs.")
+    async def retry_jobs(request: Request, who: Who, workflow_id: int) -> Response:
+        req = await body(request, RetryJobsRequest)
+        n = await call(service.retry_jobs, who, workflow_id, task_id=req.task_id, job_ids=req.job_ids,
+                       memory=req.memory)
+        return _json({"retried": n})
+
+    @app.post(f"{API}/workflows/{{workflow_id}}/hold", description="Broker nothing more of the workflow or task.")
+    async def hold(request: Request, who: Who, workflow_id: int) -> Response:
+        req = await body(request, HoldRequest)
+        return _json({"reached": await call(service.hold, who, workflow_id, task_id=req.task_id)})
+
+    @app.post(f"{API}/workflows/{{workflow_id}}/release", description="Broker a held workflow or task again.")
+    async def release(request: Request, who: Who, workflow_id: int) -> Response:
+        req = await body(request, HoldRequest)
+        return _json({"reached": await call(service.release, who, workflow_id, task_id=req.task_id)})
+
+    @app.put(f"{API}/workflows/{{workflow_id}}/priority", description="Set the priority of jobs; higher first.")
+    async def set_priority(request: Request, who: Who, workflow_id: int) -> Response:
+        req = await body(request, PriorityRequest)
+        n = await call(service.set_priority, who, workflow_id, req.priority, task_id=req.task_id, job_ids=req.job_ids)
+        return _json({"jobs": n})
 
     @app.post(f"{API}/resume")
     async def resume(request: Request, who: Who) -> Response:

@@ -395,6 +395,15 @@ class StateStore(ABC):
         """Mark a workflow as cancelled by hand (or clear the mark on retry)."""
 
     @abstractmethod
+    def set_held(self, workflow_id: int, held: bool | Sequence[int]) -> None:
+        """Record what of a workflow is held back from brokerage: all of it (True), these task ids, or nothing."""
+
+    @abstractmethod
+    def set_priority(self, workflow_id: int, priority: int, *, task_id: int | None = None,
+                     job_ids: Sequence[int] | None = None) -> int:
+        """Set the priority of a workflow's jobs (or a task's, or these); returns how many jobs changed."""
+
+    @abstractmethod
     def load_workflow(self, workflow_id: int) -> WorkflowSnapshot:
         """Everything about one workflow; raises NotFoundError if absent."""
 

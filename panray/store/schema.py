@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import json
 import logging
 import time
 from abc import abstractmethod
@@ -503,6 +504,34 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             )
             if cur.rowcount != 1:
                 raise NotFoundError(f"no workflow {workflow_id} in this store")
+
+    @retried()
+    def set_held(self, workflow_id: int, held: bool | Sequence[int]) -> None:
+        with self._transaction(write=True) as cur:
+            cur.execute(self.dialect.sql("SELECT settings FROM workflows WHERE workflow_id = ?"), (workflow_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"no workflow {workflow_id} in this store")
+            settings = json.loads(row[0] or "{}")
+            settings["held"] = True if held is True else sorted(set(held or ()))
+            cur.execute(self.dialect.sql("UPDATE workflows SET settings = ?, modified = ? WHERE workflow_id = ?"),
+                        (json.dumps(settings), time.time(), workflow_id))
+
+    @retried()
+    def set_priority(self, workflow_id: int, priority: int, *, task_id: int | None = None,
+                     job_ids: Sequence[int] | None = None) -> int:
+        where, params = ["workflow_id = ?"], [workflow_id]
+        if task_id is not None:
+            where.append("task_id = ?")
+            params.append(task_id)
+        with self._transaction(write=True) as cur:
+            if job_ids is None:
+                cur.execute(self.dialect.sql(f"UPDATE jobs SET priority = ? WHERE {' AND '.join(where)}"),
+                            (priority, *params))
+                return int(cur.rowcount)
+            cur.executemany(self.dialect.sql(f"UPDATE jobs SET priority = ? WHERE {' AND '.join(where)} AND job_id = ?"),
+                            [(priority, *params, j) for j in job_ids])
+            return int(cur.rowcount)
 
     def _raise_missing(self, cur: Cursor, table: str, key: str, ids: list[int]) -> None:
         """Name the ids of a batch that the store does not hold (the batch is rolled back)."""
