@@ -81,3 +81,27 @@ def is_function(encoded: str) -> bool:
 
 def decode_function(encoded: str) -> FunctionCall:
     return FunctionCall(*json.loads(bytes.fromhex(encoded[len(_FUNCTION_PREFIX):]).decode()))
+
+
+def describe(encoded: str) -> str:
+    """The payload as a person reads it: the command line shell-quoted (as shown, never run
+    through a shell), the function call, the in-process sleep, or ``(no-op)``.
+
+    Examples:
+        >>> describe(encode_command(["bash", "-c", 'echo "$1"', "x", "a b"]))
+        'bash -c \\'echo "$1"\\' x \\'a b\\''
+    """
+    import shlex
+
+    if not encoded:
+        return "(no-op)"
+    seconds = sleep_seconds(encoded)
+    if seconds is not None:
+        return f"{SLEEP} {seconds:g}"
+    try:
+        if is_function(encoded):
+            call = decode_function(encoded)
+            return f"{call.function}(*{call.args!r}, **{call.kwargs!r})"
+        return shlex.join(decode_command(encoded) or [])
+    except (ValueError, TypeError):  # not written by encode_command: shown, never a reason to fail
+        return f"(not an encoded command: {encoded[:60]!r})"

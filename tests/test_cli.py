@@ -153,3 +153,193 @@ def test_unreachable_ray_address_fails_before_storing(tmp_path: Path) -> None:
                         str(wf)], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and r.stderr.strip() == "panray: error: cannot reach the Ray cluster at 127.0.0.1:1: Connection refused"
     assert _run(tmp_path / "home", "status", "--json").stdout.strip() == "[]"
+
+
+# -- issue 16: listings that scale, triage, control, honest liveness -----------------------------
+
+def _staged(home: Path) -> dict[str, int]:
+    """A workflow run through the core (no Ray) into the home's store: isr:0 finished, isr:1..3 failed
+    opening a file (payload, exit 3), calib:0 out of memory (exit 137), calib:1 pruned, one pending."""
+    import json as _json
+
+    from panray import Campaign, Job, Settings, Workflow
+    from panray.core.cluster_core import make_core
+    from panray.core.messages import Outcome
+    from panray.logging_bridge import attempt_prefix, make_object_store, make_sink
+    from panray.logging_bridge.entries import make_entry
+    from panray.sites import load_catalog
+    from panray.store import open_store
+    from panray.submission import build_campaign
+
+    settings = Settings(home=home)
+    jobs = [Job(name=f"isr:{d}", label="isr", max_attempts=1, inputs=[f"raw_{d}"], environment={"BAND": "r"},
+                tags={"detector": d}, command=["bash", "-c", 'echo "$1"', "x", f"detector {d}"]) for d in range(4)]
+    jobs += [Job(name="calib:0", label="calib", parents=["isr:0"], command=["true"], max_attempts=1),
+             Job(name="calib:1", label="calib", parents=["isr:1"], command=["true"]),
+             Job(name="late", label="late", parents=["calib:0"], command=["true"])]
+    store = open_store(settings.resolved_db_url)
+    store.submit(build_campaign(Campaign(name="c", workflows=[Workflow(name="triage", owner="alice", jobs=jobs)]),
+                                load_catalog()))
+    core = make_core(store.load_workflow(1))
+    ready = core.start(1.0)
+    core.queued(ready, ["USDF"] * len(ready), 1.0)
+
+    def out(i: int, exit_code: int, error: str | None, diag: str | None, t: float) -> Outcome:
+        return Outcome(core.first_id + i, core.attempt[i], "pilot:USDF:0", "USDF", t, t + 1, t + 2 + i, exit_code,
+                       error, diag, None, None)
+
+    ready = core.ended([out(0, 0, None, None, 2.0)] + [
+        out(d, 3, "payload", f"FileNotFoundError: /data/visit_{d}{d}/raw.fits", 2.0) for d in (1, 2, 3)])
+    core.queued(ready, ["FrDF"], 5.0)
+    core.ended([out(4, 137, "memory", "killed: PSS 9000 kB above request 2000 MB", 6.0)])
+    store.apply(core.drain_changes(10.0))
+    store.close()
+    ids = {j.name: core.first_id + j.idx for j in core.rows}
+    sink = make_sink(settings)
+    base = {"PandaJobID": str(ids["isr:1"]), "TaskID": str(core.rows[1].task_id), "attemptNr": 1, "label": "isr"}
+    sink.write([make_entry(_json.dumps({"message": f"line {n}", "levelName": lvl, "timestamp": 1700000000 + n}),
+                           base, "stderr" if lvl == "ERROR" else "stdout")
+                for n, lvl in enumerate(["INFO", "ERROR", "INFO", "ERROR"])])
+    sink.close()
+    (home / "stderr.txt").write_bytes(b"Traceback: boom\n")
+    make_object_store(settings).put(home / "stderr.txt",
+                                    attempt_prefix(1, core.rows[1].task_id, ids["isr:1"], 1) + "payload.stderr")
+    return ids
+
+
+def test_tasks_jobs_filters_and_errors_grouping(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    home = tmp_path / "home"
+    ids = _staged(home)
+    cli = ["--home", str(home)]
+    assert main([*cli, "tasks", "1"]) == 0
+    header, _rule, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["task", "label", "chunk", "status"]
+    assert [r.split()[1] for r in rows] == ["isr", "calib", "late"]
+    assert "failed:3" in rows[0] and "finished:1" in rows[0]
+
+    assert main([*cli, "jobs", "1", "--label", "isr", "--limit", "2", "--offset", "1"]) == 0
+    captured = capsys.readouterr()
+    header, _rule, *rows = captured.out.splitlines()
+    assert "start" in header.split() and "end" in header.split() and "duration" in header.split()
+    assert [r.split()[0] for r in rows] == [str(ids["isr:1"]), str(ids["isr:2"])]
+    assert "2 of 4 jobs from 1; next page: --offset 3" in captured.err
+    assert main([*cli, "jobs", "1", "--error", "memory", "--json"]) == 0
+    [mem] = _json.loads(capsys.readouterr().out)
+    assert (mem["name"], mem["exit_code"]) == ("calib:0", 137)
+    assert main([*cli, "jobs", "1", "--exit-code", "3", "--sort", "duration", "--json"]) == 0
+    assert [j["name"] for j in _json.loads(capsys.readouterr().out)] == ["isr:3", "isr:2", "isr:1"]  # longest first
+    assert main([*cli, "jobs", "1", "--status", "failed", "--site", "FrDF", "--json"]) == 0
+    assert [j["name"] for j in _json.loads(capsys.readouterr().out)] == ["calib:0"]
+
+    assert main([*cli, "errors", "1"]) == 0
+    header, _rule, *rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 2                                            # three paths fold into one cause
+    assert rows[0].split()[:3] == ["3", "payload", "3"] and "FileNotFoundError: <path>" in rows[0]
+    assert rows[1].split()[:3] == ["1", "memory", "137"] and "PSS <n> kB above request <n> MB" in rows[1]
+    assert main([*cli, "errors", "1", "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out)[0]["example_job_id"] == ids["isr:1"]
+
+
+def test_job_decodes_the_command_and_explain_shows_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    ids = _staged(home)
+    assert main(["--home", str(home), "job", str(ids["isr:2"])]) == 0
+    out = capsys.readouterr().out
+    assert "command: bash -c 'echo \"$1\"' x 'detector 2'" in out
+    assert "environment: BAND=r" in out and 'tags: {"detector": 2}' in out
+    assert "1 of 1" in out                                          # attempt n of m
+    assert main(["--home", str(home), "explain", str(ids["isr:2"])]) == 0
+    assert f"job {ids['isr:2']} (isr:2): inputs raw_2; memory" in capsys.readouterr().out
+
+
+def test_logs_severity_tail_columns_and_stored_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    home = tmp_path / "home"
+    ids = _staged(home)
+    job = str(ids["isr:1"])
+    assert main(["--home", str(home), "logs", job]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert main(["--home", str(home), "logs", job, "--severity", "error", "--tail", "1"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    assert line.startswith("2023-11-14T22:13:23")                   # the payload's own timestamp (1700000003)
+    assert f" ERROR    {job} #1 stderr isr: line 3" in line
+    assert main(["--home", str(home), "logs", job, "--file", "payload.stderr"]) == 0
+    assert capsys.readouterr().out == "Traceback: boom\n"
+    assert main(["--home", str(home), "logs", job, "--file", "nope"]) == 2
+    assert "has no stored file 'nope' for attempt latest; stored: payload.stderr" in capsys.readouterr().err
+
+
+def test_hold_release_priority_recorded_without_a_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json as _json
+
+    home = tmp_path / "home"
+    ids = _staged(home)
+    cli = ["--home", str(home)]
+    assert main([*cli, "hold", "1"]) == 0
+    assert capsys.readouterr().out.strip() == "workflow 1: held (recorded; applied when its manager runs)"
+    assert main([*cli, "status", "1", "--json"]) == 0
+    [st] = _json.loads(capsys.readouterr().out)
+    assert st["held"] is True and st["manager_alive"] is None        # no cluster runs to ask
+    assert main([*cli, "release", "1"]) == 0 and main([*cli, "priority", "1", "9", "--job", str(ids["late"])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "workflow 1: priority 9 for 1 jobs"
+    assert main([*cli, "job", str(ids["late"]), "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out)[0]["job"]["priority"] == 9
+
+
+@pytest.mark.parametrize("args", [["tasks", "99"], ["errors", "99"], ["hold", "99"], ["release", "99"],
+                                  ["priority", "99", "1"], ["retry", "99", "--job", "1"], ["jobs", "99", "--limit", "5"],
+                                  ["tasks", "0"]])
+def test_unknown_workflow_is_one_line_and_exit_2_for_every_command(tmp_path: Path, args: list[str],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--home", str(tmp_path / "home"), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"panray: error: no workflow {args[1]} in this store"
+
+
+def test_submit_no_wait_without_a_server_refuses_and_stores_nothing(tmp_path: Path) -> None:
+    wf = tmp_path / "wf.yaml"
+    wf.write_text("name: w\njobs:\n- {name: a, label: x}\n")
+    r = _run(tmp_path / "home", "submit", "--no-wait", str(wf))
+    assert r.returncode == 2 and "start one with `panray serve`" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert _run(tmp_path / "home", "status", "--json").stdout.strip() == "[]"
+
+
+def test_help_has_an_example_for_every_command_and_is_quick(tmp_path: Path) -> None:
+    import time as _time
+
+    from panray.cli import cli
+
+    def leaves(group: object, path: list[str]) -> list[tuple[list[str], object]]:
+        out = []
+        for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+            out += leaves(cmd, [*path, name]) if hasattr(cmd, "commands") else [([*path, name], cmd)]
+        return out
+
+    for path, cmd in leaves(cli, []):
+        assert "Examples:" in (cmd.help or ""), path                  # type: ignore[attr-defined]
+        assert all(p.help for p in cmd.params if p.param_type_name == "option"), path  # type: ignore[attr-defined]
+    t0 = _time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "panray.cli", "--help"], capture_output=True, text=True, timeout=60)
+    elapsed = _time.perf_counter() - t0
+    assert r.returncode == 0 and "Examples:" in r.stdout
+    assert elapsed < 2.0, elapsed                                     # 0.1 s here; generous for a loaded CI
+    comp = subprocess.run([sys.executable, "-m", "panray.cli"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "_PANRAY_COMPLETE": "bash_source"})
+    assert "_PANRAY_COMPLETE" in comp.stdout or comp.returncode == 0
+
+
+def test_progress_is_one_line_per_interval_when_redirected() -> None:
+    import io
+
+    from panray.cli_output import WaitDisplay
+
+    stream = io.StringIO()
+    display = WaitDisplay(stream, tty=False)
+    step = {"workflow_id": 3, "counts": {"finished": 5, "running": 2, "failed": 1}, "total": 10, "retries": 2}
+    for _ in range(50):
+        display(step, False)
+    display({**step, "counts": {"finished": 10}}, True)
+    lines = stream.getvalue().splitlines()
+    assert "\r" not in stream.getvalue() and len(lines) == 2
+    assert "6/10 ended, 2 running, 1 failed, 2 retries" in lines[0] and "elapsed" in lines[0] and "ETA" in lines[0]
+    assert lines[1].startswith("workflow 3 [####################] 10/10 ended")
