@@ -29,9 +29,19 @@ from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow
 from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
 
 if TYPE_CHECKING:
+    from panray.monitor.errors import ErrorSummary
     from panray.remote import RemoteService
+    from panray.sites import Decision
 
 __all__ = ["Panray", "WorkflowHandle", "WorkflowSummary"]
+
+
+def _as_workflow(graph: Any) -> Workflow:
+    import networkx as nx
+
+    if not isinstance(graph, nx.DiGraph):
+        raise PanrayError(f"submit takes a Workflow or a networkx DiGraph, not a {type(graph).__name__}")
+    return Workflow.from_networkx(graph)
 
 
 class WorkflowHandle:
@@ -131,8 +141,11 @@ class Panray:
         """Validate, persist and start every workflow of a campaign; returns workflow ids."""
         return self._backend.submit_campaign(self.identity, campaign)  # type: ignore[arg-type]
 
-    def submit(self, workflow: Workflow) -> list[int]:
-        """Submit one workflow as its own campaign."""
+    def submit(self, workflow: Workflow | Any) -> list[int]:
+        """Submit one workflow as its own campaign; a networkx DiGraph is taken as
+        :meth:`Workflow.from_networkx` reads it (node attributes as job fields)."""
+        if not isinstance(workflow, Workflow):
+            workflow = _as_workflow(workflow)
         return self.submit_campaign(Campaign(name=workflow.name, owner=workflow.owner, workflows=[workflow]))
 
     # -- follow ------------------------------------------------------------------------------
@@ -164,6 +177,23 @@ class Panray:
     def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
         """Failed attempts grouped by error class, exit code and diagnostic, largest first."""
         return self._backend.error_groups(workflow_id)
+
+    def errors(self, workflow_id: int) -> list[ErrorSummary]:
+        """The error summary: failed attempts grouped by error class, exit code and normalised
+        diagnostic (numbers, ids and paths replaced), largest first, each with an example job."""
+        from panray.monitor.errors import summarise
+
+        return summarise(self.error_groups(workflow_id))
+
+    def explain(self, job_id: int) -> list[Decision]:
+        """Brokerage's explained choices for a job, oldest first: the candidates with their
+        weights and the filtered sites with their reasons (``panray.sites.format_explanation``)."""
+        import json
+
+        from panray.sites import Decision
+
+        self.job(job_id)
+        return [Decision.from_dict(json.loads(r.decision)) for r in self.decisions(job_id)]
 
     def manager_alive(self, workflow_id: int) -> bool | None:
         """Whether the workflow's manager answers (None: no cluster runs to ask)."""

@@ -117,10 +117,23 @@ class Settings(BoundaryModel):
         """Outside the home, so that no payload's work dir leads to a secret."""
         return self.payload_dir or self.home.with_name(self.home.name + "-work")
 
+    def __init__(self, /, **data: Any) -> None:
+        """``Settings(home=...)``: the given keys, then ``PANRAY_CONFIG``'s file and ``PANRAY_*``
+        variables for the others, as :meth:`load` and ``Panray()`` read them."""
+        sources, _ = self._sources(None, os.environ)
+        super().__init__(**{**sources, **data})
+
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def load(cls, path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
         """Defaults < the YAML file (``path`` or ``PANRAY_CONFIG``) < ``PANRAY_<KEY>`` variables."""
-        env = os.environ if env is None else env
+        data, source = cls._sources(path, os.environ if env is None else env)
+        return cls.model_validate(data, source=f"settings ({source})")
+
+    @classmethod
+    def _sources(cls, path: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, object], str]:
+        """The settings the file and the variables give, and where they come from."""
         data: dict[str, object] = {}
         path = path or env.get("PANRAY_CONFIG")
         if path:
@@ -135,5 +148,4 @@ class Settings(BoundaryModel):
                 data[key] = env[name]
         if "PANRAY_DB" in env:
             data["db_url"] = env["PANRAY_DB"]
-        source = f"{path} and environment" if path else "environment"
-        return cls.model_validate(data, source=f"settings ({source})")
+        return data, f"{path} and environment" if path else "environment"

@@ -176,6 +176,45 @@ class Workflow(BoundaryModel):
                                  + " by itself, so give it none")
         return self
 
+    @classmethod
+    def from_networkx(cls, graph: Any, *, name: str | None = None, **fields: Any) -> Workflow:
+        """See :func:`workflow_from_networkx`."""
+        return workflow_from_networkx(graph, name=name, **fields)
+
+    def to_networkx(self) -> Any:
+        """See :func:`workflow_to_networkx`."""
+        return workflow_to_networkx(self)
+
+
+def workflow_from_networkx(graph: Any, *, name: str | None = None, **fields: Any) -> Workflow:
+    """A workflow from a networkx DiGraph: each node a job named after it, its attributes job
+    fields (``label`` at least), each edge parent -> child; ``fields`` (and the graph's ``name``
+    attribute) the workflow's own. bps hands panray such graphs; Ray/networkx users hold DAGs in one.
+
+    Examples:
+        >>> import networkx as nx
+        >>> g = nx.DiGraph(name="mini")
+        >>> g.add_node("isr:0", label="isr", command=["true"]); g.add_node("calib", label="calib")
+        >>> g.add_edge("isr:0", "calib")
+        >>> [(j.name, j.parents) for j in workflow_from_networkx(g).jobs]
+        [('isr:0', []), ('calib', ['isr:0'])]
+    """
+    jobs = [Job(**{**attrs, "name": str(node), "parents": [str(p) for p in graph.predecessors(node)]})
+            for node, attrs in graph.nodes(data=True)]
+    return Workflow(name=name or graph.graph.get("name") or "workflow", jobs=jobs, **fields)
+
+
+def workflow_to_networkx(workflow: Workflow) -> Any:
+    """The workflow's jobs as a networkx DiGraph (node attributes: the job fields set), the inverse
+    of :func:`workflow_from_networkx`; the init and final jobs are left out (they have no edges)."""
+    import networkx as nx
+
+    graph = nx.DiGraph(name=workflow.name)
+    for job in workflow.jobs:
+        graph.add_node(job.name, **job.model_dump(exclude={"name", "parents"}, exclude_unset=True))
+    graph.add_edges_from((p, job.name) for job in workflow.jobs for p in job.parents)
+    return graph
+
 
 class Campaign(BoundaryModel):
     """A set of workflows submitted and followed together."""
