@@ -149,17 +149,72 @@ def serve(settings: Settings) -> int:
 
 
 def stop_server(settings: Settings, timeout: float = 120.0) -> int:
-    """SIGTERM the server of this home and wait until its process has ended."""
+    """SIGTERM the server of this home and wait until its process has ended.
+
+    Work still running is named first (its payloads end with the server), and once the server
+    is gone the store is brought to what a restarted manager would find: jobs that were on
+    pilots failed as system errors and retried, queued ones back to wait, so ``panray resume``
+    (after the next ``panray serve``) runs them on and the store no longer says ``running``.
+    """
+    from panray.store import open_store
+
     info = server_info(settings)
     if info is None:
         print(f"no panray server runs in {settings.home}", file=sys.stderr)
         return 1
-    pid = int(info["pid"])
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid, info.get("started")):
-        if time.monotonic() > deadline:
-            raise PanrayError(f"panray server pid {pid} still runs {timeout:.0f} s after SIGTERM")
-        time.sleep(0.2)
-    print(f"panray server pid {pid} stopped")
+    store = open_store(settings.resolved_db_url)
+    try:
+        warning = running_work(store)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        pid = int(info["pid"])
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid, info.get("started")):
+            if time.monotonic() > deadline:
+                raise PanrayError(f"panray server pid {pid} still runs {timeout:.0f} s after SIGTERM")
+            time.sleep(0.2)
+        print(f"panray server pid {pid} stopped")
+        settled = settle(store)
+        if settled:
+            print(f"stored workflows {', '.join(map(str, settled))} as interrupted: `panray resume` after the next "
+                  "`panray serve` runs them on")
+    finally:
+        store.close()
     return 0
+
+
+def running_work(store: Any) -> str:
+    """What stopping would interrupt, in one line ("" if nothing runs)."""
+    from panray.statuses import HELD_BY_PILOT
+
+    active = store.workflows(active_only=True)
+    if not active:
+        return ""
+    held = {s.value for s in HELD_BY_PILOT}
+    on_pilots = sum(n for w in active for counts in store.job_counts(w.workflow_id).values()
+                    for s, n in counts.items() if s in held)
+    return (f"workflows {', '.join(str(w.workflow_id) for w in active)} are not finished ({on_pilots} jobs on "
+            "pilots): their payloads end with the server; their jobs are stored back to wait (the interrupted "
+            "ones as system errors, not counted against max_attempts) and nothing finished is lost")
+
+
+def settle(store: Any, now: float | None = None) -> list[int]:
+    """After the server stopped: store every unfinished workflow as its restarted manager would
+    (:meth:`WorkflowCore.start`); returns the workflows changed."""
+    from panray.core.cluster_core import make_core
+    from panray.statuses import HELD_BY_PILOT, JobStatus
+
+    now = time.time() if now is None else now
+    placed = {s.value for s in HELD_BY_PILOT} | {JobStatus.ASSIGNED.value, JobStatus.ACTIVATED.value}
+    changed = []
+    for w in store.workflows(active_only=True):
+        if not any(s in placed for counts in store.job_counts(w.workflow_id).values() for s in counts):
+            continue  # nothing of it was on a pilot or in a queue: its manager starts it as it is
+        core = make_core(store.load_workflow(w.workflow_id))
+        core.start(now)
+        batch = core.drain_changes(now)
+        if batch.jobs:
+            store.apply(batch)
+            changed.append(w.workflow_id)
+    return changed

@@ -343,3 +343,32 @@ def test_progress_is_one_line_per_interval_when_redirected() -> None:
     assert "\r" not in stream.getvalue() and len(lines) == 2
     assert "6/10 ended, 2 running, 1 failed, 2 retries" in lines[0] and "elapsed" in lines[0] and "ETA" in lines[0]
     assert lines[1].startswith("workflow 3 [####################] 10/10 ended")
+
+
+def test_serve_stop_names_running_work_and_stores_it_back(tmp_path: Path) -> None:
+    from panray import Campaign, Job, Workflow
+    from panray.core.cluster_core import make_core
+    from panray.core.messages import Started
+    from panray.serve import running_work, settle
+    from panray.sites import load_catalog
+    from panray.store import open_store
+    from panray.submission import build_campaign
+
+    store = open_store(f"sqlite://{tmp_path}/s.db")
+    wf = Workflow(name="w", jobs=[Job(name="a", label="isr", command=["true"]), Job(name="b", label="isr"),
+                                  Job(name="c", label="calib", parents=["a"])])
+    store.submit(build_campaign(Campaign(name="c", workflows=[wf]), load_catalog()))
+    assert running_work(store).startswith("workflows 1 are not finished (0 jobs on pilots)")
+    assert settle(store) == []                                   # nothing placed yet: left as it is
+    core = make_core(store.load_workflow(1))
+    core.queued(core.start(1.0), ["USDF", "UKDF"], 1.0)
+    core.claim("pilot:USDF:0", [(core.first_id, 1)], 2.0)
+    core.started([Started(core.first_id, 1, "pilot:USDF:0", 2.0, 2.5)])
+    store.apply(core.drain_changes(3.0))
+    assert "(1 jobs on pilots)" in running_work(store)
+    assert settle(store, now=10.0) == [1]
+    a, b, c = store.jobs(1)
+    assert (a.status, a.attempt_nr, b.status, c.status) == ("defined", 2, "defined", "pending")
+    assert [h.cause for h in store.history(a.job_id)][-2:] == ["control plane restarted", "retry rule"]
+    assert a.error_class is None and store.attempts(a.job_id)[-1].diag.startswith("lost: the control plane restarted")
+    store.close()
