@@ -63,7 +63,7 @@ class Job(BoundaryModel):
     retry_unless_exit: list[ExitCode] = Field(default_factory=lambda: list(DEFAULT_RETRY_UNLESS_EXIT))
     site: Label | None = Field(default=None, description="pin to this site")
     queue: Label | None = Field(default=None, description="recorded, not used by brokerage yet")
-    priority: Int32 = Field(default=0, description="recorded, not used by brokerage yet")
+    priority: Int32 = Field(default=0, description="the workflow's manager brokers higher ones first")
     inputs: list[Name] = Field(default_factory=list, description="input dataset names")
     outputs: list[Name] = Field(default_factory=list, description="output dataset names")
     tags: dict[str, Any] = Field(default_factory=dict, description="e.g. the data ID; plain JSON")
