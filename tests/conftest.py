@@ -162,6 +162,16 @@ def remote_pr(http_server: HttpServer, server_settings: Settings) -> Iterator[Pa
     session.close()
 
 
+@pytest.fixture(params=["sqlite", "postgres", "remote"])
+def pr_or_remote(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
+    """Each test embedded on both backends, and as a client of a server over HTTP (SQLite behind it)."""
+    if request.param == "remote":
+        yield request.getfixturevalue("remote_pr")
+        return
+    with fresh_store(request.param, request, tmp_path) as url, embedded_session(url, panray_home) as session:
+        yield session
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """test_prompt.py runs last: it replaces the session's Ray with a one-node cluster of its own,
     which ends the session cluster's actors (their owner, this process, leaves it)."""

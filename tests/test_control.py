@@ -4,11 +4,9 @@ finished one), hold/release, priority; embedded on both backends and over HTTP."
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import embedded_session, fresh_store
 
 from panray import Job, Panray, Workflow
 from panray.exceptions import ConflictError, NotFoundError, PermissionDeniedError
@@ -22,13 +20,9 @@ GATED = 'for i in $(seq 1200); do [ -e "$1" ] && exit 0; sleep 0.1; done; exit 5
 FIXABLE = 'echo run >> "$2"; [ -e "$1" ] || exit 3'
 
 
-@pytest.fixture(params=["sqlite", "postgres", "remote"])
-def pr(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
-    if request.param == "remote":
-        yield request.getfixturevalue("remote_pr")
-        return
-    with fresh_store(request.param, request, tmp_path) as url, embedded_session(url, panray_home) as session:
-        yield session
+@pytest.fixture
+def pr(pr_or_remote: Panray) -> Panray:
+    return pr_or_remote
 
 
 def _workflow(tmp: Path) -> Workflow:

@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import embedded_session, fresh_store
 
 from panray import Job, Panray, Workflow
 from panray.dag import drp
 
 
-@pytest.fixture(params=["sqlite", "postgres", "remote"])
-def pr(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray, panray_home: Path) -> Iterator[Panray]:
-    """Each test embedded on both backends, and as a client of a server over HTTP (SQLite behind it)."""
-    if request.param == "remote":
-        yield request.getfixturevalue("remote_pr")
-        return
-    with fresh_store(request.param, request, tmp_path) as url, embedded_session(url, panray_home) as session:
-        yield session
+@pytest.fixture
+def pr(pr_or_remote: Panray) -> Panray:
+    """Each test embedded on both backends, and as a client of a server over HTTP (conftest.py)."""
+    return pr_or_remote
 
 
 from helpers import wait_for as _wait_for
