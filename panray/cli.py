@@ -300,8 +300,10 @@ def _page_pss(pr: Panray, rows: Sequence[Any]) -> dict[int, int]:
 
 
 def _attempt(j: Any) -> str:
-    """``n of m``: the attempt the retry rules count against ``max_attempts``, never above it."""
-    return f"{min(j.attempt_nr, j.max_attempts)} of {j.max_attempts}" + ("+" if j.attempt_nr > j.max_attempts else "")
+    """``n of m``; past ``max_attempts`` (system errors, requeues and retries by hand do not use the
+    budget) ``n (max m)``, never the misleading ``9 of 3``."""
+    return f"{j.attempt_nr} of {j.max_attempts}" if j.attempt_nr <= j.max_attempts else \
+        f"{j.attempt_nr} (max {j.max_attempts})"
 
 
 def _duration(j: Any) -> str:

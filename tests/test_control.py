@@ -11,6 +11,7 @@ import pytest
 from panray import Job, Panray, Workflow
 from panray.exceptions import ConflictError, NotFoundError, PermissionDeniedError
 from panray.identity import Identity
+from panray.store import StateStore
 
 from helpers import wait_for
 
@@ -88,3 +89,24 @@ def test_control_refuses_strangers_unknown_ids_and_bad_values(cluster: Panray) -
     with pytest.raises(ConflictError, match="held as a whole"):
         cluster.hold(wf) and cluster.release(wf, task_id=cluster.tasks(wf)[0].task_id)
     assert [a.action for a in svc.audit(limit=3)] == ["release", "hold", "set-priority"]
+
+
+def test_store_keeps_holds_and_priorities(store: StateStore) -> None:
+    from panray.core.workflow_core import held_of
+    from panray.sites import load_catalog
+    from panray.submission import build_campaign
+    from panray.models import Campaign
+
+    wf = Workflow(name="w", jobs=[Job(name="a", label="isr"), Job(name="b", label="calib", parents=["a"])])
+    [sub] = store.submit(build_campaign(Campaign(name="c", workflows=[wf]), load_catalog())).workflows
+    assert held_of(store.workflow(sub.workflow_id).settings) == []
+    store.set_held(sub.workflow_id, [sub.first_task_id + 1, sub.first_task_id + 1])
+    assert held_of(store.workflow(sub.workflow_id).settings) == [sub.first_task_id + 1]
+    store.set_held(sub.workflow_id, True)
+    assert held_of(store.load_workflow(sub.workflow_id).workflow.settings) is True
+    assert store.set_priority(sub.workflow_id, 5) == 2
+    assert store.set_priority(sub.workflow_id, -3, task_id=sub.first_task_id + 1) == 1
+    assert store.set_priority(sub.workflow_id, 8, job_ids=[sub.first_job_id]) == 1
+    assert [j.priority for j in store.jobs(sub.workflow_id)] == [8, -3]
+    with pytest.raises(NotFoundError, match="no workflow 999 in this store"):
+        store.set_held(999, True)
