@@ -154,6 +154,10 @@ class Panray:
         """Monitor rows from the state store (the source of truth), newest first."""
         return self._backend.status(workflow_id)
 
+    def workflow(self, workflow_id: int) -> WorkflowRow:
+        """One workflow's row (no job counts); ``NotFoundError`` if the store has none."""
+        return self._backend.workflow(workflow_id)
+
     def workflows(self, *, active_only: bool = False) -> list[WorkflowRow]:
         return self._backend.workflows(active_only=active_only)
 

@@ -268,7 +268,7 @@ def jobs(pr: Panray, workflow: int, status: tuple[str, ...], label: str | None, 
          as_json: bool) -> int:
     from panray import monitor
 
-    pr.status(workflow)  # an unknown workflow is an error, not an empty table
+    pr.workflow(workflow)  # an unknown workflow is an error, not an empty table
     if quanta:
         rows = [q for q in pr.quanta(workflow) if not status or q.status in status]
         print(monitor.to_json(rows) if as_json else monitor.quanta_table(rows))
@@ -421,7 +421,7 @@ def _scope(task: int | None, job_ids: Sequence[int]) -> str:
 @click.option("--job", "job_ids", type=JOB, multiple=True, help="cancel only these jobs (repeatable)")
 @session
 def cancel(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...]) -> int:
-    pr.status(workflow)
+    pr.workflow(workflow)
     reached = pr.cancel(workflow, task_id=task, job_ids=list(job_ids) if job_ids else None)
     if task is None and not job_ids:
         print(f"workflow {workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
