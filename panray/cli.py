@@ -104,6 +104,11 @@ def _json_out(rows: Any) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 
 
+def _said(as_json: bool, text: str, **record: Any) -> None:
+    """What a control command did: one line of text, or with ``--json`` the record."""
+    print(json.dumps(record) if as_json else text)
+
+
 @click.group(context_settings=CONTEXT, help=(__doc__ or "").split("\n\n")[0] + _example(
     "panray submit campaign.yaml", "panray status", "panray jobs 7 --status failed --limit 20",
     "panray errors 7", "panray retry 7 --job 120 --memory 8000"))
@@ -419,10 +424,14 @@ def _scope(task: int | None, job_ids: Sequence[int]) -> str:
 @click.argument("workflow", type=WORKFLOW)
 @click.option("--task", type=TASK, help="cancel only this task's jobs")
 @click.option("--job", "job_ids", type=JOB, multiple=True, help="cancel only these jobs (repeatable)")
+@json_option
 @session
-def cancel(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...]) -> int:
+def cancel(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...], as_json: bool) -> int:
     pr.workflow(workflow)
     reached = pr.cancel(workflow, task_id=task, job_ids=list(job_ids) if job_ids else None)
+    if as_json:
+        _said(True, "", workflow_id=workflow, task_id=task, job_ids=list(job_ids), reached=reached)
+        return 0 if reached or (task is None and not job_ids) else 1
     if task is None and not job_ids:
         print(f"workflow {workflow}: cancel " + ("sent to its manager" if reached else "recorded (no manager running)"))
         return 0
@@ -461,11 +470,13 @@ def retry(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...],
              "jobs go on." + _example("panray hold 7", "panray hold 7 --task 12", "panray release 7"))
 @click.argument("workflow", type=WORKFLOW)
 @click.option("--task", type=TASK, help="hold only this task")
+@json_option
 @session
-def hold(pr: Panray, workflow: int, task: int | None) -> int:
+def hold(pr: Panray, workflow: int, task: int | None, as_json: bool) -> int:
     reached = pr.hold(workflow, task_id=task)
     what = f"task {task} of workflow {workflow}" if task is not None else f"workflow {workflow}"
-    print(f"{what}: held" + ("" if reached else " (recorded; applied when its manager runs)"))
+    _said(as_json, f"{what}: held" + ("" if reached else " (recorded; applied when its manager runs)"),
+          workflow_id=workflow, task_id=task, held=pr.held(workflow), reached=reached)
     return 0
 
 
@@ -473,11 +484,13 @@ def hold(pr: Panray, workflow: int, task: int | None) -> int:
     "panray release 7", "panray release 7 --task 12"))
 @click.argument("workflow", type=WORKFLOW)
 @click.option("--task", type=TASK, help="release only this task")
+@json_option
 @session
-def release(pr: Panray, workflow: int, task: int | None) -> int:
+def release(pr: Panray, workflow: int, task: int | None, as_json: bool) -> int:
     reached = pr.release(workflow, task_id=task)
     what = f"task {task} of workflow {workflow}" if task is not None else f"workflow {workflow}"
-    print(f"{what}: released" + ("" if reached else " (recorded; applied when its manager runs)"))
+    _said(as_json, f"{what}: released" + ("" if reached else " (recorded; applied when its manager runs)"),
+          workflow_id=workflow, task_id=task, held=pr.held(workflow), reached=reached)
     return 0
 
 
@@ -487,10 +500,11 @@ def release(pr: Panray, workflow: int, task: int | None) -> int:
 @click.argument("value", type=click.IntRange(-(2**31), 2**31 - 1))
 @click.option("--task", type=TASK, help="only this task's jobs")
 @click.option("--job", "job_ids", type=JOB, multiple=True, help="only these jobs (repeatable)")
+@json_option
 @session
-def priority(pr: Panray, workflow: int, value: int, task: int | None, job_ids: tuple[int, ...]) -> int:
+def priority(pr: Panray, workflow: int, value: int, task: int | None, job_ids: tuple[int, ...], as_json: bool) -> int:
     n = pr.set_priority(workflow, value, task_id=task, job_ids=list(job_ids) if job_ids else None)
-    print(f"workflow {workflow}: priority {value} for {n} jobs")
+    _said(as_json, f"workflow {workflow}: priority {value} for {n} jobs", workflow_id=workflow, priority=value, jobs=n)
     return 0
 
 
@@ -557,16 +571,18 @@ def _at_least(level: str | None) -> Callable[[dict[str, Any]], bool]:
               help="only lines of this severity or above")
 @click.option("--tail", type=click.IntRange(1), help="only the last N lines")
 @click.option("--follow", is_flag=True, help="print new lines as they arrive until the job ends or its manager is gone")
+@click.option("--json", "as_json", is_flag=True, help="print the entries as JSON (not with --follow)")
 @session
 def logs(pr: Panray, job_id: int | None, attempt: int | None, task: int | None, grep: str | None, files: bool,
-         file_name: str | None, source: str, severity: str | None, tail: int | None, follow: bool) -> int:
+         file_name: str | None, source: str, severity: str | None, tail: int | None, follow: bool,
+         as_json: bool) -> int:
     if files or file_name:
         if job_id is None:
             raise PanrayError(f"{'--files' if files else '--file'} needs a JOB")
         keys = pr.log_files(job_id, attempt)
         if files:
-            for key in keys:
-                print(key)
+            for line in [json.dumps(keys)] if as_json else keys:
+                print(line)
             return 0
         return _print_file(pr, job_id, attempt, keys, file_name or "")
     if job_id is None and task is None:
@@ -589,8 +605,11 @@ def logs(pr: Panray, job_id: int | None, attempt: int | None, task: int | None, 
             dropped += int(e[DROPPED_FIELD])
         elif keep(e):
             shown.append(e)
-    for e in shown[-tail:] if tail else shown:
-        _print_entry(e)
+    if as_json:
+        print(json.dumps(shown[-tail:] if tail else shown, indent=2, default=str))
+    else:
+        for e in shown[-tail:] if tail else shown:
+            _print_entry(e)
     if dropped:
         print(f"panray: note: {dropped} log lines were dropped by a pilot's full log spool "
               "(log_spool_bytes) and never reached the log service", file=sys.stderr)
@@ -677,10 +696,12 @@ def site_list(pr: Panray, as_json: bool) -> int:
               "across restarts." + _example("panray site set-status UKDF offline"))
 @click.argument("name", metavar="SITE")
 @click.argument("new_status", metavar="STATUS", type=click.Choice(["online", "brokeroff", "offline"]))
+@json_option
 @session
-def site_status(pr: Panray, name: str, new_status: str) -> int:
+def site_status(pr: Panray, name: str, new_status: str, as_json: bool) -> int:
     applied = pr.set_site_status(name, new_status)
-    print(f"site {name}: {new_status}" + ("" if applied else " (recorded; applied when the cluster starts)"))
+    _said(as_json, f"site {name}: {new_status}" + ("" if applied else " (recorded; applied when the cluster starts)"),
+          site=name, status=new_status, applied=applied)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -264,6 +265,10 @@ def test_logs_severity_tail_columns_and_stored_files(tmp_path: Path, capsys: pyt
     [line] = capsys.readouterr().out.splitlines()
     assert line.startswith("2023-11-14T22:13:23")                   # the payload's own timestamp (1700000003)
     assert f" ERROR    {job} #1 stderr isr: line 3" in line
+    assert main(["--home", str(home), "logs", job, "--severity", "ERROR", "--json"]) == 0
+    assert [e["message"] for e in json.loads(capsys.readouterr().out)] == ["line 1", "line 3"]
+    assert main(["--home", str(home), "logs", job, "--files", "--json"]) == 0
+    assert [k.rsplit("/", 1)[-1] for k in json.loads(capsys.readouterr().out)] == ["payload.stderr"]
     assert main(["--home", str(home), "logs", job, "--file", "payload.stderr"]) == 0
     assert capsys.readouterr().out == "Traceback: boom\n"
     assert main(["--home", str(home), "logs", job, "--file", "nope"]) == 2
@@ -281,8 +286,13 @@ def test_hold_release_priority_recorded_without_a_cluster(tmp_path: Path, capsys
     assert main([*cli, "status", "1", "--json"]) == 0
     [st] = _json.loads(capsys.readouterr().out)
     assert st["held"] is True and st["manager_alive"] is None        # no cluster runs to ask
+    assert main([*cli, "hold", "1", "--task", "2", "--json"]) == 0
+    assert _json.loads(capsys.readouterr().out) == {"workflow_id": 1, "task_id": 2, "held": True, "reached": False}
     assert main([*cli, "release", "1"]) == 0 and main([*cli, "priority", "1", "9", "--job", str(ids["late"])]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "workflow 1: priority 9 for 1 jobs"
+    assert main([*cli, "hold", "1", "--task", "2"]) == 0 and main([*cli, "tasks", "1"]) == 0
+    rows = capsys.readouterr().out.splitlines()[3:]
+    assert [r.split()[0] for r in rows if " yes " in r] == ["2"]            # only task 2 held
     assert main([*cli, "job", str(ids["late"]), "--json"]) == 0
     assert _json.loads(capsys.readouterr().out)[0]["job"]["priority"] == 9
 
