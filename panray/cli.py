@@ -127,6 +127,14 @@ def cli(ctx: click.Context, config: str | None, db: str | None, home: str | None
 # -- submit and wait -----------------------------------------------------------------------------
 
 
+def _no_wait_needs_a_server(pr: Panray, no_wait: bool, command: str, untouched: str) -> None:
+    """Refuse ``--no-wait`` when nothing would outlive this process: an embedded cluster ends with
+    it, and the workflow would stay where it is for good."""
+    if no_wait and not pr.remote and pr.running() is None:
+        raise PanrayError(f"--no-wait needs a running panray: start one with `panray serve` (or {command} without "
+                          f"--no-wait); nothing was {untouched}")
+
+
 def _run_and_show(pr: Panray, ids: list[int], wait: bool) -> int:
     if not wait:
         print(" ".join(map(str, ids)))
@@ -167,9 +175,7 @@ def submit(pr: Panray, file: str, no_wait: bool) -> int:
     from panray.models import load_campaign_file
 
     campaign = load_campaign_file(file, max_jobs=pr.settings.max_workflow_jobs)
-    if no_wait and not pr.remote and pr.running() is None:
-        raise PanrayError("--no-wait needs a running panray: start one with `panray serve` (or submit without "
-                          "--no-wait); nothing was stored")
+    _no_wait_needs_a_server(pr, no_wait, "submit", "stored")
     ids = pr.submit_campaign(campaign)
     return _run_and_show(pr, ids, wait=not no_wait)
 
@@ -455,6 +461,8 @@ def cancel(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...]
 @session
 def retry(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...], memory: int | None, running: bool,
           no_wait: bool) -> int:
+    pr.workflow(workflow)
+    _no_wait_needs_a_server(pr, no_wait, "retry", "changed")
     if task is None and not job_ids and memory is None and not running:
         pr.retry(workflow)
         print(f"workflow {workflow}: rerunning failed, cancelled and pruned jobs")
@@ -513,6 +521,7 @@ def priority(pr: Panray, workflow: int, value: int, task: int | None, job_ids: t
 @click.option("--no-wait", is_flag=True, help="return once the managers are started")
 @session
 def resume(pr: Panray, no_wait: bool) -> int:
+    _no_wait_needs_a_server(pr, no_wait, "resume", "changed")
     ids = pr.resume()
     if not ids:
         print("no workflow to resume")

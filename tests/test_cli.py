@@ -312,6 +312,11 @@ def test_submit_no_wait_without_a_server_refuses_and_stores_nothing(tmp_path: Pa
     r = _run(tmp_path / "home", "submit", "--no-wait", str(wf))
     assert r.returncode == 2 and "start one with `panray serve`" in r.stderr and len(r.stderr.splitlines()) == 1
     assert _run(tmp_path / "home", "status", "--json").stdout.strip() == "[]"
+    _staged(tmp_path / "home2")
+    r = _run(tmp_path / "home2", "retry", "1", "--job", "2", "--no-wait")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "panray: error: --no-wait needs a running panray: start one with `panray serve` (or retry without --no-wait); "
+        "nothing was changed")
 
 
 def test_help_has_an_example_for_every_command_and_is_quick(tmp_path: Path) -> None:
