@@ -67,6 +67,16 @@ def test_rerun_keeps_a_pruned_job_closed_while_another_ancestor_stays_failed() -
     assert core.done                                      # r would wait forever for q: it stays closed
 
 
+def test_rerun_skips_a_job_cancelled_below_one_that_failed_for_good_since() -> None:
+    core = _core()
+    a, b = 0, 1
+    core.start(0.0)
+    core.cancel(1.0, [b], by="alice")                     # b cancelled while it waits for a
+    _end(core, [a], 2.0, error="payload")                 # then a fails for good
+    assert core.rerun(core.select(job_ids=[core.first_id + b]), 3.0) == ([], [])   # b would wait forever
+    assert _st(core, b) == "cancelled"
+
+
 def test_rerun_leaves_jobs_not_ended_alone() -> None:
     core = _core()
     core.start(0.0)

@@ -534,6 +534,8 @@ class WorkflowCore:
         root_set = set(roots)
         blockers = [i for i in range(self.n) if status[i] in (FAILED, CANCELLED) and i not in root_set and i != f]
         blocked = set(self.releaser.descendants(blockers))
+        roots = [i for i in roots if i not in blocked]  # cancelled while waiting on what failed for good since
+        root_set = set(roots)
         reopen = {c for c in (*self.releaser.descendants(roots), *chosen_closed)
                   if status[c] == CLOSED and c != f and c not in blocked}
         again = sorted(root_set | reopen)
