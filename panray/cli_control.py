@@ -86,11 +86,7 @@ def retry(pr: Panray, workflow: int, task: int | None, job_ids: tuple[int, ...],
 @json_option
 @session
 def hold(pr: Panray, workflow: int, task: int | None, as_json: bool) -> int:
-    reached = pr.hold(workflow, task_id=task)
-    what = f"task {task} of workflow {workflow}" if task is not None else f"workflow {workflow}"
-    said(as_json, f"{what}: held" + ("" if reached else " (recorded; applied when its manager runs)"),
-          workflow_id=workflow, task_id=task, held=pr.held(workflow), reached=reached)
-    return 0
+    return _hold(pr, workflow, task, as_json, hold=True)
 
 
 @click.command(help="Release a held workflow (or task): its jobs are brokered again." + example(
@@ -100,10 +96,15 @@ def hold(pr: Panray, workflow: int, task: int | None, as_json: bool) -> int:
 @json_option
 @session
 def release(pr: Panray, workflow: int, task: int | None, as_json: bool) -> int:
-    reached = pr.release(workflow, task_id=task)
+    return _hold(pr, workflow, task, as_json, hold=False)
+
+
+def _hold(pr: Panray, workflow: int, task: int | None, as_json: bool, *, hold: bool) -> int:
+    reached = (pr.hold if hold else pr.release)(workflow, task_id=task)
     what = f"task {task} of workflow {workflow}" if task is not None else f"workflow {workflow}"
-    said(as_json, f"{what}: released" + ("" if reached else " (recorded; applied when its manager runs)"),
-          workflow_id=workflow, task_id=task, held=pr.held(workflow), reached=reached)
+    said(as_json, f"{what}: {'held' if hold else 'released'}" + ("" if reached else
+                                                               " (recorded; applied when its manager runs)"),
+         workflow_id=workflow, task_id=task, held=pr.held(workflow), reached=reached)
     return 0
 
 

@@ -212,7 +212,8 @@ def job(pr: Panray, job_id: int, as_json: bool) -> int:
     return 0
 
 
-@click.command(help="Why brokerage sent a job where it did: candidates, weights and their inputs, filtered sites."
+@click.command(help="Why brokerage sent a job where it did: the job's inputs and requests, then the candidates with "
+                   "their weights and the filtered sites with their reasons."
              + example("panray explain 120"))
 @click.argument("job_id", metavar="JOB", type=JOB)
 @json_option
@@ -226,8 +227,9 @@ def explain(pr: Panray, job_id: int, as_json: bool) -> int:
         json_out([{**r._asdict(), "decision": json.loads(r.decision)} for r in rows])
         return 0
     inputs = json.loads(row.inputs or "[]")
+    pin = f", pinned to {row.site_pin}" if row.site_pin else ""
     print(f"job {job_id} ({row.name}): inputs {', '.join(map(str, inputs)) if inputs else 'none'}; "
-          f"memory {row.request_memory} MB, {row.request_cpus} cores" + (f", pinned to {row.site_pin}" if row.site_pin else ""))
+          f"memory {row.request_memory} MB, {row.request_cpus} cores{pin}")
     if not rows:
         print(f"job {job_id}: no brokerage decision recorded (status {row.status})")
         return 0
