@@ -12,7 +12,7 @@ What is measured
       part is also reported alone. Building the pydantic ``Workflow`` and starting the cluster are
       not timed (reported as ``model_s`` / setup). After the run the store must say every job is
       ``finished``, else the run is marked failed.
-    * **raw Ray**: a plain ``ray.init(num_cpus=2)`` on 127.0.0.1, one ``@ray.remote`` no-op task per
+    * **raw Ray**: a plain ``ray.init(address="local", num_cpus=2)`` on 127.0.0.1 (a new cluster of its own), one ``@ray.remote`` no-op task per
       node, the parents' ObjectRefs passed as arguments, submitted in topological order, timed from
       the first ``.remote()`` to ``ray.get`` of every ref.
     * **Parsl** (the in-process peer, default beside raw Ray): Parsl's ``ThreadPoolExecutor`` with 2
@@ -143,8 +143,8 @@ def run_ray(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
     order = _topological(shape)
     pos = {name: i for i, name in enumerate(shape.names)}
     parents = [[pos[p] for p in ps] for ps in shape.parents]
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # never another's cluster
+             logging_level="WARNING", log_to_driver=False)
 
     @ray.remote
     def noop(*_parents: Any) -> Any:
