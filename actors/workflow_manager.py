@@ -13,12 +13,14 @@ send it again; a manager starting up first asks every live pilot what it still h
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
 import uuid
 from array import array
 from collections import defaultdict, deque
+from itertools import islice
 from concurrent.futures import Future
 from typing import Any
 
@@ -56,6 +58,20 @@ WRITE_RETRY_PAUSE = 1.0
 already retried for some seconds); the manager goes on from memory meanwhile."""
 
 
+MERGE_MAX = 32
+"""At most this many waiting batches are merged into one transaction."""
+
+
+def _settle() -> None:
+    """Take the workflow's rows out of the garbage collector's sight: they live as long as the
+    core, and otherwise the pump's short-lived rows set off full collections that walk all of
+    them (at 50k jobs the core's CPU per job fell from 48 to 18 us). Rows of a core replaced by
+    a retry become collectable again first."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class _Writer(threading.Thread):
     """Persists change batches in order, off the pump thread.
 
@@ -63,7 +79,7 @@ class _Writer(threading.Thread):
     it and tries again, so an outage delays writes but loses none. Batches carry the writer's
     key and sequence number, so one that committed just before its connection broke is not
     stored twice. A batch the store rejects (a bug, not an outage) is dropped and surfaced by
-    ``wait()``.
+    ``wait()``. Batches that wait while one is written are merged into one transaction.
     """
 
     def __init__(self, store: Any, name: str, metrics: ManagerMetrics | None = None):
@@ -87,28 +103,43 @@ class _Writer(threading.Thread):
             self.cv.notify_all()
 
     def run(self) -> None:
+        single = 0  #: batches to store one by one (after a merged batch was rejected)
+        pending: tuple[ChangeBatch, int] | None = None  #: a batch tried and not yet stored, with its count
         while True:
-            with self.cv:
-                while not self.batches:
-                    self.cv.wait()
-                batch = self.batches[0]
+            if pending is None:
+                pending = self._next(single > 0)
+            batch, k = pending
             try:
                 t0 = time.perf_counter()
                 self.store.apply(batch)
                 if self.metrics is not None:
                     self.metrics.stored(time.perf_counter() - t0)
-            except StoreUnavailableError as exc:
+            except StoreUnavailableError as exc:  # tried again as it is: its commit may be in doubt
                 self._away(exc)
                 time.sleep(WRITE_RETRY_PAUSE)
                 continue
-            except BaseException as exc:  # surfaced by wait()
-                log.exception("state store rejected a batch")
+            except BaseException as exc:
+                if k > 1:  # find the batch at fault: store these one by one
+                    single, pending = k, None
+                    continue
+                log.exception("state store rejected a batch")  # surfaced by wait()
                 self.error = exc
             self._back()
+            pending, single = None, max(0, single - 1)
             with self.cv:
-                self.batches.popleft()
-                self.written += 1
+                for _ in range(k):
+                    self.batches.popleft()
+                self.written += k
                 self.cv.notify_all()
+
+    def _next(self, single: bool) -> tuple[ChangeBatch, int]:
+        """The oldest batch, or (when the writer fell behind) the backlog merged into one: one
+        transaction instead of many, and each job's row written once with its latest state."""
+        with self.cv:
+            while not self.batches:
+                self.cv.wait()
+            k = 1 if single else min(len(self.batches), MERGE_MAX)
+            return (self.batches[0] if k == 1 else ChangeBatch.merged(list(islice(self.batches, k)))), k
 
     def _away(self, exc: StoreUnavailableError) -> None:
         if self.outage_since is None:
@@ -147,6 +178,7 @@ class WorkflowManager:
         snap = self.store.load_workflow(workflow_id)
         core_settings = CoreSettings.from_settings(settings)
         self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
+        _settle()
         self._retry = retry and not ray.get_runtime_context().was_current_actor_reconstructed
         self._by = by  #: who started this manager (cause of a retry or a stored cancel)
         self._seen: dict[str, int] = {}  #: pilot incarnation -> last report handled
@@ -340,6 +372,7 @@ class WorkflowManager:
             self._writer.wait_idle()
             snap = self.store.load_workflow(self.workflow_id)
             self.core = make_core(snap, self.core.settings, manager=self.core.manager)
+            _settle()
             self._ready = self.core.start(now, retry=True, by=msg[1])
             self._parked = []  # the new core's start hands back every defined job, held ones too
             self._restarting = False

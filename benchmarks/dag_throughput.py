@@ -1,4 +1,4 @@
-"""DAG throughput: one DRP-shaped DAG of no-op jobs through panray, raw Ray and Dask distributed.
+"""DAG throughput: one DRP-shaped DAG of no-op jobs through panray, raw Ray, Parsl and Dask distributed.
 
 What is measured
     The same graph, ``panray.dag.drp(n)`` (fan-out per detector, fan-in per visit, visits x patches,
@@ -12,9 +12,13 @@ What is measured
       part is also reported alone. Building the pydantic ``Workflow`` and starting the cluster are
       not timed (reported as ``model_s`` / setup). After the run the store must say every job is
       ``finished``, else the run is marked failed.
-    * **raw Ray**: a plain ``ray.init(num_cpus=2)`` on 127.0.0.1, one ``@ray.remote`` no-op task per
+    * **raw Ray**: a plain ``ray.init(address="local", num_cpus=2)`` on 127.0.0.1 (a new cluster of its own), one ``@ray.remote`` no-op task per
       node, the parents' ObjectRefs passed as arguments, submitted in topological order, timed from
       the first ``.remote()`` to ``ray.get`` of every ref.
+    * **Parsl** (the in-process peer, default beside raw Ray): Parsl's ``ThreadPoolExecutor`` with 2
+      threads, a ``python_app`` per node with its parents' futures as arguments, timed from the first
+      call to the last result. Without Parsl installed the stdlib thread-pool DAG executor below
+      (``threads``) stands in, and the row says so (``stand_in``).
     * **Dask**: ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host=127.0.0.1)``,
       a task graph ``{name: (noop, *parent_names)}`` computed by ``client.get(dsk, sinks)``, timed
       from ``client.get`` to its return (graph upload, scheduling and execution included).
@@ -27,7 +31,7 @@ Why it is fair
 
 Usage
     python -m benchmarks.dag_throughput --jobs 10000 --jobs 50000 \
-        [--backends sqlite,postgres] [--baselines ray,dask] [--json] [--profile DIR] [--cluster RULES]
+        [--backends sqlite,postgres] [--baselines ray,parsl,threads,dask] [--json] [--profile DIR] [--cluster RULES]
 
 ``--cluster RULES`` runs panray a second time per backend with those clustering rules on the same graph
 (``panray.dag.parse_rules`` syntax); ``nodes_per_s`` counts quanta, ``vs_unclustered`` compares the two.
@@ -139,8 +143,8 @@ def run_ray(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
     order = _topological(shape)
     pos = {name: i for i, name in enumerate(shape.names)}
     parents = [[pos[p] for p in ps] for ps in shape.parents]
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # never another's cluster
+             logging_level="WARNING", log_to_driver=False)
 
     @ray.remote
     def noop(*_parents: Any) -> Any:
@@ -198,6 +202,40 @@ def run_threads(n_jobs: int) -> dict[str, Any]:
         done.wait()
         seconds = time.perf_counter() - t0
     return {"jobs": len(shape), "seconds": seconds, "ok": ended[0] == len(shape)}
+
+
+def run_parsl(n_jobs: int) -> dict[str, Any]:
+    """Parsl's ThreadPoolExecutor (2 threads, in-process): a ``python_app`` per node, its parents'
+    futures as arguments. Without Parsl installed, the stdlib thread-pool executor stands in."""
+    try:
+        import parsl
+        from parsl.config import Config
+        from parsl.executors.threads import ThreadPoolExecutor
+    except ImportError:
+        return {**run_threads(n_jobs), "stand_in": "threads (parsl not installed)"}
+    from panray.dag import drp
+
+    shape = drp(n_jobs)
+    order = _topological(shape)
+    pos = {name: i for i, name in enumerate(shape.names)}
+    parents = [[pos[p] for p in ps] for ps in shape.parents]
+    dfk = parsl.load(Config(executors=[ThreadPoolExecutor(max_threads=2, label="threads")], strategy="none",
+                            initialize_logging=False))
+
+    @parsl.python_app(executors=["threads"])
+    def noop(*_parents: Any) -> Any:
+        return math.hypot(*FUNCTION_ARGS)
+
+    noop().result()  # executor up
+    t0 = time.perf_counter()
+    futures: list[Any] = [None] * len(shape)
+    for i in order:
+        futures[i] = noop(*[futures[p] for p in parents[i]])
+    for f in futures:
+        f.result()
+    seconds = time.perf_counter() - t0
+    dfk.cleanup()
+    return {"jobs": len(shape), "seconds": seconds, "ok": True}
 
 
 def run_dask(n_jobs: int) -> dict[str, Any]:
@@ -293,6 +331,8 @@ def _child(spec: dict[str, Any]) -> None:
         result = run_ray(spec["jobs"], spec.get("payload", "noop"))
     elif system == "threads":
         result = run_threads(spec["jobs"])
+    elif system == "parsl":
+        result = run_parsl(spec["jobs"])
     else:
         result = run_dask(spec["jobs"])
     print(RESULT_TAG + json.dumps(result), flush=True)
@@ -342,13 +382,16 @@ def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: 
     return specs
 
 
+_BASELINES = ("ray", "dask", "threads", "parsl")
+
+
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     for n in {r["jobs_requested"] for r in rows}:
         group = [r for r in rows if r["jobs_requested"] == n]
-        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in ("ray", "dask", "threads")}
+        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in _BASELINES}
         for r in group:
             rate = r.get("nodes_per_s")
-            for base in ("ray", "dask", "threads"):
+            for base in _BASELINES:
                 r[f"vs_{base}"] = rate / ref[base] if rate and ref.get(base) else None
         plain = {r["backend"]: r.get("nodes_per_s") for r in group
                  if r["system"] == "panray" and not r.get("cluster") and r.get("metrics", True)}
@@ -390,14 +433,16 @@ def measure(jobs: list[int], backends: list[str], baselines: list[str], profile:
 
 
 COLUMNS = ["system", "backend", "cluster", "metrics", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
-           "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
+           "vs_parsl", "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, action="append", help="graph size (repeatable); default 10000")
     ap.add_argument("--backends", default="sqlite,postgres", help="panray state stores; '' for none")
-    ap.add_argument("--baselines", default="ray,dask", help="comparison systems; '' for none")
+    ap.add_argument("--baselines", default="ray,parsl", help="comparison systems among ray, parsl (Parsl's "
+                    "ThreadPoolExecutor, in-process; the stdlib thread-pool executor when Parsl is not installed), "
+                    "threads, dask; '' for none")
     ap.add_argument("--json", action="store_true", help="also print the result JSON on stdout")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the panray processes into DIR")
     ap.add_argument("--cluster", metavar="RULES", help="also run panray with these clustering rules, e.g. "

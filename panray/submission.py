@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from panray.cluster_jobs import cluster_jobs
 from panray.dag import build_graph, partition_tasks
 from panray.exceptions import PanrayError, UnknownSiteError, WorkflowValidationError, show
+from panray.job_table import TableJob, TableWorkflow
 from panray.models import DEFAULT_MAX_WORKFLOW_JOBS, Campaign, Job, Workflow
 from panray.payload import encode_command, encode_function
 from panray.placement import Mode, place
@@ -27,12 +28,12 @@ def _dumps_small(value: dict | list) -> str:  # type: ignore[type-arg]
     return _dumps(value) if value else ("{}" if isinstance(value, dict) else "[]")
 
 
-def _payload(j: Job) -> str:
+def _payload(j: Job | TableJob) -> str:
     """The encoded command, or the encoded call of a function job."""
     return encode_function(j.function, j.args, j.kwargs, j.name) if j.function else encode_command(j.command)
 
 
-def _retry_json(j: Job, memo: dict[tuple[object, ...], str]) -> str:
+def _retry_json(j: Job | TableJob, memo: dict[tuple[object, ...], str]) -> str:
     """The retry policy as JSON, encoded once per distinct policy (a handful per workflow)."""
     key = (j.memory_multiplier, j.request_memory_max, tuple(j.retry_unless_exit))
     text = memo.get(key)
@@ -43,7 +44,7 @@ def _retry_json(j: Job, memo: dict[tuple[object, ...], str]) -> str:
     return text
 
 
-def _check_sites(jobs: Iterable[Job], home_site: str, catalog: SiteCatalog) -> None:
+def _check_sites(jobs: Iterable[Job | TableJob], home_site: str, catalog: SiteCatalog) -> None:
     known = catalog.names()
     if home_site not in catalog:
         raise UnknownSiteError(home_site, known)
@@ -52,14 +53,24 @@ def _check_sites(jobs: Iterable[Job], home_site: str, catalog: SiteCatalog) -> N
             raise UnknownSiteError(j.site, known)
 
 
-def build_workflow(wf: Workflow, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
+def build_workflow(wf: Workflow | TableWorkflow, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
                    placement: Mode = "refuse") -> NewWorkflow:
     """Validate one workflow and shape its rows; raises a WorkflowValidationError naming the problem.
 
     ``max_jobs`` bounds the workflow's size; ``placement`` says what happens to a job no site
-    could take (:func:`panray.placement.place`).
+    could take (:func:`panray.placement.place`). A :class:`~panray.job_table.TableWorkflow`'s
+    jobs are validated here, a column at a time (as Job models when it is clustered).
     """
-    jobs = list(wf.jobs)
+    jobs: list[Job] | list[TableJob]
+    if isinstance(wf, TableWorkflow):
+        if wf.table.n > max_jobs:
+            raise WorkflowValidationError(f"workflow {show(wf.name)} has {wf.table.n:,} jobs, more than the maximum of "
+                                          f"{max_jobs:,} (setting max_workflow_jobs); split it into several workflows")
+        if wf.header.clustering:
+            return build_workflow(wf.as_workflow(), catalog, max_jobs=max_jobs, placement=placement)
+        jobs, wf = wf.table.jobs(), wf.header
+    else:
+        jobs = list(wf.jobs)
     if not jobs:
         raise WorkflowValidationError(f"workflow {show(wf.name)} has no jobs")
     if len(jobs) > max_jobs:
@@ -81,7 +92,7 @@ def build_workflow(wf: Workflow, catalog: SiteCatalog, *, max_jobs: int = DEFAUL
             raise WorkflowValidationError(f"final job name {show(wf.final_job.name)} is also a job name")
         jobs.append(wf.final_job.model_copy(update={"site": wf.final_job.site or wf.home_site}))
     _check_sites(jobs, wf.home_site, catalog)
-    jobs = place(jobs, catalog, workflow=wf.name, mode=placement)
+    jobs = place(jobs, catalog, workflow=wf.name, mode=placement)  # type: ignore[arg-type]
     tasks, task_of = partition_tasks([j.label for j in jobs], wf.task_chunk_size)
     n_init = 1 if wf.init_job is not None else 0
     final_idx = len(jobs) - 1 if wf.final_job is not None else -1

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence
+from collections.abc import Iterable, Mapping, MutableMapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -177,6 +177,8 @@ WORKFLOWS = _named("workflow", WORKFLOW_TRANSITIONS)
 
 # -- the one writer ------------------------------------------------------------------------------
 
+_row = tuple.__new__  #: a HistoryRow without NamedTuple's keyword handling: half the cost per move
+
 
 def transition(table: Table, status: MutableSequence[Any] | MutableMapping[Any, Any], i: Any, new: Any,
                entity_id: int, attempt_nr: int, t: float, cause: str, history: list[HistoryRow] | None) -> Any:
@@ -190,9 +192,32 @@ def transition(table: Table, status: MutableSequence[Any] | MutableMapping[Any, 
         raise IllegalTransitionError(table.entity, entity_id, table.names[old], table.names[new], cause)
     status[i] = new
     if history is not None:
-        history.append(HistoryRow(entity_id, attempt_nr, table.names[new], t, table.names[old], cause))
+        history.append(_row(HistoryRow, (entity_id, attempt_nr, table.names[new], t, table.names[old], cause)))
     elif log.isEnabledFor(logging.DEBUG):
         log.debug("%s %s from %s to %s (%s)", table.entity, entity_id, table.names[old], table.names[new], cause)
+    return old
+
+
+def transition_path(table: Table, status: MutableSequence[int], i: int, path: Sequence[int], times: Sequence[float],
+                    entity_id: int, attempt_nr: int, cause: str, history: list[HistoryRow]) -> int:
+    """:func:`transition` through each status of ``path`` in turn (``times[k]`` the time of the
+    k-th move), one history row per move; returns the status before the first.
+
+    A pilot's report often carries a job through several statuses at once (activated -> sent ->
+    starting -> running -> finished); one call checks and records them all. Nothing is written
+    unless every move of the path is allowed.
+    """
+    old = prev = status[i]
+    allowed, names = table.allowed, table.names
+    for new in path:
+        if (prev, new) not in allowed:
+            raise IllegalTransitionError(table.entity, entity_id, names[prev], names[new], cause)
+        prev = new
+    prev = old
+    for new, t in zip(path, times):
+        history.append(_row(HistoryRow, (entity_id, attempt_nr, names[new], t, names[prev], cause)))
+        prev = new
+    status[i] = prev
     return old
 
 
@@ -204,7 +229,7 @@ def new_attempt(status: MutableSequence[int], attempt: MutableSequence[int], i: 
         raise IllegalTransitionError("job", job_id, ATTEMPTS.names[old], ATTEMPTS.names[first], cause)
     attempt[i] += 1
     status[i] = first
-    history.append(HistoryRow(job_id, attempt[i], ATTEMPTS.names[first], t, ATTEMPTS.names[old], cause))
+    history.append(_row(HistoryRow, (job_id, attempt[i], ATTEMPTS.names[first], t, ATTEMPTS.names[old], cause)))
     return old
 
 

@@ -206,3 +206,21 @@ def test_a_forbidden_move_raises_with_the_job_id() -> None:
         transition(TASKS, {5: "running"}, 5, "registered", 5, 0, 0.0, "x", None)
     with pytest.raises(IllegalTransitionError, match="workflow 2: Transforming -> New"):
         transition(WORKFLOWS, {2: "Transforming"}, 2, "New", 2, 0, 0.0, "x", None)
+
+
+def test_a_path_of_moves_is_checked_whole_before_anything_is_written() -> None:
+    from panray.transitions import transition_path
+
+    code = JOBS.code
+    status = bytearray([code(JobStatus.ACTIVATED)])
+    history: list[HistoryRow] = []
+    path = tuple(code(s) for s in (JobStatus.SENT, JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINISHED))
+    old = transition_path(JOBS, status, 0, path, (1.0, 2.0, 2.0, 3.0), 42, 1, "pilot report", history)
+    assert old == code(JobStatus.ACTIVATED) and status[0] == code(JobStatus.FINISHED)
+    assert [(h.previous, h.status, h.time) for h in history] == [
+        ("activated", "sent", 1.0), ("sent", "starting", 2.0), ("starting", "running", 2.0), ("running", "finished", 3.0)]
+    status[0] = code(JobStatus.DEFINED)
+    bad = (code(JobStatus.ASSIGNED), code(JobStatus.RUNNING))  # assigned -> running skips the queue and the pilot
+    with pytest.raises(IllegalTransitionError, match="assigned.*running"):
+        transition_path(JOBS, status, 0, bad, (4.0, 4.0), 42, 1, "pilot report", history)
+    assert status[0] == code(JobStatus.DEFINED) and len(history) == 4, "a refused path writes nothing"

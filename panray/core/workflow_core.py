@@ -22,6 +22,7 @@ handler can move a job where.
 from __future__ import annotations
 
 import json
+import re
 import time
 from array import array
 from collections.abc import Iterable
@@ -58,6 +59,7 @@ from panray.transitions import (
     prune_from,
     retry_by,
     transition,
+    transition_path,
 )
 
 J = JobStatus
@@ -65,6 +67,16 @@ PENDING, DEFINED, ASSIGNED, ACTIVATED = (CODE_OF[s] for s in (J.PENDING, J.DEFIN
 SENT, STARTING, RUNNING = (CODE_OF[s] for s in (J.SENT, J.STARTING, J.RUNNING))
 FINISHED, FAILED, CLOSED, CANCELLED = (CODE_OF[s] for s in (J.FINISHED, J.FAILED, J.CLOSED, J.CANCELLED))
 HELD = frozenset({SENT, STARTING, RUNNING})
+_HELD_RUN = re.compile(b"[" + bytes(sorted(HELD)) + b"]")
+_ACTIVATED_RUN = re.compile(bytes([ACTIVATED]))
+#: status -> (moves up to ``running`` as a pilot's report makes them, how many of them happen at
+#: the sent time; the rest happen at the start time)
+_TO_RUNNING = {
+    DEFINED: ((ASSIGNED, ACTIVATED, SENT, STARTING, RUNNING), 3),
+    ASSIGNED: ((ACTIVATED, SENT, STARTING, RUNNING), 2),
+    ACTIVATED: ((SENT, STARTING, RUNNING), 1),
+    SENT: ((STARTING, RUNNING), 0),
+}
 _STATUS_STR = [s.value for s in JOB_CODES]
 
 
@@ -152,13 +164,23 @@ class WorkflowCore:
 
     def _move(self, i: int, new: int, t: float, cause: str) -> None:
         old = transition(JOBS, self.status, i, new, self.first_id + i, self.attempt[i], t, cause, self._history)
-        counts = self.task_counts[self.task_of[i]]
+        self._moved(i, old, new)
+
+    def _move_path(self, i: int, path: tuple[int, ...], times: tuple[float, ...], cause: str) -> None:
+        """:meth:`_move` through several statuses in one call (a report that carries a job far)."""
+        old = transition_path(JOBS, self.status, i, path, times, self.first_id + i, self.attempt[i], cause,
+                              self._history)
+        self._moved(i, old, path[-1])
+
+    def _moved(self, i: int, old: int, new: int) -> None:
+        task = self.task_of[i]
+        counts = self.task_counts[task]
         counts[old] -= 1
         counts[new] += 1
         if new in FINAL_CODES:
             self.n_final += 1
         self._dirty.add(i)
-        self._dirty_tasks.add(self.task_of[i])
+        self._dirty_tasks.add(task)
 
     @property
     def workflow_status(self) -> str:
@@ -236,13 +258,14 @@ class WorkflowCore:
     def queued(self, idxs: Iterable[int], sites: Iterable[str], now: float) -> list[int]:
         """Brokerage chose these sites and the jobs went to their queues: assigned, activated."""
         moved = []
+        status, path, times, avoid = self.status, (ASSIGNED, ACTIVATED), (now, now), self.avoid
         for i, site in zip(idxs, sites):
-            if self.status[i] != DEFINED:
+            if status[i] != DEFINED:
                 continue
-            self._move(i, ASSIGNED, now, BROKERAGE)
+            self._move_path(i, path, times, BROKERAGE)
             self.site[i] = site
-            self.avoid.pop(i, None)
-            self._move(i, ACTIVATED, now, BROKERAGE)
+            if avoid:
+                avoid.pop(i, None)
             self.last_beat[i] = now
             self.locality.placed(self.first_id + i, self.attempt[i], self.rows[i].inputs, site, now)
             moved.append(i)
@@ -294,20 +317,16 @@ class WorkflowCore:
 
     def placements(self) -> tuple[set[str], set[str]]:
         """(pilots holding this workflow's jobs, sites whose queues hold its jobs), for liveness checks."""
-        pilots: set[str] = set()
-        sites: set[str] = set()
         status, pilot, site = self.status, self.pilot, self.site
-        for i in range(self.n):
-            c = status[i]
-            if c in HELD:
-                p = pilot[i]
-                if p is not None:
-                    pilots.add(p)
-            elif c == ACTIVATED:
-                s = site[i]
-                if s is not None:
-                    sites.add(s)
-        return pilots, sites
+        pilots = {pilot[m.start()] for m in _HELD_RUN.finditer(status)} if self._any(HELD) else set()
+        sites = {site[m.start()] for m in _ACTIVATED_RUN.finditer(status)} if ACTIVATED in status else set()
+        pilots.discard(None)
+        sites.discard(None)
+        return pilots, sites  # type: ignore[return-value]
+
+    def _any(self, codes: frozenset[int]) -> bool:
+        """Whether any job is in one of ``codes`` (a scan in C, for the once-a-second liveness check)."""
+        return any(c in self.status for c in codes)
 
     def started(self, events: Iterable[Started]) -> list[tuple[int, str]]:
         """A pilot took (``start_time == 0``: sent only) or started these jobs.
@@ -372,21 +391,23 @@ class WorkflowCore:
         return ready
 
     def _to_sent(self, i: int, sent: float) -> None:
-        c = self.status[i]
-        if c == DEFINED:  # the pilot's report overtook the manager's own bookkeeping
-            self._move(i, ASSIGNED, sent, PILOT_REPORT)
-            c = ASSIGNED
-        if c == ASSIGNED:
-            self._move(i, ACTIVATED, sent, PILOT_REPORT)
-            c = ACTIVATED
-        if c == ACTIVATED:
-            self._move(i, SENT, sent, PILOT_REPORT)
+        """Up to ``sent``; from ``defined`` when the pilot's report overtook the manager's own bookkeeping."""
+        steps = _TO_RUNNING.get(self.status[i])
+        if steps is not None and steps[1]:
+            self._move_path(i, steps[0][:steps[1]], (sent,) * steps[1], PILOT_REPORT)
 
-    def _to_running(self, i: int, pilot: str, sent: float, start: float) -> None:
-        self._to_sent(i, sent)
-        if self.status[i] == SENT:
-            self._move(i, STARTING, start, PILOT_REPORT)
-            self._move(i, RUNNING, start, PILOT_REPORT)
+    def _to_running(self, i: int, pilot: str, sent: float, start: float, end: int | None = None,
+                    t_end: float = 0.0) -> None:
+        """Up to ``running`` (and on to ``end`` at ``t_end`` if given), in one path of moves."""
+        steps = _TO_RUNNING.get(self.status[i])
+        if steps is not None:
+            path, k = steps
+            times = (sent,) * k + (start,) * (len(path) - k)
+            if end is not None:
+                path, times = path + (end,), times + (t_end,)
+            self._move_path(i, path, times, PILOT_REPORT)
+        elif end is not None:
+            self._move(i, end, t_end, PILOT_REPORT)
         self.pilot[i] = pilot
         self.start_time[i] = start
 
@@ -400,11 +421,10 @@ class WorkflowCore:
                 continue
             if self.site[i] is None:
                 self.site[i] = o.site
-            self._to_running(i, o.pilot, o.sent_time, o.start_time)
             self.end_time[i] = last = o.end_time
             self.exit_code[i] = o.exit_code
             if o.error_class is None:
-                self._move(i, FINISHED, o.end_time, PILOT_REPORT)
+                self._to_running(i, o.pilot, o.sent_time, o.start_time, FINISHED, o.end_time)
                 self._record_attempt(i, o.max_pss_kb, o.log_url)
                 self.locality.produced(self.rows[i].outputs, o.site)
                 for c in self.releaser.finish(i):
@@ -412,6 +432,7 @@ class WorkflowCore:
                         self._move(c, DEFINED, o.end_time, RELEASED)
                         ready.append(c)
             else:
+                self._to_running(i, o.pilot, o.sent_time, o.start_time)
                 ready.extend(self._fail(i, o.error_class, o.exit_code, o.diag, o.end_time, o, PILOT_REPORT))
         if last:
             ready.extend(self._final_if_due(last))

@@ -217,6 +217,21 @@ class ChangeBatch:
         return bool(self.jobs or self.history or self.attempts or self.tasks or self.workflows
                     or self.decisions or self.locations or self.transfers or self.quanta)
 
+    @classmethod
+    def merged(cls, batches: Sequence[ChangeBatch]) -> ChangeBatch:
+        """One batch that stores what ``batches`` (one writer's, in order) store: rows appended
+        in order, so the store's last-wins rule keeps each job's latest state; keyed by the
+        last batch's sequence number, so it counts as all of them once stored."""
+        out = cls(writer=batches[-1].writer, seq=batches[-1].seq)
+        for name in _ROW_LISTS:
+            rows: list = getattr(out, name)
+            for b in batches:
+                rows.extend(getattr(b, name))
+        return out
+
+
+_ROW_LISTS = ("jobs", "history", "attempts", "tasks", "workflows", "quanta", "decisions", "locations", "transfers")
+
 
 class JobRow(NamedTuple):
     """A job as the store holds it (read side)."""
