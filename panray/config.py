@@ -1,7 +1,7 @@
 """panray's settings: embedded defaults, overridden by one YAML file and ``PANRAY_*`` variables.
 
-With nothing set panray runs embedded: a local three-node Ray cluster on 127.0.0.1, an SQLite
-state file and local log/storage directories under ``PANRAY_HOME`` (default ``~/.panray``).
+With nothing set panray runs embedded: a local Ray cluster on 127.0.0.1 (one raylet carrying the
+three sites), an SQLite state file and local log/storage directories under ``PANRAY_HOME`` (default ``~/.panray``).
 Production sets ``PANRAY_DB`` to a ``postgresql://`` URL, ``PANRAY_RAY_ADDRESS`` to the cluster,
 ``PANRAY_LOG_SINK=cloud`` and ``PANRAY_STORAGE=gs://bucket``, or the same keys in the file named
 by ``PANRAY_CONFIG``.
@@ -62,6 +62,8 @@ class Settings(BoundaryModel):
     release_batch: int = Field(default=500, ge=1, le=1_000_000)
     max_system_retries: int = Field(default=3, ge=0, le=1000)
     embedded_cpus_per_site: int = Field(default=8, ge=1, le=1024)
+    nodes_per_site: bool = Field(default=False, description="embedded cluster: one raylet per site (to lose a "
+                                 "site's node alone) instead of one raylet carrying every site, which starts in seconds")
     log_spool_bytes: int = Field(default=64 * 1024 * 1024, gt=0, le=2**40,
                                  description="a pilot's undelivered log entries kept (memory and disk)")
     payload_user: str | None = Field(default=None, description="run payloads as this Unix user (needs a root "
