@@ -55,13 +55,19 @@ class FunctionRun(PayloadProcess):
         if ref is not None:
             ray.cancel(ref, force=True)
 
-    def run(self) -> PayloadResult:
+    def execute(self) -> PayloadResult:
+        """Launch the job's Ray task and wait for it."""
+        start = self.launch()
+        return self._wait(start)
+
+    def launch(self) -> float:
+        """Submit the job's Ray task (unless it was killed first); returns the start time."""
         call = decode_function(self.d.payload)
         self.dir.mkdir(parents=True, exist_ok=True)
         files = [(self.dir / "payload.stdout", "stdout"), (self.dir / "payload.stderr", "stderr")]
         for path, _ in files:
             path.touch()
-        tailer = self._start_tailer(files)
+        self._follow(files)
         start = time.time()
         site = _site_resource()
         options = {"name": call.name, "num_cpus": self.d.request_cpus, "memory": self.d.request_memory * MB,
@@ -71,12 +77,16 @@ class FunctionRun(PayloadProcess):
         with self._lock:
             if self._kill_reason is None:
                 self._ref = _call.options(**options).remote(tuple(call), str(self.dir))
-        result = self._wait(start)
-        if tailer:
-            tailer.stop()
+        return start
+
+    def finish(self, ended: int | PayloadResult) -> PayloadResult:
+        """Ship the call's output and upload its files; ``ended`` is how its task ended."""
+        assert isinstance(ended, PayloadResult)
+        if self._tailer is not None:
+            self._finish_watchers()
             self.services.sink.flush(timeout=30.0)
-        result.log_url = self._upload([*(p for p, _ in files), self.dir / RESULT_FILE])
-        return result
+        ended.log_url = self._upload([self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / RESULT_FILE])
+        return ended
 
     def _wait(self, start: float) -> PayloadResult:
         """How the task ended, classified for the retry rules."""
