@@ -1,4 +1,5 @@
-"""Function payloads as Ray tasks: a pilot slot launches the job's call and waits for it.
+"""Function payloads as Ray tasks: a pilot launches the job's call, and one waiter per pilot
+collects the ends of all its calls with ``ray.wait`` over their refs (no thread or actor call per job).
 
 The task is named after the job (so the dashboard's task views and ``ray.util.state.list_tasks``
 show it), asks for the job's cpus and memory and a sliver of the site resource, and is pinned to
@@ -11,7 +12,9 @@ killing the worker an out-of-memory failure.
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -46,6 +49,7 @@ class FunctionRun(PayloadProcess):
     def __init__(self, dispatch: Dispatch, pilot: str, services: RunnerServices):
         super().__init__(dispatch, pilot, services)
         self._ref: ray.ObjectRef | None = None
+        self.sent = 0.0  #: when the pilot took the job (its outcome's sent time)
 
     def kill(self, reason: str) -> None:
         with self._lock:
@@ -82,9 +86,7 @@ class FunctionRun(PayloadProcess):
     def finish(self, ended: int | PayloadResult) -> PayloadResult:
         """Ship the call's output and upload its files; ``ended`` is how its task ended."""
         assert isinstance(ended, PayloadResult)
-        if self._tailer is not None:
-            self._finish_watchers()
-            self.services.sink.flush(timeout=30.0)
+        self._finish_watchers()
         ended.log_url = self._upload([self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / RESULT_FILE])
         return ended
 
@@ -105,6 +107,50 @@ class FunctionRun(PayloadProcess):
         if r.ok:
             return PayloadResult(start, time.time(), 0, None, None)
         return PayloadResult(start, time.time(), None, r.error_class, r.diag)
+
+
+WAIT_POLL = 0.05  #: seconds one ray.wait blocks, so that calls launched meanwhile join the next wait
+
+
+class FunctionWaiter:
+    """One thread waiting on every function call a pilot launched: ``ray.wait`` over all their
+    refs, and ``on_end(run, result)`` for each that ended, from this thread."""
+
+    def __init__(self, on_end: Callable[[FunctionRun, PayloadResult], None]):
+        self._on_end = on_end
+        self._runs: dict[ray.ObjectRef, tuple[FunctionRun, float]] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        threading.Thread(target=self._loop, name="functions", daemon=True).start()
+
+    def add(self, run: FunctionRun, start: float) -> None:
+        """Wait for ``run``'s call (launched at ``start``); a call never launched ends at once."""
+        if run._ref is None:
+            self._on_end(run, run._wait(start))
+            return
+        with self._cv:
+            self._runs[run._ref] = (run, start)
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._runs or self._stop)
+                if self._stop:
+                    return
+                refs = list(self._runs)
+            ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT_POLL)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            with self._cv:
+                ended = [self._runs.pop(ref) for ref in ready]
+            for run, start in ended:
+                self._on_end(run, run._wait(start))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import ray
 
-from panray.actors.function_task import FunctionRun
+from panray.actors.function_task import FunctionRun, FunctionWaiter
 from panray.actors.metrics import PilotMetrics
 from panray.actors.names import Handles, queue_name
 from panray.config import Settings
@@ -123,6 +123,7 @@ class Pilot:
         self._free = threading.Semaphore(slots * PREFETCH)  #: jobs this pilot may still take
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  #: uploads, off the slots
+        self._functions = FunctionWaiter(self._function_ended)
         self._reports = Outbox()
         self._stop = threading.Event()
         self._threads = [
@@ -199,6 +200,7 @@ class Pilot:
         deadline = time.monotonic() + STOP_GRACE
         while self._running and time.monotonic() < deadline:  # their last lines reach the sink
             time.sleep(0.05)
+        self._functions.stop()
         self._services.close()
         sink = self._services.sink
         return sink.close(timeout=max(deadline - time.monotonic(), 0.1)) if sink is not None else True
@@ -282,10 +284,30 @@ class Pilot:
             self._sleeping.add(d, now, seconds)
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
             return 0
-        proc = (FunctionRun if is_function(d.payload) else PayloadProcess)(d, self.pilot_id, self._services)
+        if is_function(d.payload):
+            self._launch(FunctionRun(d, self.pilot_id, self._services), now)
+            return 1
+        proc = PayloadProcess(d, self.pilot_id, self._services)
         self._running[(d.manager, d.job_id)] = proc
         self._pool.submit(self._run_one, proc, now)
         return 1
+
+    def _launch(self, run: FunctionRun, sent: float) -> None:
+        """Submit a function job's Ray task; the waiter collects its end (it holds a permit till then)."""
+        d = run.d
+        self._running[(d.manager, d.job_id)] = run
+        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
+        start = self._attempt(run, sent, run.launch)
+        if isinstance(start, Outcome):
+            self._free.release()
+            self._ended(run, start)
+        else:
+            run.sent = sent
+            self._functions.add(run, start)
+
+    def _function_ended(self, run: FunctionRun, result: PayloadResult) -> None:
+        self._free.release()
+        self._finisher.submit(self._finish_one, run, run.sent, result)
 
     def _run_one(self, proc: PayloadProcess, sent: float) -> None:
         """In a slot: start the payload and wait for it; its attempt is finished off the slot."""

@@ -35,8 +35,9 @@ Usage
 ``--payload function`` gives every node a trivial Python function instead (``math:hypot(3, 4)``):
 panray runs each as a function job (a Ray task named after the job, launched by a pilot slot, its
 output tailed and its result stored like any payload's), raw Ray as a task calling it, and the
-``threads`` baseline (``--baselines ray,threads``) as a stdlib thread-pool DAG executor (2 threads,
-a child submitted when its last parent ends), Parsl's ThreadPoolExecutor design without Parsl.
+``parsl`` baseline (``--baselines ray,parsl``) as an app on Parsl's ThreadPoolExecutor (2 threads,
+in-process), and the ``threads`` baseline as a stdlib thread-pool DAG executor of the same design
+(a child submitted when its last parent ends) for machines without Parsl.
 
 ``--metrics-cost`` runs panray a second time per backend with ``metrics: false`` (same graph, same
 run, order alternating); ``slowdown`` is how much slower the run with metrics on is (0.03 = 3%).
@@ -63,17 +64,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    RESULT_TAG,
     format_table,
     machine_info,
     postgres_server,
     print_header,
-    tree_rss_mib,
     versions,
     write_json,
 )
 
-RESULT_TAG = "RESULT "
 PROFILED_ACTORS = ("WorkflowManager", "Pilot", "SiteQueue", "Brokerage")
 
 
@@ -200,6 +201,37 @@ def run_threads(n_jobs: int) -> dict[str, Any]:
     return {"jobs": len(shape), "seconds": seconds, "ok": ended[0] == len(shape)}
 
 
+def run_parsl(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
+    """Parsl's ThreadPoolExecutor (2 threads, in-process): one app per node, parents' futures as arguments."""
+    import parsl
+    from parsl.app.app import python_app
+    from parsl.config import Config
+    from parsl.executors.threads import ThreadPoolExecutor
+
+    from panray.dag import drp
+
+    shape = drp(n_jobs)
+    pos = {name: i for i, name in enumerate(shape.names)}
+    parents = [[pos[p] for p in ps] for ps in shape.parents]
+    parsl.load(Config(executors=[ThreadPoolExecutor(max_threads=2, label="threads")], usage_tracking=0,
+                      run_dir=tempfile.mkdtemp(prefix="parsl-bench-"), initialize_logging=False))
+
+    @python_app
+    def node(*_parents: Any) -> Any:
+        return math.hypot(*FUNCTION_ARGS) if payload == "function" else None
+
+    t0 = time.perf_counter()
+    futures: list[Any] = [None] * len(shape)
+    for i in _topological(shape):
+        futures[i] = node(*[futures[p] for p in parents[i]])
+    for f in futures:
+        f.result()
+    seconds = time.perf_counter() - t0
+    parsl.dfk().cleanup()
+    parsl.clear()
+    return {"jobs": len(shape), "seconds": seconds, "ok": True}
+
+
 def run_dask(n_jobs: int) -> dict[str, Any]:
     from dask.distributed import Client, LocalCluster
 
@@ -293,36 +325,16 @@ def _child(spec: dict[str, Any]) -> None:
         result = run_ray(spec["jobs"], spec.get("payload", "noop"))
     elif system == "threads":
         result = run_threads(spec["jobs"])
+    elif system == "parsl":
+        result = run_parsl(spec["jobs"], spec.get("payload", "noop"))
     else:
         result = run_dask(spec["jobs"])
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
-def _sample_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    while not stop.wait(0.5):
-        peak[0] = max(peak[0], tree_rss_mib(pid))
-
-
 def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; returns its result plus the tree's peak RSS."""
-    cmd = [sys.executable, "-m", "benchmarks.dag_throughput", "--child", json.dumps(spec)]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    stop, peak = threading.Event(), [0.0]
-    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        out = ""
-    stop.set()
-    sampler.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_TAG)]
-    result = json.loads(lines[-1][len(RESULT_TAG):]) if lines else {"ok": False, "error": f"rc={proc.returncode}"}
-    result["peak_rss_mib"] = round(peak[0])
-    return result
+    return common.run_isolated("benchmarks.dag_throughput", spec, timeout)
 
 
 def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None,
@@ -345,10 +357,10 @@ def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
     for n in {r["jobs_requested"] for r in rows}:
         group = [r for r in rows if r["jobs_requested"] == n]
-        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in ("ray", "dask", "threads")}
+        ref = {r["system"]: r.get("nodes_per_s") for r in group if r["system"] in BASELINES}
         for r in group:
             rate = r.get("nodes_per_s")
-            for base in ("ray", "dask", "threads"):
+            for base in BASELINES:
                 r[f"vs_{base}"] = rate / ref[base] if rate and ref.get(base) else None
         plain = {r["backend"]: r.get("nodes_per_s") for r in group
                  if r["system"] == "panray" and not r.get("cluster") and r.get("metrics", True)}
@@ -389,15 +401,17 @@ def measure(jobs: list[int], backends: list[str], baselines: list[str], profile:
     return rows
 
 
+BASELINES = ("ray", "dask", "threads", "parsl")
 COLUMNS = ["system", "backend", "cluster", "metrics", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
-           "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
+           "vs_dask", "vs_threads", "vs_parsl", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, action="append", help="graph size (repeatable); default 10000")
     ap.add_argument("--backends", default="sqlite,postgres", help="panray state stores; '' for none")
-    ap.add_argument("--baselines", default="ray,dask", help="comparison systems; '' for none")
+    ap.add_argument("--baselines", help="comparison systems (ray, dask, parsl, threads); '' for none; "
+                    "default ray,dask (ray,parsl with --payload function)")
     ap.add_argument("--json", action="store_true", help="also print the result JSON on stdout")
     ap.add_argument("--profile", metavar="DIR", help="py-spy the panray processes into DIR")
     ap.add_argument("--cluster", metavar="RULES", help="also run panray with these clustering rules, e.g. "
@@ -412,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         _child(json.loads(args.child))
         return 0
     backends = [b for b in args.backends.split(",") if b]
-    baselines = [b for b in args.baselines.split(",") if b]
+    chosen = args.baselines if args.baselines is not None else "ray,parsl" if args.payload == "function" else "ray,dask"
+    baselines = [b for b in chosen.split(",") if b]
     info, vers = machine_info(), versions()
     what = "no-op jobs" if args.payload == "noop" else f"function jobs ({FUNCTION}{tuple(FUNCTION_ARGS)})"
     print_header(f"dag_throughput: DRP-shaped DAG of {what}", info, vers)
