@@ -113,23 +113,25 @@ WAIT_POLL = 0.05  #: seconds one ray.wait blocks, so that calls launched meanwhi
 
 
 class FunctionWaiter:
-    """One thread waiting on every function call a pilot launched: ``ray.wait`` over all their
-    refs, and ``on_end(run, result)`` for each that ended, from this thread."""
+    """One thread for every function job a pilot holds: it launches them, at most ``limit`` at
+    once (the pilot's slots), and collects their ends with ``ray.wait`` over all their refs.
 
-    def __init__(self, on_end: Callable[[FunctionRun, PayloadResult], None]):
-        self._on_end = on_end
+    ``launch(run)`` (from this thread) starts a job's call and returns its start time, or None
+    when the pilot could not start it; ``on_end(run, result)`` gets each call that ended.
+    """
+
+    def __init__(self, limit: int, launch: Callable[[FunctionRun], float | None],
+                 on_end: Callable[[FunctionRun, PayloadResult], None]):
+        self._limit, self._launch, self._on_end = limit, launch, on_end
+        self._waiting: list[FunctionRun] = []
         self._runs: dict[ray.ObjectRef, tuple[FunctionRun, float]] = {}
         self._cv = threading.Condition()
         self._stop = False
         threading.Thread(target=self._loop, name="functions", daemon=True).start()
 
-    def add(self, run: FunctionRun, start: float) -> None:
-        """Wait for ``run``'s call (launched at ``start``); a call never launched ends at once."""
-        if run._ref is None:
-            self._on_end(run, run._wait(start))
-            return
+    def add(self, run: FunctionRun) -> None:
         with self._cv:
-            self._runs[run._ref] = (run, start)
+            self._waiting.append(run)
             self._cv.notify()
 
     def stop(self) -> None:
@@ -140,10 +142,24 @@ class FunctionWaiter:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: self._runs or self._stop)
+                self._cv.wait_for(lambda: self._runs or self._waiting or self._stop)
                 if self._stop:
                     return
+                room = max(self._limit - len(self._runs), 0)
+                starting, self._waiting = self._waiting[:room], self._waiting[room:]
+            for run in starting:
+                start = self._launch(run)
+                if start is None:
+                    continue
+                if run._ref is None:  # killed before its launch
+                    self._on_end(run, run._wait(start))
+                else:
+                    with self._cv:
+                        self._runs[run._ref] = (run, start)
+            with self._cv:
                 refs = list(self._runs)
+            if not refs:
+                continue
             ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT_POLL)
             if ready and rest:
                 ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]

@@ -123,7 +123,7 @@ class Pilot:
         self._free = threading.Semaphore(slots * PREFETCH)  #: jobs this pilot may still take
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  #: uploads, off the slots
-        self._functions = FunctionWaiter(self._function_ended)
+        self._functions = FunctionWaiter(slots, self._launch, self._function_ended)
         self._reports = Outbox()
         self._stop = threading.Event()
         self._threads = [
@@ -284,26 +284,27 @@ class Pilot:
             self._sleeping.add(d, now, seconds)
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
             return 0
-        if is_function(d.payload):
-            self._launch(FunctionRun(d, self.pilot_id, self._services), now)
+        if is_function(d.payload):  # launched by the waiter while it has a free slot; holds a permit till its end
+            run = FunctionRun(d, self.pilot_id, self._services)
+            run.sent = now
+            self._running[(d.manager, d.job_id)] = run
+            self._functions.add(run)
             return 1
         proc = PayloadProcess(d, self.pilot_id, self._services)
         self._running[(d.manager, d.job_id)] = proc
         self._pool.submit(self._run_one, proc, now)
         return 1
 
-    def _launch(self, run: FunctionRun, sent: float) -> None:
-        """Submit a function job's Ray task; the waiter collects its end (it holds a permit till then)."""
+    def _launch(self, run: FunctionRun) -> float | None:
+        """Submit a function job's Ray task: its start time, or None when it ended at once (reported)."""
         d = run.d
-        self._running[(d.manager, d.job_id)] = run
-        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
-        start = self._attempt(run, sent, run.launch)
+        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, run.sent, time.time()))
+        start = self._attempt(run, run.sent, run.launch)
         if isinstance(start, Outcome):
             self._free.release()
             self._ended(run, start)
-        else:
-            run.sent = sent
-            self._functions.add(run, start)
+            return None
+        return start
 
     def _function_ended(self, run: FunctionRun, result: PayloadResult) -> None:
         self._free.release()
