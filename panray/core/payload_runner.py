@@ -217,7 +217,7 @@ class PayloadProcess:
         user = self.services.user
         if user is not None:
             os.chown(self.dir, user.uid, user.gid)
-        from panray.logging_bridge.pilot_log import PilotLog  # the bridge pulls in the Google clients
+        from panray.logging_bridge.pilot_log import PilotLog
 
         self.log = PilotLog(self.dir / PILOT_LOG, self.ids(), self.services.sink, buffered=True)
         self._event("received", f"received job {self.d.job_id} attempt {self.d.attempt_nr} (task {self.d.task_id}, "
