@@ -151,13 +151,13 @@ class MemoryMonitor:
             self._sampler = sampler
             sampler.add(self)
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self._write_header()
         self.sample()
         self._thread = threading.Thread(target=self._loop, name="panray-memory-monitor", daemon=True)
         self._thread.start()
 
     def _write_header(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.txt_path.write_text("\t".join(COLUMNS) + "\n")
         self._header = True
 
