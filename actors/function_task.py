@@ -1,4 +1,5 @@
-"""Function payloads as Ray tasks: a pilot slot launches the job's call and waits for it.
+"""Function payloads as Ray tasks: a pilot launches the job's call, and one waiter per pilot
+collects the ends of all its calls with ``ray.wait`` over their refs (no thread or actor call per job).
 
 The task is named after the job (so the dashboard's task views and ``ray.util.state.list_tasks``
 show it), asks for the job's cpus and memory and a sliver of the site resource, and is pinned to
@@ -11,7 +12,9 @@ killing the worker an out-of-memory failure.
 from __future__ import annotations
 
 import functools
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -46,6 +49,7 @@ class FunctionRun(PayloadProcess):
     def __init__(self, dispatch: Dispatch, pilot: str, services: RunnerServices):
         super().__init__(dispatch, pilot, services)
         self._ref: ray.ObjectRef | None = None
+        self.sent = 0.0  #: when the pilot took the job (its outcome's sent time)
 
     def kill(self, reason: str) -> None:
         with self._lock:
@@ -55,13 +59,19 @@ class FunctionRun(PayloadProcess):
         if ref is not None:
             ray.cancel(ref, force=True)
 
-    def run(self) -> PayloadResult:
+    def execute(self) -> PayloadResult:
+        """Launch the job's Ray task and wait for it."""
+        start = self.launch()
+        return self._wait(start)
+
+    def launch(self) -> float:
+        """Submit the job's Ray task (unless it was killed first); returns the start time."""
         call = decode_function(self.d.payload)
         self.dir.mkdir(parents=True, exist_ok=True)
         files = [(self.dir / "payload.stdout", "stdout"), (self.dir / "payload.stderr", "stderr")]
         for path, _ in files:
             path.touch()
-        tailer = self._start_tailer(files)
+        self._follow(files)
         start = time.time()
         site = _site_resource()
         options = {"name": call.name, "num_cpus": self.d.request_cpus, "memory": self.d.request_memory * MB,
@@ -71,12 +81,14 @@ class FunctionRun(PayloadProcess):
         with self._lock:
             if self._kill_reason is None:
                 self._ref = _call.options(**options).remote(tuple(call), str(self.dir))
-        result = self._wait(start)
-        if tailer:
-            tailer.stop()
-            self.services.sink.flush(timeout=30.0)
-        result.log_url = self._upload([*(p for p, _ in files), self.dir / RESULT_FILE])
-        return result
+        return start
+
+    def finish(self, ended: int | PayloadResult) -> PayloadResult:
+        """Ship the call's output and upload its files; ``ended`` is how its task ended."""
+        assert isinstance(ended, PayloadResult)
+        self._finish_watchers()
+        ended.log_url = self._upload([self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / RESULT_FILE])
+        return ended
 
     def _wait(self, start: float) -> PayloadResult:
         """How the task ended, classified for the retry rules."""
@@ -95,6 +107,66 @@ class FunctionRun(PayloadProcess):
         if r.ok:
             return PayloadResult(start, time.time(), 0, None, None)
         return PayloadResult(start, time.time(), None, r.error_class, r.diag)
+
+
+WAIT_POLL = 0.05  #: seconds one ray.wait blocks, so that calls launched meanwhile join the next wait
+
+
+class FunctionWaiter:
+    """One thread for every function job a pilot holds: it launches them, at most ``limit`` at
+    once (the pilot's slots), and collects their ends with ``ray.wait`` over all their refs.
+
+    ``launch(run)`` (from this thread) starts a job's call and returns its start time, or None
+    when the pilot could not start it; ``on_end(run, result)`` gets each call that ended.
+    """
+
+    def __init__(self, limit: int, launch: Callable[[FunctionRun], float | None],
+                 on_end: Callable[[FunctionRun, PayloadResult], None]):
+        self._limit, self._launch, self._on_end = limit, launch, on_end
+        self._waiting: list[FunctionRun] = []
+        self._runs: dict[ray.ObjectRef, tuple[FunctionRun, float]] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        threading.Thread(target=self._loop, name="functions", daemon=True).start()
+
+    def add(self, run: FunctionRun) -> None:
+        with self._cv:
+            self._waiting.append(run)
+            self._cv.notify()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._runs or self._waiting or self._stop)
+                if self._stop:
+                    return
+                room = max(self._limit - len(self._runs), 0)
+                starting, self._waiting = self._waiting[:room], self._waiting[room:]
+            for run in starting:
+                start = self._launch(run)
+                if start is None:
+                    continue
+                if run._ref is None:  # killed before its launch
+                    self._on_end(run, run._wait(start))
+                else:
+                    with self._cv:
+                        self._runs[run._ref] = (run, start)
+            with self._cv:
+                refs = list(self._runs)
+            if not refs:
+                continue
+            ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT_POLL)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            with self._cv:
+                ended = [self._runs.pop(ref) for ref in ready]
+            for run, start in ended:
+                self._on_end(run, run._wait(start))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,7 +1,8 @@
 """A warm pilot: a long-lived actor on its site's node that pulls batches and runs payloads.
 
-Like a Harvester worker it pulls from its site queue (``acquire_jobs``), runs up to ``slots``
-payloads at once (a function job's payload is a Ray task it launches and waits for,
+Like a Harvester worker it pulls from its site queue (``acquire_jobs``), holds up to
+``PREFETCH`` x ``slots`` jobs (so that a slot that frees starts the next payload without waiting
+for a pull), runs up to ``slots`` payloads at once (a function job's payload is a Ray task it launches and waits for,
 :mod:`panray.actors.function_task`), completes no-op jobs in-process, and reports starts and ends in batches to
 each workflow's manager (``update_job`` in bulk) — never one actor call per job.
 
@@ -28,17 +29,20 @@ from typing import Any
 
 import ray
 
-from panray.actors.function_task import FunctionRun
+from panray.actors.function_task import FunctionRun, FunctionWaiter
 from panray.actors.metrics import PilotMetrics
 from panray.actors.names import Handles, queue_name
 from panray.config import Settings
 from panray.core.messages import Dispatch, Outcome, Started
 from panray.core.outbox import Outbox
-from panray.core.payload_runner import PayloadProcess, PayloadUser, RunnerServices
+from panray.core.payload_runner import PayloadProcess, PayloadResult, PayloadUser, RunnerServices
 from panray.payload import is_function, sleep_seconds
 from panray.retry import CANCELLED, SYSTEM
 
 REPORT_INTERVAL = 0.05
+PREFETCH = 3
+"""A pilot holds up to this many jobs per slot: those beyond its slots wait in the pilot, claimed,
+for the next free slot, so short payloads follow each other without a pull's round trips."""
 STOP_GRACE = 5.0
 """Seconds a stopping pilot gives its killed payloads to end and its log sink to deliver; what is
 still undelivered then stays in the pilot's spool on disk for the next pilot of its name."""
@@ -116,8 +120,10 @@ class Pilot:
         self._queue = self._handles.require(queue_name(site))
         self._running: dict[tuple[str, int], PayloadProcess] = {}  # (manager, job_id): ids are per store
         self._sleeping = _Sleepers()
-        self._free = threading.Semaphore(slots)
+        self._free = threading.Semaphore(slots * PREFETCH)  #: jobs this pilot may still take
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  #: uploads, off the slots
+        self._functions = FunctionWaiter(slots, self._launch, self._function_ended)
         self._reports = Outbox()
         self._stop = threading.Event()
         self._threads = [
@@ -194,6 +200,8 @@ class Pilot:
         deadline = time.monotonic() + STOP_GRACE
         while self._running and time.monotonic() < deadline:  # their last lines reach the sink
             time.sleep(0.05)
+        self._functions.stop()
+        self._services.close()
         sink = self._services.sink
         return sink.close(timeout=max(deadline - time.monotonic(), 0.1)) if sink is not None else True
 
@@ -276,29 +284,69 @@ class Pilot:
             self._sleeping.add(d, now, seconds)
             self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, now, now))
             return 0
-        proc = (FunctionRun if is_function(d.payload) else PayloadProcess)(d, self.pilot_id, self._services)
+        if is_function(d.payload):  # launched by the waiter while it has a free slot; holds a permit till its end
+            run = FunctionRun(d, self.pilot_id, self._services)
+            run.sent = now
+            self._running[(d.manager, d.job_id)] = run
+            self._functions.add(run)
+            return 1
+        proc = PayloadProcess(d, self.pilot_id, self._services)
         self._running[(d.manager, d.job_id)] = proc
         self._pool.submit(self._run_one, proc, now)
         return 1
 
+    def _launch(self, run: FunctionRun) -> float | None:
+        """Submit a function job's Ray task: its start time, or None when it ended at once (reported)."""
+        d = run.d
+        self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, run.sent, time.time()))
+        start = self._attempt(run, run.sent, run.launch)
+        if isinstance(start, Outcome):
+            self._free.release()
+            self._ended(run, start)
+            return None
+        return start
+
+    def _function_ended(self, run: FunctionRun, result: PayloadResult) -> None:
+        self._free.release()
+        self._finisher.submit(self._finish_one, run, run.sent, result)
+
     def _run_one(self, proc: PayloadProcess, sent: float) -> None:
+        """In a slot: start the payload and wait for it; its attempt is finished off the slot."""
         d = proc.d
         self._reports.add_started(d.manager, Started(d.job_id, d.attempt_nr, self.pilot_id, sent, time.time()))
         try:
-            r = proc.run()
-            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time,
-                          r.exit_code, r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
-        except (ValueError, TypeError) as exc:  # the job's own data (command, environment) is unusable
-            out = _refused(d, self.pilot_id, self.site, sent, exc)
-        except Exception as exc:  # the pilot itself failed to run it: a system error
-            proc.pilot_error(exc)
-            now = time.time()
-            out = Outcome(d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, SYSTEM,
-                          f"pilot error: {exc!r}"[:500], None, None)
+            ended = self._attempt(proc, sent, proc.execute)
         finally:
             self._free.release()
-        self._reports.add_ended(d.manager, [out])
-        self._running.pop((d.manager, d.job_id), None)  # after: always held or reported
+        if isinstance(ended, Outcome):
+            self._ended(proc, ended)
+        else:
+            self._finisher.submit(self._finish_one, proc, sent, ended)
+
+    def _finish_one(self, proc: PayloadProcess, sent: float, ended: int | PayloadResult) -> None:
+        r = self._attempt(proc, sent, lambda: proc.finish(ended))
+        d = proc.d
+        out = r if isinstance(r, Outcome) else Outcome(
+            d.job_id, d.attempt_nr, self.pilot_id, self.site, sent, r.start_time, r.end_time, r.exit_code,
+            r.error_class, r.diag, r.max_pss_kb, r.log_url, r.quanta)
+        self._ended(proc, out)
+
+    def _attempt(self, proc: PayloadProcess, sent: float, step: Any) -> Any:
+        """What ``step`` returns, or the outcome of its failure: the job's own data unusable (a
+        payload error) or the pilot failing to run it (a system error)."""
+        try:
+            return step()
+        except (ValueError, TypeError) as exc:  # the job's own data (command, environment) is unusable
+            return _refused(proc.d, self.pilot_id, self.site, sent, exc)
+        except Exception as exc:
+            proc.pilot_error(exc)
+            now = time.time()
+            return Outcome(proc.d.job_id, proc.d.attempt_nr, self.pilot_id, self.site, sent, now, now, None, SYSTEM,
+                           f"pilot error: {exc!r}"[:500], None, None)
+
+    def _ended(self, proc: PayloadProcess, out: Outcome) -> None:
+        self._reports.add_ended(proc.d.manager, [out])
+        self._running.pop((proc.d.manager, proc.d.job_id), None)  # after: always held or reported
 
     def _report_loop(self) -> None:
         next_beat = time.monotonic() + self._heartbeat_interval

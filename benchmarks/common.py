@@ -12,8 +12,11 @@ import json
 import os
 import platform
 import resource
+import signal
 import sqlite3
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -197,3 +200,36 @@ def tree_rss_mib(root_pid: int) -> float:
         total += current_rss_mib(pid)
         todo.extend(children.get(pid, []))
     return total
+
+
+# -- one measurement per interpreter -----------------------------------------------------------
+
+RESULT_TAG = "RESULT "
+
+
+def _sample_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
+    while not stop.wait(0.5):
+        peak[0] = max(peak[0], tree_rss_mib(pid))
+
+
+def run_isolated(module: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run ``python -m module --child SPEC`` in a fresh interpreter (its own session) and return
+    the dict it printed after :data:`RESULT_TAG`, plus the peak RSS of its process tree."""
+    cmd = [sys.executable, "-m", module, "--child", json.dumps(spec)]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    stop, peak = threading.Event(), [0.0]
+    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, peak), daemon=True)
+    sampler.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        out = ""
+    stop.set()
+    sampler.join()
+    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_TAG)]
+    result = json.loads(lines[-1][len(RESULT_TAG):]) if lines else {"ok": False, "error": f"rc={proc.returncode}"}
+    result["peak_rss_mib"] = round(peak[0])
+    return result

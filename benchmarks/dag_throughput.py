@@ -39,8 +39,9 @@ Usage
 ``--payload function`` gives every node a trivial Python function instead (``math:hypot(3, 4)``):
 panray runs each as a function job (a Ray task named after the job, launched by a pilot slot, its
 output tailed and its result stored like any payload's), raw Ray as a task calling it, and the
-``threads`` baseline (``--baselines ray,threads``) as a stdlib thread-pool DAG executor (2 threads,
-a child submitted when its last parent ends), Parsl's ThreadPoolExecutor design without Parsl.
+``parsl`` baseline (``--baselines ray,parsl``) as an app on Parsl's ThreadPoolExecutor (2 threads,
+in-process), and the ``threads`` baseline as a stdlib thread-pool DAG executor of the same design
+(a child submitted when its last parent ends) for machines without Parsl.
 
 ``--metrics-cost`` runs panray a second time per backend with ``metrics: false`` (same graph, same
 run, order alternating); ``slowdown`` is how much slower the run with metrics on is (0.03 = 3%).
@@ -67,17 +68,17 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import common  # noqa: E402
 from benchmarks.common import (  # noqa: E402
+    RESULT_TAG,
     format_table,
     machine_info,
     postgres_server,
     print_header,
-    tree_rss_mib,
     versions,
     write_json,
 )
 
-RESULT_TAG = "RESULT "
 PROFILED_ACTORS = ("WorkflowManager", "Pilot", "SiteQueue", "Brokerage")
 
 
@@ -116,6 +117,7 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
         t_setup = time.perf_counter()
         pr.runtime  # start the embedded cluster and actors outside the timing
         setup_s = time.perf_counter() - t_setup
+        warm_s = _warm_functions(pr, Job, Workflow) if payload == "function" else 0.0
         t1 = time.perf_counter()
         ids = pr.submit(wf)
         t2 = time.perf_counter()
@@ -127,9 +129,20 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
     finished = summary.quanta.get("finished", 0)  # a job unclustered is one quantum
     return {
         "jobs": summary.total, "quanta": len(shape), "seconds": t3 - t1, "submit_s": t2 - t1, "run_s": t3 - t2,
-        "model_s": model_s, "setup_s": setup_s, "status": statuses[ids[0]], "counts": summary.jobs,
+        "model_s": model_s, "setup_s": setup_s, "warm_s": warm_s, "status": statuses[ids[0]], "counts": summary.jobs,
         "ok": finished == len(shape) and statuses[ids[0]] == "Finished",
     }
+
+
+def _warm_functions(pr: Any, job: Any, workflow: Any) -> float:
+    """Run a few function jobs per pilot slot first, untimed: the Ray workers that run the calls
+    start then, as raw Ray's are started before its timing."""
+    t0 = time.perf_counter()
+    slots = sum(site.pilots * site.slots for site in pr.catalog)
+    warm = workflow(name="warm-functions", jobs=[job(name=f"warm{k}", label="warm", function=FUNCTION,
+                                                     args=FUNCTION_ARGS, request_memory=100) for k in range(2 * slots)])
+    pr.wait(pr.submit(warm))
+    return time.perf_counter() - t0
 
 
 def run_ray(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
@@ -204,11 +217,12 @@ def run_threads(n_jobs: int) -> dict[str, Any]:
     return {"jobs": len(shape), "seconds": seconds, "ok": ended[0] == len(shape)}
 
 
-def run_parsl(n_jobs: int) -> dict[str, Any]:
-    """Parsl's ThreadPoolExecutor (2 threads, in-process): a ``python_app`` per node, its parents'
-    futures as arguments. Without Parsl installed, the stdlib thread-pool executor stands in."""
+def run_parsl(n_jobs: int, payload: str = "noop") -> dict[str, Any]:
+    """Parsl's ThreadPoolExecutor (2 threads, in-process): one app per node, its parents' futures as
+    arguments. Without Parsl installed, the stdlib thread-pool executor stands in."""
     try:
         import parsl
+        from parsl.app.app import python_app
         from parsl.config import Config
         from parsl.executors.threads import ThreadPoolExecutor
     except ImportError:
@@ -216,25 +230,25 @@ def run_parsl(n_jobs: int) -> dict[str, Any]:
     from panray.dag import drp
 
     shape = drp(n_jobs)
-    order = _topological(shape)
     pos = {name: i for i, name in enumerate(shape.names)}
     parents = [[pos[p] for p in ps] for ps in shape.parents]
-    dfk = parsl.load(Config(executors=[ThreadPoolExecutor(max_threads=2, label="threads")], strategy="none",
-                            initialize_logging=False))
+    parsl.load(Config(executors=[ThreadPoolExecutor(max_threads=2, label="threads")], usage_tracking=0,
+                      run_dir=tempfile.mkdtemp(prefix="parsl-bench-"), initialize_logging=False))
 
-    @parsl.python_app(executors=["threads"])
-    def noop(*_parents: Any) -> Any:
-        return math.hypot(*FUNCTION_ARGS)
+    @python_app
+    def node(*_parents: Any) -> Any:
+        return math.hypot(*FUNCTION_ARGS) if payload == "function" else None
 
-    noop().result()  # executor up
+    node().result()  # executor up
     t0 = time.perf_counter()
     futures: list[Any] = [None] * len(shape)
-    for i in order:
-        futures[i] = noop(*[futures[p] for p in parents[i]])
+    for i in _topological(shape):
+        futures[i] = node(*[futures[p] for p in parents[i]])
     for f in futures:
         f.result()
     seconds = time.perf_counter() - t0
-    dfk.cleanup()
+    parsl.dfk().cleanup()
+    parsl.clear()
     return {"jobs": len(shape), "seconds": seconds, "ok": True}
 
 
@@ -332,37 +346,15 @@ def _child(spec: dict[str, Any]) -> None:
     elif system == "threads":
         result = run_threads(spec["jobs"])
     elif system == "parsl":
-        result = run_parsl(spec["jobs"])
+        result = run_parsl(spec["jobs"], spec.get("payload", "noop"))
     else:
         result = run_dask(spec["jobs"])
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
-def _sample_rss(pid: int, stop: threading.Event, peak: list[float]) -> None:
-    while not stop.wait(0.5):
-        peak[0] = max(peak[0], tree_rss_mib(pid))
-
-
 def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run one measurement in a fresh interpreter; returns its result plus the tree's peak RSS."""
-    cmd = [sys.executable, "-m", "benchmarks.dag_throughput", "--child", json.dumps(spec)]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    stop, peak = threading.Event(), [0.0]
-    sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, peak), daemon=True)
-    sampler.start()
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        out = ""
-    stop.set()
-    sampler.join()
-    lines = [ln for ln in out.splitlines() if ln.startswith(RESULT_TAG)]
-    result = json.loads(lines[-1][len(RESULT_TAG):]) if lines else {"ok": False, "error": f"rc={proc.returncode}"}
-    result["peak_rss_mib"] = round(peak[0])
-    return result
+    return common.run_isolated("benchmarks.dag_throughput", spec, timeout)
 
 
 def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None,

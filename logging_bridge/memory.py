@@ -5,10 +5,15 @@ There is no prmon on PyPI, so this writes the same two files the monitor already
 and ``prmon.json`` (``{"Max": {...}, "Avg": {...}}``). ``on_exceed`` fires once, from the monitor
 thread, the first time the tree's PSS goes over ``limit_kb``, so the pilot can act on a runaway job.
 
+A pilot runs one :class:`MemorySampler` thread for all its payloads' monitors instead of a
+thread per payload: starting a payload then costs no thread and no file write.
+
 Examples:
     >>> monitor = MemoryMonitor(proc.pid, workdir, interval=1.0, ncores=4)   # doctest: +SKIP
     >>> monitor.start(); proc.wait(); summary = monitor.stop()              # doctest: +SKIP
     >>> summary["Max"]["pss"], monitor.max_pss_per_core_kb                   # doctest: +SKIP
+    >>> sampler = MemorySampler(interval=0.5)                                # doctest: +SKIP
+    >>> monitor.start(sampler); proc.wait(); summary = monitor.stop()        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -113,7 +118,9 @@ class MemoryMonitor:
         self._lock = threading.Lock()
         self._sampling = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._start = 0.0
+        self._start = time.monotonic()
+        self._header = False  #: prmon.txt has its header
+        self._sampler: MemorySampler | None = None
         self._max: dict[str, int] = {}
         self._sums: dict[str, int] = {}
         self._count = 0
@@ -136,14 +143,23 @@ class MemoryMonitor:
         """What the monitor shows per job (as GB): memory per allocated core."""
         return self.max_pss_kb / self.ncores
 
-    def start(self) -> None:
-        """Write the header, take the first sample now (short jobs get one too), then sample on."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+    def start(self, sampler: MemorySampler | None = None) -> None:
+        """Sample now (short jobs get a row too) and every ``interval`` from a thread of its own,
+        or hand the monitor to a pilot's shared ``sampler``, which takes its first row at once."""
         self._start = time.monotonic()
-        self.txt_path.write_text("\t".join(COLUMNS) + "\n")
+        if sampler is not None:
+            self._sampler = sampler
+            sampler.add(self)
+            return
+        self._write_header()
         self.sample()
         self._thread = threading.Thread(target=self._loop, name="panray-memory-monitor", daemon=True)
         self._thread.start()
+
+    def _write_header(self) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.txt_path.write_text("\t".join(COLUMNS) + "\n")
+        self._header = True
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -156,6 +172,8 @@ class MemoryMonitor:
             return self._record()
 
     def _record(self) -> bool:
+        if self._stop.is_set():
+            return False
         values = _sample_tree(self._root)
         if values is None:
             return False
@@ -165,6 +183,8 @@ class MemoryMonitor:
                 self._max[column] = max(self._max.get(column, 0), row[column])
                 self._sums[column] = self._sums.get(column, 0) + row[column]
             self._count += 1
+        if not self._header:
+            self._write_header()
         with self.txt_path.open("a") as out:
             out.write("\t".join(str(row[column]) for column in COLUMNS) + "\n")
         if self.limit_kb is not None and row["pss"] > self.limit_kb and not self._exceeded:
@@ -178,9 +198,69 @@ class MemoryMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        if self._sampler is not None:
+            self._sampler.remove(self)
+        with self._sampling:  # a sample the shared sampler is taking ends first
+            if not self._header:
+                self._write_header()
         with self._lock:
             count = max(self._count, 1)
             summary = {"Max": dict(self._max),
                        "Avg": {column: total / count for column, total in self._sums.items()}}
         self.json_path.write_text(json.dumps(summary, indent=2))
         return summary
+
+
+class MemorySampler:
+    """One thread sampling the monitors of every payload a pilot runs, every ``interval`` seconds.
+
+    A monitor added is sampled at once, then with the others at each round until it stops (or
+    its process tree is gone).
+    """
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self._cv = threading.Condition()
+        self._watched: dict[MemoryMonitor, None] = {}  #: insertion-ordered set
+        self._new: list[MemoryMonitor] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="panray-memory-sampler", daemon=True)
+        self._thread.start()
+
+    def add(self, monitor: MemoryMonitor) -> None:
+        with self._cv:
+            self._new.append(monitor)
+            self._cv.notify()
+
+    def remove(self, monitor: MemoryMonitor) -> None:
+        with self._cv:
+            self._watched.pop(monitor, None)
+            if monitor in self._new:
+                self._new.remove(monitor)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        due = time.monotonic() + self.interval
+        while True:
+            with self._cv:
+                while not (self._closed or self._new) and (wait := due - time.monotonic()) > 0:
+                    self._cv.wait(wait)
+                if self._closed:
+                    return
+                todo, self._new = self._new, []
+                self._watched.update(dict.fromkeys(todo))
+                if time.monotonic() >= due:
+                    todo = list(self._watched)
+                    due = time.monotonic() + self.interval
+            for monitor in todo:
+                try:
+                    alive = monitor.sample()
+                except Exception:  # noqa: BLE001 - a full disk must not end the sampling of the others
+                    alive = True
+                if not alive:
+                    self.remove(monitor)

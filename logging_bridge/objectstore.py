@@ -19,11 +19,12 @@ from __future__ import annotations
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
-
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.cloud import storage
+from typing import TYPE_CHECKING
 
 from panray.config import Settings
+
+if TYPE_CHECKING:  # google-cloud-storage loads only for a gs:// store
+    from google.auth.credentials import Credentials
 
 
 def attempt_prefix(workflow_id: str, task_id: str, job_id: str, attempt: int) -> str:
@@ -92,6 +93,9 @@ class GCSObjectStore(ObjectStore):
         project: str = "panray-local",
         credentials: Credentials | None = None,
     ):
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import storage
+
         if credentials is None and endpoint:
             credentials = AnonymousCredentials()
         self._client = storage.Client(

@@ -30,20 +30,48 @@ if TYPE_CHECKING:
     from panray.logging_bridge.sinks import LogSink
 
 class PilotLog:
-    """Appends events to ``path`` and ships them to ``sink``; any thread may call :meth:`event`."""
+    """Appends events to ``path`` and ships them to ``sink``; any thread may call :meth:`event`.
 
-    def __init__(self, path: Path, ids: Mapping[str, Any], sink: LogSink | None):
+    ``buffered`` keeps events in memory until :meth:`take` or :meth:`flush` (a payload's start
+    then does no file or sink work; the pilot's tailer ships them with the payload's lines).
+    """
+
+    def __init__(self, path: Path, ids: Mapping[str, Any], sink: LogSink | None, *, buffered: bool = False):
         self.path = path
         self._ids = {**ids, SOURCE_FIELD: "pilot"}
         self._sink = sink
         self._lock = threading.Lock()
+        self._buffered = buffered
+        self._pending: list[dict[str, Any]] = []
 
     def event(self, event: str, message: str, *, level: str = "INFO", **fields: Any) -> None:
         """One event: a short name (``started``), a sentence for people, and its figures."""
         entry = make_entry(json.dumps({"event": event, "message": message, "levelName": level, **fields}),
                            self._ids, "pilot")
+        if self._buffered:
+            with self._lock:
+                self._pending.append(entry)
+            return
         with self._lock:
-            with self.path.open("a", encoding="utf-8") as out:
-                out.write(json.dumps(entry) + "\n")
+            self._append([entry])
         if self._sink is not None:
             self._sink.write([entry])
+
+    def _append(self, entries: list[dict[str, Any]]) -> None:
+        """Caller holds the lock, so that events land in the file in order."""
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write("".join(json.dumps(e) + "\n" for e in entries))
+
+    def take(self) -> list[dict[str, Any]]:
+        """The events buffered since the last call, now appended to the file, for the caller to ship."""
+        with self._lock:
+            entries, self._pending = self._pending, []
+            if entries:
+                self._append(entries)
+        return entries
+
+    def flush(self) -> None:
+        """Write and ship the buffered events."""
+        entries = self.take()
+        if entries and self._sink is not None:
+            self._sink.write(entries)

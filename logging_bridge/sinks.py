@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -33,19 +34,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import google.auth
-import requests
-from google.api_core.exceptions import GoogleAPICallError
-from google.auth.credentials import AnonymousCredentials, Credentials
-from google.auth.transport.requests import AuthorizedSession
-from google.cloud import logging as cloud_logging
-from google.cloud.logging_v2.resource import Resource
+from typing import TYPE_CHECKING, Any
 
 from panray.config import Settings
 from panray.logging_bridge.entries import ID_FIELDS, SOURCE_FIELD, STRING_IDS, TIMESTAMP_FIELD, make_entry
 from panray.logging_bridge.spool import DiskSpool
+
+if TYPE_CHECKING:  # the Google clients load only with a cloud sink: ~35 MiB and ~0.3 s in every pilot
+    from google.auth.credentials import Credentials
+    from google.cloud.logging_v2.resource import Resource
 
 MAX_ENTRY_BYTES = 256 * 1024
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
@@ -230,18 +227,6 @@ class CloudSinkOptions:
     query_days: int = 30
 
 
-class _TimeoutSession(AuthorizedSession):
-    """Every request gets our timeout: the client's own default is 60 s, too long for a pilot."""
-
-    def __init__(self, credentials: Credentials, timeout: float):
-        super().__init__(credentials)
-        self._timeout = timeout
-
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
-        kwargs["timeout"] = self._timeout
-        return super().request(method, url, *args, **kwargs)
-
-
 def _describe(exc: Exception) -> str:
     """``BadRequest: 400 POST ...: reason``: the HTTP status stays visible in stats and logs."""
     return f"{type(exc).__name__}: {exc}"
@@ -262,6 +247,9 @@ def _rfc3339(value: Any) -> str:
 
 def _retryable(exc: Exception) -> bool:
     """Outages (5xx, 408, 429, refused, reset, timed out) are retried; a rejected request is not."""
+    import requests
+    from google.api_core.exceptions import GoogleAPICallError
+
     if isinstance(exc, requests.RequestException):
         return True
     if isinstance(exc, GoogleAPICallError):
@@ -269,16 +257,41 @@ def _retryable(exc: Exception) -> bool:
     return False
 
 
-class _Client(cloud_logging.Client):
-    """A client whose every logger has our resource: the library otherwise *detects* one by probing
-    the metadata server, for ``client.logger(name)`` and for each log name ``list_entries`` returns."""
+@functools.cache
+def _google() -> Any:
+    """The Google client classes panray adapts, imported on first use (a cloud sink's)."""
+    from types import SimpleNamespace
 
-    def __init__(self, *, resource: Resource, **kwargs: Any):
-        super().__init__(**kwargs)
-        self._panray_resource = resource
+    import google.auth
+    from google.auth.credentials import AnonymousCredentials
+    from google.auth.transport.requests import AuthorizedSession
+    from google.cloud import logging as cloud_logging
+    from google.cloud.logging_v2.resource import Resource
 
-    def logger(self, name: str, *, labels: Any = None, resource: Resource | None = None) -> Any:
-        return super().logger(name, labels=labels, resource=resource or self._panray_resource)
+    class TimeoutSession(AuthorizedSession):  # type: ignore[misc]
+        """Every request gets our timeout: the client's own default is 60 s, too long for a pilot."""
+
+        def __init__(self, credentials: Credentials, timeout: float):
+            super().__init__(credentials)
+            self._timeout = timeout
+
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+            kwargs["timeout"] = self._timeout
+            return super().request(method, url, *args, **kwargs)
+
+    class Client(cloud_logging.Client):  # type: ignore[misc]
+        """A client whose every logger has our resource: the library otherwise *detects* one by probing
+        the metadata server, for ``client.logger(name)`` and for each log name ``list_entries`` returns."""
+
+        def __init__(self, *, resource: Resource, **kwargs: Any):
+            super().__init__(**kwargs)
+            self._panray_resource = resource
+
+        def logger(self, name: str, *, labels: Any = None, resource: Resource | None = None) -> Any:
+            return super().logger(name, labels=labels, resource=resource or self._panray_resource)
+
+    return SimpleNamespace(auth=google.auth, AnonymousCredentials=AnonymousCredentials, logging=cloud_logging,
+                           Resource=Resource, TimeoutSession=TimeoutSession, Client=Client)
 
 
 class CloudLoggingSink(LogSink):
@@ -301,12 +314,13 @@ class CloudLoggingSink(LogSink):
         spool_dir: Path | None = None,
     ):
         self.options = options or CloudSinkOptions()
+        g = _google()
         if credentials is None:
-            credentials = (AnonymousCredentials() if endpoint
-                           else google.auth.default(scopes=cloud_logging.Client.SCOPE)[0])
-        self._session = _TimeoutSession(credentials, self.options.request_timeout)
-        resource = resource or Resource(type="global", labels={"project_id": project})
-        self._client = _Client(
+            credentials = (g.AnonymousCredentials() if endpoint
+                           else g.auth.default(scopes=g.logging.Client.SCOPE)[0])
+        self._session = g.TimeoutSession(credentials, self.options.request_timeout)
+        resource = resource or g.Resource(type="global", labels={"project_id": project})
+        self._client = g.Client(
             resource=resource,
             project=project,
             credentials=credentials,
@@ -504,7 +518,7 @@ class CloudLoggingSink(LogSink):
         if grep is not None:
             clauses.append(f"jsonPayload.message:{json.dumps(grep)}")
         found = self._client.list_entries(
-            filter_=" AND ".join(clauses), order_by=cloud_logging.ASCENDING, max_results=limit,
+            filter_=" AND ".join(clauses), order_by=_google().logging.ASCENDING, max_results=limit,
             page_size=min(limit or 1000, 1000))
         return [dict(entry.payload) for entry in found]
 

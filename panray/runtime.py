@@ -1,6 +1,7 @@
 """Brings up (or finds) the Ray side of panray: the cluster, brokerage, site queues and pilots.
 
-Embedded mode (no ``ray_address``) starts one raylet per site on 127.0.0.1 and records its
+Embedded mode (no ``ray_address``) starts one raylet carrying every site on 127.0.0.1 (one per
+site with ``nodes_per_site``) and records its
 address in ``PANRAY_HOME/cluster.json`` so that other panray commands (``panray cancel`` from a
 second shell) reach the same cluster while it runs. That cluster runs with Ray's token
 authentication (panray.ray_auth): joining it takes the home's 0600 token file as well as the
@@ -130,7 +131,8 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         ray_auth.use_token(ray_auth.new_token(private_dir(settings.home)))
         dashboard = detached if settings.dashboard is None else settings.dashboard  # detached: panray serve
         rt.cluster = start_local_cluster(catalog.names(), settings.embedded_cpus_per_site,
-                                         dashboard=dashboard, dashboard_port=settings.dashboard_port)
+                                         dashboard=dashboard, dashboard_port=settings.dashboard_port,
+                                         nodes_per_site=settings.nodes_per_site)
         rt.owns_ray = True
         ctx = ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
                        log_to_driver=False)

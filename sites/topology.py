@@ -1,7 +1,8 @@
 """Where sites live in the Ray cluster: one or more nodes carrying a ``site:<NAME>`` resource.
 
-Embedded mode starts one raylet per site on 127.0.0.1 (``ray.cluster_utils.Cluster``) so that
-placement is real; production nodes join with
+Embedded mode starts one raylet on 127.0.0.1 carrying every site's resource (a start of a few
+seconds), or with ``nodes_per_site`` one raylet per site (``ray.cluster_utils.Cluster``), for
+runs that lose a site's node; placement by site resource is real either way. Production nodes join with
 ``ray start --address=HEAD:6379 --resources='{"site:FrDF": 1000}'`` and are discovered here.
 """
 
@@ -36,20 +37,23 @@ DEFAULT_DASHBOARD_PORT = 8265
 
 
 def start_local_cluster(sites: Sequence[str], cpus_per_site: int = 8, dashboard: bool = False,
-                        dashboard_port: int = 8265) -> Any:
-    """A Ray cluster of one node per site, all on 127.0.0.1; the caller owns its shutdown.
+                        dashboard_port: int = 8265, nodes_per_site: bool = False) -> Any:
+    """A Ray cluster on 127.0.0.1 carrying every site's resource; the caller owns its shutdown.
 
-    Each node carries its ``site:<NAME>`` resource and a ``panray.io/site`` label; with
-    ``dashboard`` the head runs Ray's dashboard on 127.0.0.1:``dashboard_port`` (0 = any free port).
+    By default one raylet carries all of ``sites`` (each raylet costs seconds of start-up and a few
+    hundred MiB of agents); with ``nodes_per_site`` each site gets a raylet of its own, so that a
+    site's node can be lost alone. Each node carries its ``site:<NAME>`` resources and a
+    ``panray.io/site`` label (the sites it carries, joined by ``.``); with ``dashboard`` the head
+    runs Ray's dashboard on 127.0.0.1:``dashboard_port`` (0 = any free port).
     """
     loopback_env()
     from ray.cluster_utils import Cluster
 
-    def node_args(site: str, head: bool) -> dict[str, Any]:
+    def node_args(group: Sequence[str], head: bool) -> dict[str, Any]:
         args: dict[str, Any] = {
-            "num_cpus": cpus_per_site,
-            "resources": {SITE_PREFIX + site: SITE_UNITS},
-            "labels": {SITE_LABEL: site},
+            "num_cpus": cpus_per_site * len(group),
+            "resources": {SITE_PREFIX + site: SITE_UNITS for site in group},
+            "labels": {SITE_LABEL: ".".join(group)},
             "node_ip_address": "127.0.0.1",
             "object_store_memory": 200 * 1024 * 1024,
         }
@@ -59,9 +63,10 @@ def start_local_cluster(sites: Sequence[str], cpus_per_site: int = 8, dashboard:
                         _system_config={"metrics_report_interval_ms": METRICS_REPORT_MS})
         return args
 
-    cluster = Cluster(initialize_head=True, head_node_args=node_args(sites[0], True))
-    for site in sites[1:]:
-        cluster.add_node(**node_args(site, False))
+    groups = [[site] for site in sites] if nodes_per_site else [list(sites)]
+    cluster = Cluster(initialize_head=True, head_node_args=node_args(groups[0], True))
+    for group in groups[1:]:
+        cluster.add_node(**node_args(group, False))
     cluster.wait_for_nodes()
     return cluster
 

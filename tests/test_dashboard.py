@@ -43,7 +43,8 @@ def _state(base: str, what: str, token: str) -> list[dict[str, Any]]:
 def test_serve_dashboard_shows_panray_actors_and_sites(tmp_path: Path) -> None:
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
-    env |= {"PANRAY_HOME": str(home), "PANRAY_DASHBOARD_PORT": "0"}  # 0: never collide with another session's
+    env |= {"PANRAY_HOME": str(home), "PANRAY_DASHBOARD_PORT": "0",  # 0: never collide with another session's
+            "PANRAY_NODES_PER_SITE": "1"}  # a node per site: each node's label names one site
     with running_server(home, env) as info:
         base = str(info["dashboard"])
         token = (home / TOKEN_FILE).read_text().strip()

@@ -5,6 +5,11 @@ is ever built. stdout/stderr go to files in the attempt's work directory; the me
 kills the whole process group when the payload's PSS exceeds its request (out-of-memory is
 real, exit 137), and a cancel kills the group too.
 
+A pilot's payloads share its services: one log tailer thread and one memory sampler thread for
+all of them, so that a payload's start costs its work directory, two files and the fork/exec;
+:meth:`PayloadProcess.execute` runs it in a slot, :meth:`PayloadProcess.finish` (the last lines,
+the prmon summary, the uploads) runs after the slot is free.
+
 A payload inherits the pilot's environment without panray's or Ray's variables (the store URL,
 the cluster address, tokens), so it cannot act with the server's rights; with ``payload_user``
 it also runs as that unprivileged user, for whom the 0700 home is closed.
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +112,47 @@ class RunnerServices:
     memory_tolerance: float = 1.0
     memory_interval: float = 0.5
     user: PayloadUser | None = None  #: run payloads as this user, else as the pilot's
+    _tailer: Any = None
+    _sampler: Any = None
+    _env: dict[str, str] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def tailer(self) -> Any:
+        """The one log tailer (logging_bridge PilotTailer) of these services' payloads; None: no sink."""
+        if self.sink is None:
+            return None
+        with self._lock:
+            if self._tailer is None:
+                from panray.logging_bridge.tailer import PilotTailer
+
+                self._tailer = PilotTailer(self.sink, interval=self.log_interval)
+                self._tailer.start()
+            return self._tailer
+
+    def sampler(self) -> Any:
+        """The one memory sampler (logging_bridge MemorySampler) of these services' payloads."""
+        with self._lock:
+            if self._sampler is None:
+                from panray.logging_bridge.memory import MemorySampler
+
+                self._sampler = MemorySampler(interval=self.memory_interval)
+            return self._sampler
+
+    def environment(self) -> dict[str, str]:
+        """A copy of the pilot's environment without private variables (computed once)."""
+        if self._env is None:
+            env = clean_environment(dict(os.environ))
+            env.update(self.user.environment() if self.user else {})
+            self._env = env
+        return dict(self._env)
+
+    def close(self) -> None:
+        """Stop the shared threads (what a payload left unshipped goes at its finish)."""
+        with self._lock:
+            for shared in (self._tailer, self._sampler):
+                if shared is not None:
+                    shared.close()
+            self._tailer = self._sampler = None
 
 
 class PayloadProcess:
@@ -120,7 +166,10 @@ class PayloadProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._kill_reason: str | None = None
         self._lock = threading.Lock()
-        self.log: Any = None  #: the pilot's record of this attempt (logging_bridge PilotLog), from run() on
+        self.log: Any = None  #: the pilot's record of this attempt (logging_bridge PilotLog), from execute() on
+        self._tailer: Any = None
+        self._monitor: Any = None
+        self._start = self._end = 0.0
 
     def ids(self) -> dict[str, Any]:
         """PanDA's ids for log entries: job, task and request ids and the pilot's id as strings."""
@@ -137,6 +186,9 @@ class PayloadProcess:
     def pilot_error(self, exc: BaseException) -> None:
         """Record that the pilot itself failed to run the job (a system error)."""
         self._event("pilot_error", f"pilot error, the job ends as a system error: {exc!r}"[:500], level="ERROR")
+        self._finish_watchers()
+        if self.log is not None:
+            self.log.flush()
 
     def kill(self, reason: str) -> None:
         """Kill the payload's whole process group; ``reason`` is "cancelled" or "memory"."""
@@ -154,15 +206,20 @@ class PayloadProcess:
                 pass
 
     def run(self) -> PayloadResult:
+        """Run the payload to its end and finish the attempt (files shipped, result classified)."""
+        return self.finish(self.execute())
+
+    def execute(self) -> int | PayloadResult:
+        """Start the payload and wait for it: its exit code, or the result of a start that failed."""
         argv = decode_command(self.d.payload)
         assert argv is not None, "no-op jobs are completed by the pilot, not run"
         self.dir.mkdir(parents=True, exist_ok=True)
         user = self.services.user
         if user is not None:
             os.chown(self.dir, user.uid, user.gid)
-        from panray.logging_bridge.pilot_log import PilotLog  # the bridge pulls in the Google clients
+        from panray.logging_bridge.pilot_log import PilotLog
 
-        self.log = PilotLog(self.dir / PILOT_LOG, self.ids(), self.services.sink)
+        self.log = PilotLog(self.dir / PILOT_LOG, self.ids(), self.services.sink, buffered=True)
         self._event("received", f"received job {self.d.job_id} attempt {self.d.attempt_nr} (task {self.d.task_id}, "
                     f"workflow {self.d.workflow_id}); work dir {self.dir}", workDir=str(self.dir))
         self._event("command", f"command decoded: {argv[0]} with {len(argv) - 1} arguments",
@@ -171,19 +228,18 @@ class PayloadProcess:
             (self.dir / SPEC_FILE).write_text(argv[1])
             argv = [sys.executable, "-I", cluster_runner.__file__, SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
-        env = clean_environment(dict(os.environ))
-        env.update(user.environment() if user else {})
+        env = self.services.environment()
         env.update(json.loads(self.d.environment or "{}"))
         env.update(PANRAY_JOB_ID=str(self.d.job_id), PANRAY_ATTEMPT=str(self.d.attempt_nr),
                    PANRAY_WORKFLOW_ID=str(self.d.workflow_id), PANRAY_SITE=self.d.site,
                    PANRAY_LABEL=self.d.label, PANRAY_WORK_DIR=str(self.dir))
-        start = time.time()
+        self._start = time.time()
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             try:
                 with self._lock:
                     if self._kill_reason is not None:
                         self._event("not_started", f"killed before start: {self._kill_reason}", level="WARNING")
-                        return PayloadResult(start, time.time(), 130, self._kill_reason, "killed before start")
+                        return PayloadResult(self._start, time.time(), 130, self._kill_reason, "killed before start")
                     launch, preexec = _dying_with_pilot(argv, user)
                     self._proc = subprocess.Popen(
                         launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
@@ -191,29 +247,42 @@ class PayloadProcess:
                     )
             except (OSError, ValueError) as exc:  # ValueError: a NUL or '=' the OS refuses in argv or env
                 self._event("start_failed", f"cannot start {argv[0][:200]!r}: {exc}", level="ERROR")
-                return PayloadResult(start, time.time(), 127, PAYLOAD, f"cannot start {argv[0][:200]!r}: {exc}")
+                return PayloadResult(self._start, time.time(), 127, PAYLOAD, f"cannot start {argv[0][:200]!r}: {exc}")
             self._event("started", f"payload started with pid {self._proc.pid}", pid=self._proc.pid)
-            tailer, monitor = self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
+            self._start_watchers([(out_path, "stdout"), (err_path, "stderr")])
             code = self._proc.wait()
+        self._end = time.time()
+        return code
 
-        end = time.time()
-        summary = monitor.stop() if monitor else None
-        if tailer:
-            tailer.stop()  # the last lines are in the sink's spool; delivery goes on without this slot
-        max_pss = int(summary["Max"]["pss"]) if summary else None
+    def finish(self, ended: int | PayloadResult) -> PayloadResult:
+        """After the payload: its last lines and the pilot's record shipped, prmon written, files
+        uploaded; ``ended`` is what :meth:`execute` returned. Runs off the slot, in any thread."""
+        if isinstance(ended, PayloadResult):
+            self._finish_watchers()
+            if self.log is not None:
+                self.log.flush()
+            return ended
+        summary = self._monitor.stop() if self._monitor else None
+        self._finish_watchers()
+        max_pss = int(summary["Max"]["pss"]) if summary and "pss" in summary["Max"] else None
+        code, start, end = ended, self._start, self._end
         result = self._classify(code, start, end, max_pss)
         self._event("exited", f"payload exited with code {code} after {end - start:.1f} s: "
                     f"{result.diag or 'finished'}", level="INFO" if result.exit_code == 0 else "ERROR",
                     exitCode=result.exit_code, errorClass=result.error_class, maxPSS_kB=max_pss)
-        files = [out_path, err_path, self.dir / "prmon.txt", self.dir / "prmon.json", self.dir / PILOT_LOG]
+        files = [self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / "prmon.txt",
+                 self.dir / "prmon.json", self.dir / PILOT_LOG]
+        self.log.flush()  # pilot.log is complete up to the upload
         try:
             result.log_url = self._upload(files)
         except Exception as exc:
             self._event("upload_failed", f"uploading the job's files failed: {exc!r}"[:500], level="ERROR")
+            self.log.flush()
             raise
         if result.log_url:
             self._event("uploaded", f"uploaded {sum(p.exists() for p in files)} files to {result.log_url}",
                         url=result.log_url)
+        self.log.flush()
         result.quanta = read_results(self.dir)
         return result
 
@@ -230,28 +299,30 @@ class PayloadProcess:
             return PayloadResult(start, end, 0, None, None, max_pss)
         return PayloadResult(start, end, code, PAYLOAD, f"payload exited with code {code}", max_pss)
 
-    def _start_tailer(self, files: list[tuple[Path, str]]) -> Any:
-        """Ship the payload's log lines through the logging bridge while it runs (None: no sink)."""
-        from panray.logging_bridge import LogTailer
+    def _follow(self, files: list[tuple[Path, str]]) -> None:
+        """Ship the payload's log lines (and the pilot's buffered record) through the pilot's tailer."""
+        tailer = self.services.tailer()
+        if tailer is not None:
+            tailer.follow(self, files, self.ids(), self.log)
+            self._tailer = tailer
 
-        if self.services.sink is None:
-            return None
-        tailer = LogTailer(files, self.ids(), self.services.sink, interval=self.services.log_interval)
-        tailer.start()
-        return tailer
-
-    def _start_watchers(self, files: list[tuple[Path, str]]) -> tuple[Any, Any]:
+    def _start_watchers(self, files: list[tuple[Path, str]]) -> None:
         from panray.logging_bridge import MemoryMonitor
 
-        tailer = self._start_tailer(files)
+        self._follow(files)
         limit_kb = int(self.d.request_memory * 1024 * self.services.memory_tolerance)
         assert self._proc is not None
-        monitor = MemoryMonitor(
+        self._monitor = MemoryMonitor(
             self._proc.pid, self.dir, interval=self.services.memory_interval, ncores=self.d.request_cpus,
             limit_kb=limit_kb, on_exceed=lambda _pss: self.kill(MEMORY),
         )
-        monitor.start()
-        return tailer, monitor
+        self._monitor.start(self.services.sampler())
+
+    def _finish_watchers(self) -> None:
+        """The last lines (unterminated tails too) go to the sink's spool; delivery goes on without this."""
+        if self._tailer is not None:
+            self._tailer.finish(self)
+            self._tailer = None
 
     def _upload(self, paths: list[Path]) -> str | None:
         store = self.services.object_store
