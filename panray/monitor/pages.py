@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from panray.exceptions import NotFoundError
 from panray.monitor.charts import memory_svg
 from panray.monitor.dag_view import dag_svg
-from panray.monitor.errors import summarise
 from panray.monitor.reader import MonitorReader
 from panray.monitor.svg import STATUS_COLOURS
 from panray.statuses import FINAL_JOB_STATES, JobStatus, WorkflowStatus
@@ -91,20 +90,21 @@ def counts_html(counts: Mapping[str, int], href: str | None = None) -> Html:
 
 
 def pager(base: str, params: Mapping[str, object], offset: int, limit: int, total: int,
-          keys: tuple[int, int] | None = None) -> Html:
+          keys: tuple[int, int] | None = None, exact: bool = True) -> Html:
     """Previous/next links and the shown range; with ``keys`` (first and last idx shown) the
-    links page by key (``before``/``after``), carrying the offset only for the range shown."""
+    links page by key (``before``/``after``), carrying the offset only for the range shown.
+    ``exact`` False: at least ``total`` match."""
     keep = {k: v for k, v in params.items() if v not in (None, "", (), [])}
 
     def at(o: int, **key: int) -> str:
         return base + "?" + urlencode({**keep, "offset": o, **key}, doseq=True)
 
-    parts = [f"rows {offset + 1 if total else 0}-{min(offset + limit, total)} of {total}"]
+    parts = [f"rows {offset + 1 if total else 0}-{min(offset + limit, total)} of {'' if exact else 'more than '}{total}"]
     if offset > 0:
         back = max(offset - limit, 0)
         href = at(back, before=keys[0]) if keys and back else at(back)
         parts.insert(0, link(href, "previous", class_="prev"))
-    if offset + limit < total:
+    if offset + limit < total or not exact:
         parts.append(link(at(offset + limit, **({"after": keys[1]} if keys else {})), "next", class_="next"))
     return tag("p", Html(" ".join(cell(p) for p in parts)), class_="pager")
 
@@ -190,7 +190,8 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
 
 
 def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: str) -> Html:
-    groups = summarise(reader.error_groups(workflow_id))
+    """Failed attempts by cause (the store keeps them grouped by normalised message), largest first."""
+    groups = reader.error_groups(workflow_id)
     ended = status in {s.value for s in (WorkflowStatus.FINISHED, WorkflowStatus.SUBFINISHED, WorkflowStatus.FAILED,
                                          WorkflowStatus.CANCELLED)}
     jobs_url = f"{prefix}/workflows/{workflow_id}/jobs"
@@ -198,7 +199,7 @@ def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: 
     for g in groups:
         filters = {"status": "failed", "exit_code": "" if g.exit_code is None else g.exit_code,
                    "error_class": g.error_class or ""}
-        rows.append((g.error_class, g.exit_code, tag("span", g.message, class_="message", title=g.example_diag or ""),
+        rows.append((g.error_class, g.exit_code, tag("span", g.cause, class_="message", title=g.example_diag or ""),
                      link(f"{jobs_url}?{urlencode(filters)}", g.attempts), link(f"{prefix}/jobs/{g.example_job_id}",
                                                                                 g.example_job_id, class_="example")))
     retry = action_button("retry failed jobs", {"action": "retry", "workflow_id": workflow_id}) if ended and groups \
@@ -246,7 +247,7 @@ def jobs_page(reader: MonitorReader, prefix: str, workflow_id: int, query: JobQu
     body = table(JOB_COLUMNS, [_job_cells(prefix, j, c, pss) for j, c in zip(page.rows, page.created)],
                  class_="jobs")
     keys = (page.rows[0].idx, page.rows[-1].idx) if page.rows and query.sort == "idx" else None
-    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total, keys) + body), id="jobs",
+    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total, keys, page.exact) + body), id="jobs",
                data_live="1")
     head = tag("h1", Html("Jobs of " + link(f"{prefix}/workflows/{workflow_id}", f"workflow {workflow_id}: {wf.name}")))
     return Html(head + form + live)
