@@ -142,6 +142,11 @@ def test_kept_task_aggregates_match_the_jobs_after_many_changes(store: StateStor
                  and all(v is None or getattr(j, k) == v for k, v in (("site", query.site), ("label", query.label),
                          ("exit_code", query.exit_code), ("error_class", query.error_class), ("task_id", query.task_id)))]
         assert (page.total, page.exact, [r.job_id for r in page.rows]) == (len(match), True, match), query
+    by_site: dict[str, dict[str, int]] = {}
+    for j in jobs:
+        if j.site is not None:
+            by_site.setdefault(j.site, {})[j.status] = by_site.get(j.site, {}).get(j.status, 0) + 1
+    assert store.site_job_counts() == by_site  # the other workflow's jobs have no site
     failed = [a for j in jobs for a in store.attempts(j.job_id) if a.status == "failed"]
     scanned: dict[tuple[str | None, int | None, str], list[int]] = {}
     for a in failed:
