@@ -246,6 +246,7 @@ def _back_to_version_3(url: str) -> None:
                     "attempts_errors_insert", "attempts_errors_update"):
         raw_sql(url, f"DROP TRIGGER {trigger}" + ("" if url.startswith("sqlite") else f" ON {trigger.split('_')[0]}"))
     raw_sql(url, "DROP TABLE task_error_stats")
+    raw_sql(url, "DROP TABLE label_edges")
     raw_sql(url, "DROP INDEX jobs_workflow_duration")
     raw_sql(url, "ALTER TABLE attempts DROP COLUMN cause")
     if not url.startswith("sqlite"):

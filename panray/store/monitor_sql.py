@@ -13,6 +13,7 @@ attempt. The tables, columns and indexes below are schema version 4.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from panray.diagnostics import normalise
@@ -39,6 +40,8 @@ MONITOR_DDL = (
         task_id {id} NOT NULL, error_class TEXT NOT NULL, exit_code INTEGER NOT NULL, cause TEXT NOT NULL,
         n {id} NOT NULL, example_job_id {id} NOT NULL, example_diag TEXT,
         PRIMARY KEY (task_id, error_class, exit_code, cause))""",
+    """CREATE TABLE label_edges (workflow_id {id} NOT NULL, parent_label TEXT NOT NULL, child_label TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, parent_label, child_label))""",  # the label graph, filled when first read
     "ALTER TABLE attempts ADD COLUMN cause TEXT",  # normalised diag of a failed attempt (panray.diagnostics)
     "CREATE INDEX jobs_workflow_label ON jobs (workflow_id, label, idx)",
     "CREATE INDEX jobs_workflow_site ON jobs (workflow_id, site, idx)",
@@ -142,6 +145,12 @@ _JOB_COLUMNS = ", ".join(JobRow._fields)
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 #: Sort keys a page may ask for -> ORDER BY text; idx breaks ties so pages never overlap.
 JOB_SORTS = {"idx": "idx", "-duration": "(end_time - start_time) DESC NULLS LAST, idx"}
+_FILL_LABEL_EDGES = (
+    "INSERT INTO label_edges (workflow_id, parent_label, child_label) SELECT DISTINCT ?, p.label, c.label FROM edges e"
+    " JOIN jobs c ON c.workflow_id = e.workflow_id AND c.idx = e.child_idx"
+    " JOIN jobs p ON p.workflow_id = e.workflow_id AND p.idx = e.parent_idx"
+    " WHERE e.workflow_id = ? ON CONFLICT DO NOTHING"  # another reader filled them meanwhile
+)
 COUNT_CAP = 10_000  #: a job page counts name-prefix matches up to this many
 
 
@@ -154,6 +163,7 @@ class MonitorSQL:
 
     dialect: Any
     _fetch: Callable[[str, Sequence[Any]], list[Any]]  #: SQLStore's: one read statement, all rows
+    _transaction: Callable[..., AbstractContextManager[Any]]  #: SQLStore's
 
     def _fill_monitor(self, cur: Any) -> None:
         """Fill the aggregates of a store made before they were kept (a migration)."""
@@ -162,6 +172,14 @@ class MonitorSQL:
         cur.executemany(self.dialect.sql("UPDATE attempts SET cause = ? WHERE job_id = ? AND attempt_nr = ?"), causes)
         for statement in _FILL:
             cur.execute(statement)
+
+    def drop_monitor_triggers(self) -> None:
+        """Stop keeping the aggregates (the monitor's counts go stale): only for measuring what
+        keeping them costs the writers (``benchmarks.dag_throughput --trigger-cost``)."""
+        with self._transaction(write=True) as cur:
+            for statement in self.dialect.triggers:
+                if statement.startswith("DROP TRIGGER"):
+                    cur.execute(statement)
 
     def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]:
         where, params = ["1 = 1"], []
@@ -271,11 +289,15 @@ class MonitorSQL:
                 for c, e, m, n, x, d in self._fetch(text, (workflow_id, limit))]
 
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
-        text = ("SELECT DISTINCT p.label, c.label FROM edges e"
-                " JOIN jobs c ON c.workflow_id = e.workflow_id AND c.idx = e.child_idx"
-                " JOIN jobs p ON p.workflow_id = e.workflow_id AND p.idx = e.parent_idx"
-                " WHERE e.workflow_id = ? ORDER BY 1, 2")
-        return [(p, c) for p, c in self._fetch(text, (workflow_id,))]
+        """Read from ``label_edges``, filled on the first ask: joining a 200k-job graph's edges
+        with its jobs takes seconds, and the graph never changes once stored."""
+        text = "SELECT parent_label, child_label FROM label_edges WHERE workflow_id = ? ORDER BY 1, 2"
+        found = self._fetch(text, (workflow_id,))
+        if not found:
+            with self._transaction(write=True) as cur:
+                cur.execute(self.dialect.sql(_FILL_LABEL_EDGES), (workflow_id, workflow_id))
+            found = self._fetch(text, (workflow_id,))
+        return [(p, c) for p, c in found]
 
     def recent_decisions(self, *, limit: int) -> list[DecisionRow]:
         text = f"SELECT {', '.join(DecisionRow._fields)} FROM brokerage_decisions ORDER BY time DESC LIMIT ?"
