@@ -28,8 +28,9 @@ from panray.store.base import (
     WorkflowRow,
 )
 
-#: ``task_job_stats`` keys a job by its task, status, site, error class and exit code ('' and -1
-#: stand for none: key columns cannot be NULL), so any page filter of those has its exact count.
+#: ``task_job_stats`` keys a job by its task, status, site, error class and exit code ('' and
+#: NO_EXIT stand for none: key columns cannot be NULL), so any page filter of those has its exact count.
+NO_EXIT = -(2**31)  #: the aggregates' exit code of a job that has none (no process exits with it)
 MONITOR_DDL = (
     """CREATE TABLE task_job_stats (
         task_id {id} NOT NULL, status TEXT NOT NULL, site TEXT NOT NULL, error_class TEXT NOT NULL,
@@ -54,17 +55,17 @@ MONITOR_V3 = ("DROP TABLE IF EXISTS task_job_stats", "DROP TABLE IF EXISTS task_
               "DROP INDEX IF EXISTS jobs_workflow_label", "DROP INDEX IF EXISTS jobs_workflow_site",
               "DROP INDEX IF EXISTS brokerage_decisions_time", "DROP INDEX IF EXISTS attempts_failed",
               "DROP INDEX IF EXISTS jobs_workflow_duration")
-_FILL = (
+_FILL = tuple(statement.format(no_exit=NO_EXIT) for statement in (
     "INSERT INTO task_job_stats (task_id, status, site, error_class, exit_code, n, wall, max_request)"
-    " SELECT task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, -1), COUNT(*),"
+    " SELECT task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, {no_exit}), COUNT(*),"
     " SUM(COALESCE(end_time - start_time, 0)), MAX(request_memory) FROM jobs GROUP BY 1, 2, 3, 4, 5",
     "INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM attempts a"
     " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id",
     "INSERT INTO task_error_stats (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
-    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, -1), COALESCE(a.cause, ''), COUNT(*), MIN(a.job_id),"
+    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), COUNT(*), MIN(a.job_id),"
     " MIN(a.diag) FROM attempts a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed' GROUP BY 1, 2, 3, 4",
-)
-_JOB_KEY = "{r}.task_id, {r}.status, COALESCE({r}.site, ''), COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, -1)"
+))
+_JOB_KEY = "{r}.task_id, {r}.status, COALESCE({r}.site, ''), COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit})"
 _ADD_JOB = (
     "INSERT INTO task_job_stats (task_id, status, site, error_class, exit_code, n, wall, max_request) VALUES ("
     + _JOB_KEY + ", {sign}, {sign} * COALESCE({r}.end_time - {r}.start_time, 0), {r}.request_memory)"
@@ -75,7 +76,7 @@ _ADD_PSS = ("INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT task_id, new.
             " WHERE job_id = new.job_id ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = MAX(max_pss_kb, excluded.max_pss_kb);")
 _ADD_ERROR = (
     "INSERT INTO task_error_stats (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
-    " SELECT task_id, COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, -1), COALESCE({r}.cause, ''), {sign}, {r}.job_id, {r}.diag"
+    " SELECT task_id, COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit}), COALESCE({r}.cause, ''), {sign}, {r}.job_id, {r}.diag"
     " FROM jobs WHERE job_id = {r}.job_id AND {r}.status = 'failed' ON CONFLICT (task_id, error_class, exit_code, cause)"
     " DO UPDATE SET n = n + excluded.n, example_diag = CASE WHEN excluded.example_job_id < example_job_id"
     " THEN excluded.example_diag ELSE example_diag END, example_job_id = MIN(example_job_id, excluded.example_job_id);"
@@ -85,20 +86,20 @@ _TRIGGERS = ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "a
 #: SQLite keeps the task aggregates with row triggers: a status change moves one job between rows.
 SQLITE_TRIGGERS = (
     *(f"DROP TRIGGER IF EXISTS {t}" for t in _TRIGGERS),
-    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs BEGIN " + _ADD_JOB.format(r="new", sign=1) + " END",
+    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs BEGIN " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
     "CREATE TRIGGER jobs_stats_update AFTER UPDATE OF status, site, start_time, end_time, exit_code, error_class,"
-    " request_memory ON jobs BEGIN " + _ADD_JOB.format(r="old", sign=-1) + " " + _ADD_JOB.format(r="new", sign=1)
+    " request_memory ON jobs BEGIN " + _ADD_JOB.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT)
     + " END",
     "CREATE TRIGGER attempts_pss_insert AFTER INSERT ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN " + _ADD_PSS + " END",
     "CREATE TRIGGER attempts_pss_update AFTER UPDATE OF max_pss_kb ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN "
     + _ADD_PSS + " END",
     "CREATE TRIGGER attempts_errors_insert AFTER INSERT ON attempts WHEN new.status = 'failed' BEGIN "
-    + _ADD_ERROR.format(r="new", sign=1) + " END",
+    + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
     "CREATE TRIGGER attempts_errors_update AFTER UPDATE OF status, error_class, exit_code, cause ON attempts"
     " WHEN old.status = 'failed' OR new.status = 'failed' BEGIN "
-    + _ADD_ERROR.format(r="old", sign=-1) + " " + _ADD_ERROR.format(r="new", sign=1) + " END",
+    + _ADD_ERROR.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
 )
-_PG_KEY = "task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, -1)"
+_PG_KEY = f"task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, {NO_EXIT})"
 _PG_ADD_JOBS = (
     "INSERT INTO task_job_stats AS s (task_id, status, site, error_class, exit_code, n, wall, max_request)"
     f" SELECT {_PG_KEY}, {{sign}} * COUNT(*), {{sign}} * COALESCE(SUM(end_time - start_time), 0), MAX(request_memory)"
@@ -107,7 +108,7 @@ _PG_ADD_JOBS = (
 )
 _PG_ADD_ERRORS = (
     "INSERT INTO task_error_stats AS e (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
-    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, -1), COALESCE(a.cause, ''), {sign} * COUNT(*),"
+    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), {sign} * COUNT(*),"
     " MIN(a.job_id), MIN(a.diag) FROM {rows} a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed'"
     " GROUP BY 1, 2, 3, 4 ON CONFLICT (task_id, error_class, exit_code, cause) DO UPDATE SET n = e.n + excluded.n,"
     " example_diag = CASE WHEN excluded.example_job_id < e.example_job_id THEN excluded.example_diag"
@@ -125,8 +126,8 @@ POSTGRES_TRIGGERS = (
     " ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = GREATEST(p.max_pss_kb, excluded.max_pss_kb);"
     " RETURN NULL; END $f$",
     "CREATE OR REPLACE FUNCTION panray_task_error_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-    " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_ERRORS.format(sign=-1, rows="old_rows") + " END IF; "
-    + _PG_ADD_ERRORS.format(sign=1, rows="new_rows") + " RETURN NULL; END $f$",
+    " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_ERRORS.format(sign=-1, rows="old_rows", no_exit=NO_EXIT) + " END IF; "
+    + _PG_ADD_ERRORS.format(sign=1, rows="new_rows", no_exit=NO_EXIT) + " RETURN NULL; END $f$",
     "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows"
     " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_job_stats()",
     "CREATE TRIGGER jobs_stats_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
@@ -156,6 +157,24 @@ COUNT_CAP = 10_000  #: a job page counts name-prefix matches up to this many
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
+
+
+#: The columns a job page filters on, the same in ``jobs`` and (with ``tasks``) in ``task_job_stats``.
+_FILTERED = ("workflow_id", "status", "label", "site", "error_class", "exit_code", "task_id")
+
+
+def _filters(query: JobQuery, column: dict[str, str], workflow_id: int) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and parameters for the query's filters (a name prefix aside), in ``column``'s spelling."""
+    where, params = [f"{column['workflow_id']} = ?"], [workflow_id]
+    if query.status:
+        where.append(f"{column['status']} IN ({_marks(query.status)})")
+        params.extend(query.status)
+    for key, value in (("label", query.label), ("site", query.site), ("error_class", query.error_class),
+                       ("exit_code", query.exit_code), ("task_id", query.task_id)):
+        if value is not None:
+            where.append(f"{column[key]} = ?")
+            params.append(value)
+    return where, params
 
 
 class MonitorSQL:
@@ -222,15 +241,7 @@ class MonitorSQL:
         return {t: int(kb) for t, kb in self._fetch(text, (workflow_id,))}
 
     def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
-        where, params = ["workflow_id = ?"], [workflow_id]
-        if query.status:
-            where.append(f"status IN ({_marks(query.status)})")
-            params.extend(query.status)
-        for column, value in (("label", query.label), ("site", query.site), ("error_class", query.error_class),
-                              ("exit_code", query.exit_code), ("task_id", query.task_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        where, params = _filters(query, {c: c for c in _FILTERED}, workflow_id)
         if query.name:
             where.append("name >= ? AND name < ?")  # a prefix as a range: no LIKE escaping, index-friendly
             params.extend([query.name, query.name + "\U0010ffff"])
@@ -256,15 +267,8 @@ class MonitorSQL:
             [(n,)] = self._fetch(f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE {cond} LIMIT ?) m",
                                  [*params, COUNT_CAP + 1])
             return min(int(n), COUNT_CAP), int(n) <= COUNT_CAP
-        where, args = ["t.workflow_id = ?"], [workflow_id]
-        if query.status:
-            where.append(f"s.status IN ({_marks(query.status)})")
-            args.extend(query.status)
-        for column, value in (("t.label", query.label), ("s.site", query.site), ("s.error_class", query.error_class),
-                              ("s.exit_code", query.exit_code), ("s.task_id", query.task_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        where, args = _filters(query, {c: ("t." if c in ("workflow_id", "label") else "s.") + c for c in _FILTERED},
+                               workflow_id)
         [(n,)] = self._fetch("SELECT COALESCE(SUM(s.n), 0) FROM task_job_stats s JOIN tasks t ON t.task_id = s.task_id"
                              f" WHERE {' AND '.join(where)}", args)
         return int(n), True
@@ -285,7 +289,7 @@ class MonitorSQL:
                 " JOIN jobs j ON j.job_id = g.x JOIN task_error_stats e ON e.task_id = j.task_id"
                 " AND e.error_class = g.error_class AND e.exit_code = g.exit_code AND e.cause = g.cause"
                 " ORDER BY g.n DESC, g.cause")
-        return [ErrorGroupRow(c or None, None if e == -1 else int(e), m or "(no diagnostic)", int(n), int(x), d)
+        return [ErrorGroupRow(c or None, None if e == NO_EXIT else int(e), m or "(no diagnostic)", int(n), int(x), d)
                 for c, e, m, n, x, d in self._fetch(text, (workflow_id, limit))]
 
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
