@@ -81,7 +81,8 @@ def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore)
     assert sum(r.n for r in by_task.values()) == 9
     assert store.task_max_pss(wf) == {task_a: 9000}
     groups = store.error_groups(wf)
-    assert [(g.cause, g.attempts) for g in groups] == [("file <path> missing", 2), ("oom", 1)]  # "not mine": other wf
+    assert [(g.task_id, g.cause, g.attempts) for g in groups] == \
+        [(task_a, "file <path> missing", 2), (task_a, "oom", 1)]  # "not mine" is the other workflow's
     oom = groups[1]
     assert (oom.error_class, oom.exit_code, oom.example_job_id, oom.example_diag) == ("memory", 137, first + 3, "oom")
     assert (groups[0].example_job_id, groups[0].example_diag) == (first, "file /a/1.fits missing")
@@ -148,11 +149,14 @@ def test_kept_task_aggregates_match_the_jobs_after_many_changes(store: StateStor
             by_site.setdefault(j.site, {})[j.status] = by_site.get(j.site, {}).get(j.status, 0) + 1
     assert store.site_job_counts() == by_site  # the other workflow's jobs have no site
     failed = [a for j in jobs for a in store.attempts(j.job_id) if a.status == "failed"]
-    scanned: dict[tuple[str | None, int | None, str], list[int]] = {}
+    task_of = {j.job_id: j.task_id for j in jobs}
+    scanned: dict[tuple[int, str | None, int | None, str], list[int]] = {}
     for a in failed:
-        scanned.setdefault((a.error_class, a.exit_code, normalise(a.diag)), []).append(a.job_id)
-    assert {(g.error_class, g.exit_code, g.cause): (g.attempts, g.example_job_id) for g in store.error_groups(wf)} == \
+        scanned.setdefault((task_of[a.job_id], a.error_class, a.exit_code, normalise(a.diag)), []).append(a.job_id)
+    kept = store.error_groups(wf)
+    assert {(g.task_id, g.error_class, g.exit_code, g.cause): (g.attempts, g.example_job_id) for g in kept} == \
         {key: (len(ids), min(ids)) for key, ids in scanned.items()}
+    assert [g.attempts for g in kept] == sorted((g.attempts for g in kept), reverse=True)
     expected: dict[tuple[int, str], tuple[int, float]] = {}
     for j in jobs:
         n, w = expected.get((j.task_id, j.status), (0, 0.0))

@@ -356,8 +356,9 @@ class JobPage:
 
 
 class ErrorGroupRow(NamedTuple):
-    """Failed attempts of a workflow with one error class, exit code and normalised diagnostic."""
+    """Failed attempts of one task with one error class, exit code and normalised diagnostic."""
 
+    task_id: int
     error_class: str | None
     exit_code: int | None
     cause: str  #: the diag normalised (panray.diagnostics.normalise)
@@ -499,7 +500,7 @@ class StateStore(ABC):
 
     @abstractmethod
     def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
-        """Failed attempts grouped by (error class, exit code, normalised diag), largest group first."""
+        """Failed attempts grouped by (task, error class, exit code, normalised diag), largest first."""
 
     @abstractmethod
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:

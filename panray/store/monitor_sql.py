@@ -281,16 +281,12 @@ class MonitorSQL:
         return {j: int(kb) for j, kb in self._fetch(text, list(job_ids))}  # the latest attempt wins
 
     def error_groups(self, workflow_id: int, *, limit: int = 200) -> list[ErrorGroupRow]:
-        """From the kept ``task_error_stats``: a few rows per task, whatever the number of failures."""
-        text = ("SELECT g.error_class, g.exit_code, g.cause, g.n, g.x, e.example_diag FROM ("
-                " SELECT s.error_class, s.exit_code, s.cause, SUM(s.n) AS n, MIN(s.example_job_id) AS x"
+        """The kept ``task_error_stats`` rows of the workflow: a few per task, whatever the number of failures."""
+        text = ("SELECT s.task_id, s.error_class, s.exit_code, s.cause, s.n, s.example_job_id, s.example_diag"
                 " FROM task_error_stats s JOIN tasks t ON t.task_id = s.task_id WHERE t.workflow_id = ? AND s.n > 0"
-                " GROUP BY s.error_class, s.exit_code, s.cause ORDER BY 4 DESC, 3 LIMIT ?) g"
-                " JOIN jobs j ON j.job_id = g.x JOIN task_error_stats e ON e.task_id = j.task_id"
-                " AND e.error_class = g.error_class AND e.exit_code = g.exit_code AND e.cause = g.cause"
-                " ORDER BY g.n DESC, g.cause")
-        return [ErrorGroupRow(c or None, None if e == NO_EXIT else int(e), m or "(no diagnostic)", int(n), int(x), d)
-                for c, e, m, n, x, d in self._fetch(text, (workflow_id, limit))]
+                " ORDER BY s.n DESC, s.task_id, s.cause LIMIT ?")
+        return [ErrorGroupRow(t, c or None, None if e == NO_EXIT else int(e), m or "(no diagnostic)", int(n), int(x), d)
+                for t, c, e, m, n, x, d in self._fetch(text, (workflow_id, limit))]
 
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
         """Read from ``label_edges``, filled on the first ask: joining a 200k-job graph's edges
