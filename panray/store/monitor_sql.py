@@ -35,12 +35,12 @@ MONITOR_DDL = (
     """CREATE TABLE task_job_stats (
         task_id {id} NOT NULL, status TEXT NOT NULL, site TEXT NOT NULL, error_class TEXT NOT NULL,
         exit_code INTEGER NOT NULL, n {id} NOT NULL, wall {float} NOT NULL, max_request INTEGER NOT NULL,
-        PRIMARY KEY (task_id, status, site, error_class, exit_code))""",
+        PRIMARY KEY (task_id, status, site, error_class, exit_code)){without_rowid}""",
     "CREATE TABLE task_max_pss (task_id {id} PRIMARY KEY, max_pss_kb {id} NOT NULL)",
     """CREATE TABLE task_error_stats (
         task_id {id} NOT NULL, error_class TEXT NOT NULL, exit_code INTEGER NOT NULL, cause TEXT NOT NULL,
         n {id} NOT NULL, example_job_id {id} NOT NULL, example_diag TEXT,
-        PRIMARY KEY (task_id, error_class, exit_code, cause))""",
+        PRIMARY KEY (task_id, error_class, exit_code, cause)){without_rowid}""",
     """CREATE TABLE label_edges (workflow_id {id} NOT NULL, parent_label TEXT NOT NULL, child_label TEXT NOT NULL,
         PRIMARY KEY (workflow_id, parent_label, child_label))""",  # the label graph, filled when first read
     "ALTER TABLE attempts ADD COLUMN cause TEXT",  # normalised diag of a failed attempt (panray.diagnostics)

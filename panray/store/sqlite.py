@@ -33,7 +33,8 @@ _BUSY = frozenset({5, 6})
 _TRANSIENT = _BUSY | {10, 13, 14}
 _DIALECT = Dialect(
     types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY",
-           "nulls_last": ""},  # SQLite puts NULLs last in DESC order and takes no NULLS in an index
+           "nulls_last": "",  # SQLite puts NULLs last in DESC order and takes no NULLS in an index
+           "without_rowid": " WITHOUT ROWID"},  # the triggers' upserts find a kept row in one b-tree, not two
     param="?",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     triggers=SQLITE_TRIGGERS,
