@@ -83,6 +83,7 @@ def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore)
     groups = store.error_groups(wf)
     assert [(g.task_id, g.cause, g.attempts) for g in groups] == \
         [(task_a, "file <path> missing", 2), (task_a, "oom", 1)]  # "not mine" is the other workflow's
+    assert store.error_groups(wf, limit=1) == groups[:1]                  # the largest first
     oom = groups[1]
     assert (oom.error_class, oom.exit_code, oom.example_job_id, oom.example_diag) == ("memory", 137, first + 3, "oom")
     assert (groups[0].example_job_id, groups[0].example_diag) == (first, "file /a/1.fits missing")

@@ -190,6 +190,9 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
                                                       {t.task_id: t.label for t in tasks}, running))
 
 
+ERROR_ROWS = 50  #: groups an error summary shows (largest first), so the page stays light
+
+
 def cancel_task(workflow_id: int, task_id: int) -> Html:
     return action_button("cancel task", {"action": "cancel_task", "workflow_id": workflow_id, "task_id": task_id})
 
@@ -201,7 +204,9 @@ def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: 
 
     Retrying just one group's jobs (optionally with more memory) needs a service call that retries
     chosen jobs; until there is one, *retry failed jobs* reruns all of them once the workflow ended."""
-    groups = reader.error_groups(workflow_id)
+    groups = reader.error_groups(workflow_id, limit=ERROR_ROWS + 1)
+    more = len(groups) > ERROR_ROWS
+    groups = groups[:ERROR_ROWS]
     ended = status in {s.value for s in (WorkflowStatus.FINISHED, WorkflowStatus.SUBFINISHED, WorkflowStatus.FAILED,
                                          WorkflowStatus.CANCELLED)}
     jobs_url = f"{prefix}/workflows/{workflow_id}/jobs"
@@ -218,6 +223,8 @@ def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: 
         else Html("")
     note = "" if ended or not groups else tag("p", "retry of failed jobs is offered once the workflow has ended",
                                               class_="note")
+    if more:
+        note = Html(tag("p", f"the {ERROR_ROWS} largest groups are shown", class_="note") + cell(note))
     return tag("div", Html(table(["task", "error class", "exit code", "message (normalised)", "failed attempts",
                                   "example job", ""], rows, class_="errors") + retry + cell(note)),
                id="errors", data_live="1")

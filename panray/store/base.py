@@ -499,7 +499,7 @@ class StateStore(ABC):
         """``{job_id: max PSS kB}`` of the latest measured attempt of each of these jobs."""
 
     @abstractmethod
-    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+    def error_groups(self, workflow_id: int, *, limit: int = 200) -> list[ErrorGroupRow]:
         """Failed attempts grouped by (task, error class, exit code, normalised diag), largest first."""
 
     @abstractmethod
