@@ -1,7 +1,8 @@
 """The web monitor at 200k jobs: how fast its pages answer, and how heavy they are.
 
-A DRP-shaped workflow of about 200k jobs goes into a throwaway PostgreSQL through the store's
-submit path, then one batch puts it mid-run (finished, failed with varied diagnostics, pruned,
+A DRP-shaped workflow of about 200k jobs goes into a throwaway PostgreSQL (and, side by side in
+the same run, an SQLite file: ``--backends``) through the store's submit path, then one batch puts
+it mid-run (finished, failed with varied diagnostics, pruned,
 running, waiting; attempts with max PSS; brokerage decisions). A real uvicorn on 127.0.0.1 serves
 :func:`panray.monitor.web.monitor_router`; each page's HTML fragment (what the browser fetches
 and polls, behind an RS256 token) is requested ``--requests`` times in a row.
@@ -19,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from benchmarks.common import (
 )
 
 TARGET_P95_MS = 300.0
-COLUMNS = ["page", "requests", "cold_ms", "p50_ms", "p95_ms", "max_ms", "bytes", "rows_shown", "meets_target"]
+COLUMNS = ["backend", "page", "requests", "cold_ms", "p50_ms", "p95_ms", "max_ms", "bytes", "rows_shown", "meets_target"]
 
 
 def _populate(store: Any, workflow_id: int, seed: int = 1) -> dict[str, int]:
@@ -98,7 +100,7 @@ def _time(client: Any, url: str, n: int) -> dict[str, Any]:
             "bytes": len(first.content), "rows_shown": first.text.count("<tr>") - first.text.count("<thead>")}
 
 
-def run(n_jobs: int, requests: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run(n_jobs: int, requests: int, backend: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     import httpx
     from fastapi import FastAPI
 
@@ -113,8 +115,8 @@ def run(n_jobs: int, requests: int) -> tuple[list[dict[str, Any]], dict[str, Any
         sys.path.insert(0, str(TESTS_DIR))
     from monitor_auth import TokenIssuer, serve  # type: ignore[import-not-found]
 
-    with postgres_server() as pg:
-        url = pg.create_database("monitor_bench")
+    with postgres_server() if backend == "postgres" else nullcontext() as pg:
+        url = pg.create_database("monitor_bench") if pg else None  # None: SQLite in the fresh home
         pr = Panray(Settings(home=Path(tempfile.mkdtemp(prefix="panray-monitor-bench-")), db_url=url))
         shape = drp(n_jobs)
         t0 = time.perf_counter()
@@ -146,27 +148,32 @@ def run(n_jobs: int, requests: int) -> tuple[list[dict[str, Any]], dict[str, Any
         with serve(app) as root, httpx.Client(base_url=root, timeout=120,
                                               headers={"Authorization": f"Bearer {issuer.token('alice')}"}) as client:
             for name, path in pages:
-                row = {"page": name, **_time(client, path, requests)}
+                row = {"backend": backend, "page": name, **_time(client, path, requests)}
                 row["meets_target"] = row["p95_ms"] <= TARGET_P95_MS
                 rows.append(row)
                 print(format_table([row], COLUMNS).splitlines()[-1], flush=True)
         pr.close()
-    return rows, {"jobs": ids["n_jobs"], "submit_s": submit_s, "populate_s": populate_s}
+    return rows, {"backend": backend, "jobs": ids["n_jobs"], "submit_s": submit_s, "populate_s": populate_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=200_000)
     ap.add_argument("--requests", type=int, default=40, help="timed requests per page (after one cold one)")
+    ap.add_argument("--backends", default="postgres,sqlite", help="state stores, measured one after the other")
     args = ap.parse_args(argv)
     info, vers = machine_info(), versions()
-    print_header("monitor: web pages over a 200k-job workflow in PostgreSQL", info, vers)
+    print_header("monitor: web pages over a 200k-job workflow in PostgreSQL and SQLite", info, vers)
     print(f"target: p95 <= {TARGET_P95_MS:.0f} ms (workflow page, filtered jobs pages, job page)")
-    rows, setup = run(args.jobs, args.requests)
-    print(f"workflow: {setup['jobs']:,} jobs, submitted in {setup['submit_s']:.1f} s, put mid-run in "
-          f"{setup['populate_s']:.1f} s")
+    rows, setups = [], []
+    for backend in args.backends.split(","):
+        more, setup = run(args.jobs, args.requests, backend)
+        rows += more
+        setups.append(setup)
+        print(f"{backend}: {setup['jobs']:,} jobs, submitted in {setup['submit_s']:.1f} s, put mid-run in "
+              f"{setup['populate_s']:.1f} s")
     print(format_table(rows, COLUMNS))
-    payload = {"benchmark": "monitor", "machine": info, "versions": vers, "setup": setup, "results": rows,
+    payload = {"benchmark": "monitor", "machine": info, "versions": vers, "setup": setups, "results": rows,
                "targets": {"p95_ms": TARGET_P95_MS}}
     print(f"results: {write_json('monitor', payload)}")
     return 0 if all(r["meets_target"] for r in rows) else 1

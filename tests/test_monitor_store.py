@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
+from panray.diagnostics import normalise
 from panray.statuses import JobStatus
-from panray.store import ChangeBatch, DecisionRow, JobQuery, NewCampaign, StateStore, WorkflowQuery
+from panray.store import ChangeBatch, DecisionRow, JobQuery, NewCampaign, StateStore, WorkflowQuery, monitor_sql
 
 from test_store import attempt, new_workflow, state
 
@@ -42,8 +45,18 @@ def test_job_page_filters_sorts_pages_and_counts(store: StateStore) -> None:
     assert [r.idx for r in store.job_page(wf, JobQuery(error_class="payload", site="USDF")).rows] == [0]
     assert [r.idx for r in store.job_page(wf, JobQuery(sort="-duration", limit=3)).rows] == [3, 0, 6]
     assert [r.name for r in store.job_page(wf, JobQuery(name="alpha-1")).rows] == ["alpha-1"]
+    page = store.job_page(wf, JobQuery(name="alpha-", limit=2))
+    assert (page.total, page.exact, [r.idx for r in page.rows]) == (9, True, [0, 1])
     page = store.job_page(wf, JobQuery(status=("cancelled",)))
     assert (page.rows, page.total) == ([], 0)
+
+
+def test_name_prefix_totals_are_counted_only_so_far(store: StateStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    wf, _, _ = _two_workflows(store)
+    monkeypatch.setattr(monitor_sql, "COUNT_CAP", 4)
+    page = store.job_page(wf, JobQuery(name="alpha-", limit=2))
+    assert (page.total, page.exact, [r.idx for r in page.rows]) == (4, False, [0, 1])
+    assert store.job_page(wf, JobQuery(name="alpha-8")).exact
 
 
 def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore) -> None:
@@ -68,9 +81,12 @@ def test_task_stats_pss_and_error_groups_of_one_workflow_only(store: StateStore)
     assert sum(r.n for r in by_task.values()) == 9
     assert store.task_max_pss(wf) == {task_a: 9000}
     groups = store.error_groups(wf)
-    assert sum(g.attempts for g in groups) == 3 and "not mine" not in {g.diag for g in groups}
-    oom = next(g for g in groups if g.exit_code == 137)
-    assert (oom.error_class, oom.attempts, oom.jobs, oom.example_job_id) == ("memory", 1, 1, first + 3)
+    assert [(g.task_id, g.cause, g.attempts) for g in groups] == \
+        [(task_a, "file <path> missing", 2), (task_a, "oom", 1)]  # "not mine" is the other workflow's
+    assert store.error_groups(wf, limit=1) == groups[:1]                  # the largest first
+    oom = groups[1]
+    assert (oom.error_class, oom.exit_code, oom.example_job_id, oom.example_diag) == ("memory", 137, first + 3, "oom")
+    assert (groups[0].example_job_id, groups[0].example_diag) == (first, "file /a/1.fits missing")
     assert store.jobs_max_pss([first, first + 3, first + 1]) == {first: 9000, first + 3: 4000}
 
 
@@ -105,14 +121,43 @@ def test_kept_task_aggregates_match_the_jobs_after_many_changes(store: StateStor
     wf, first, _ = _two_workflows(store)
     rng = random.Random(7)
     statuses = [s.value for s in J]
+    diags = ["file /a/1.fits missing", "file /b/2.fits missing", "killed at 17 s", None]
     for flush in range(6):  # several flushes, each job seen more than once, some twice in one batch
         picks = [first + rng.randrange(9) for _ in range(12)]
         store.apply(ChangeBatch(
             jobs=[state(j, J(rng.choice(statuses)), start_time=10.0, end_time=10.0 + rng.randrange(50),
+                        site=rng.choice(["USDF", "FrDF", None]), exit_code=rng.choice([0, 3, 137, None]),
+                        error_class=rng.choice(["payload", "memory", None]),
                         request_memory=1000 * (flush + 1)) for j in picks],  # retries only ever ask for more
-            attempts=[attempt(j, rng.randrange(1, 3), J.FAILED, max_pss_kb=10**5 * flush + rng.randrange(10**5)) for j in picks[:4]],
+            # attempt records re-sent (same key) with another outcome replace the stored one
+            attempts=[attempt(j, rng.randrange(1, 3), rng.choice([J.FAILED, J.FAILED, J.FINISHED]),
+                              exit_code=rng.choice([1, 137]), error_class=rng.choice(["payload", "memory"]),
+                              diag=rng.choice(diags), max_pss_kb=10**5 * flush + rng.randrange(10**5))
+                      for j in picks[:4]],
         ))
     jobs = store.jobs(wf)
+    for query in (JobQuery(), JobQuery(status=("failed", "finished")), JobQuery(site="FrDF"), JobQuery(exit_code=137),
+                  JobQuery(error_class="memory", site="USDF"), JobQuery(label="b", status=("running",)),
+                  JobQuery(task_id=store.tasks(wf)[2].task_id, exit_code=0)):
+        page = store.job_page(wf, query)
+        match = [j.job_id for j in jobs if (not query.status or j.status in query.status)
+                 and all(v is None or getattr(j, k) == v for k, v in (("site", query.site), ("label", query.label),
+                         ("exit_code", query.exit_code), ("error_class", query.error_class), ("task_id", query.task_id)))]
+        assert (page.total, page.exact, [r.job_id for r in page.rows]) == (len(match), True, match), query
+    by_site: dict[str, dict[str, int]] = {}
+    for j in jobs:
+        if j.site is not None:
+            by_site.setdefault(j.site, {})[j.status] = by_site.get(j.site, {}).get(j.status, 0) + 1
+    assert store.site_job_counts() == by_site  # the other workflow's jobs have no site
+    failed = [a for j in jobs for a in store.attempts(j.job_id) if a.status == "failed"]
+    task_of = {j.job_id: j.task_id for j in jobs}
+    scanned: dict[tuple[int, str | None, int | None, str], list[int]] = {}
+    for a in failed:
+        scanned.setdefault((task_of[a.job_id], a.error_class, a.exit_code, normalise(a.diag)), []).append(a.job_id)
+    kept = store.error_groups(wf)
+    assert {(g.task_id, g.error_class, g.exit_code, g.cause): (g.attempts, g.example_job_id) for g in kept} == \
+        {key: (len(ids), min(ids)) for key, ids in scanned.items()}
+    assert [g.attempts for g in kept] == sorted((g.attempts for g in kept), reverse=True)
     expected: dict[tuple[int, str], tuple[int, float]] = {}
     for j in jobs:
         n, w = expected.get((j.task_id, j.status), (0, 0.0))

@@ -96,7 +96,7 @@ def _get(url: str, token: str | None) -> httpx.Response:
 
 def test_pages_need_a_valid_token_and_show_the_workflow_exactly(staged: tuple[str, dict[str, int], Panray],
                                                                 issuer: TokenIssuer) -> None:
-    url, ids, _ = staged
+    url, ids, pr = staged
     wf = ids["workflow"]
     page = f"{url}/monitor/fragment/workflows/{wf}"
     assert _get(f"{url}/monitor/workflows/{wf}", None).status_code == 200       # the shell holds no data
@@ -115,6 +115,10 @@ def test_pages_need_a_valid_token_and_show_the_workflow_exactly(staged: tuple[st
     assert re.search(r"failed attempts.*?>2</a>", html, re.S)
     assert 'class="dag"' in html and html.count('class="dag-node') == 3 and 'dag-node blocked' in html
     assert "retry failed jobs" not in html                                 # still running: not offered
+    errors = re.search(r'id="errors".*?</div>', html, re.S).group(0)  # type: ignore[union-attr]
+    isr_task = next(t.task_id for t in pr.store.tasks(wf) if t.label == "isr")
+    assert f"status=failed&amp;task={isr_task}&amp;exit_code=3&amp;error_class=payload" in errors   # the group's jobs
+    assert f"&quot;task_id&quot;: {isr_task}" in errors and "cancel task" in errors  # isr still has a running job
 
 
 def test_jobs_list_filters_and_pages_on_the_server(staged: tuple[str, dict[str, int], Panray],

@@ -19,6 +19,7 @@ from panray.store import (
     AuditRow,
     ChangeBatch,
     HistoryRow,
+    JobQuery,
     JobState,
     NewCampaign,
     NewJob,
@@ -239,22 +240,32 @@ def test_workflow_reads_one_row(store: StateStore) -> None:
         store.workflow(wids[1] + 1)
 
 
+def _back_to_version_3(url: str) -> None:
+    """Take away what version 4 added: the monitor's triggers, error aggregate, attempt causes, index."""
+    for trigger in ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update",
+                    "attempts_errors_insert", "attempts_errors_update"):
+        raw_sql(url, f"DROP TRIGGER {trigger}" + ("" if url.startswith("sqlite") else f" ON {trigger.split('_')[0]}"))
+    raw_sql(url, "DROP TABLE task_error_stats")
+    raw_sql(url, "DROP TABLE label_edges")
+    raw_sql(url, "DROP INDEX jobs_workflow_duration")
+    raw_sql(url, "ALTER TABLE attempts DROP COLUMN cause")
+    if not url.startswith("sqlite"):
+        for function in ("panray_task_job_stats", "panray_task_max_pss", "panray_task_error_stats"):
+            raw_sql(url, f"DROP FUNCTION {function}")
+    raw_sql(url, "UPDATE schema_version SET version = 3")
+
+
 def test_a_version_2_store_is_migrated(store: StateStore, store_url: str) -> None:
     """A store made before the history had previous status and cause opens, keeps its rows, gains both."""
     [w] = store.submit(NewCampaign("c", "alice", [new_workflow("w", 1)])).workflows
     store.apply(ChangeBatch(history=[_hist(w.first_job_id, 1, "defined", 1.0)]))
     store.close()
+    _back_to_version_3(store_url)
     raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN cause")
     raw_sql(store_url, "ALTER TABLE job_history DROP COLUMN previous")
-    for trigger in ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update"):
-        raw_sql(store_url, f"DROP TRIGGER {trigger}" + ("" if store_url.startswith("sqlite") else
-                                                       f" ON {trigger.split('_')[0]}"))
     for table in ("batch_marks", "audit", "task_job_stats", "task_max_pss"):  # what version 2 did not have
         raw_sql(store_url, f"DROP TABLE {table}")
-    if not store_url.startswith("sqlite"):
-        raw_sql(store_url, "DROP FUNCTION panray_task_job_stats")
-        raw_sql(store_url, "DROP FUNCTION panray_task_max_pss")
-    for index in ("jobs_workflow_label", "jobs_workflow_site", "brokerage_decisions_time", "attempts_failed"):
+    for index in ("jobs_workflow_label", "jobs_workflow_site", "brokerage_decisions_time"):
         raw_sql(store_url, f"DROP INDEX {index}")
     raw_sql(store_url, "UPDATE schema_version SET version = 2")
     again = open_store(store_url)
@@ -268,6 +279,25 @@ def test_a_version_2_store_is_migrated(store: StateStore, store_url: str) -> Non
         again.close()
     reopened = open_store(store_url)  # migrated once: the version is now current
     reopened.close()
+
+
+def test_a_version_3_store_gains_the_error_aggregates(store: StateStore, store_url: str) -> None:
+    """Failed attempts stored before version 4 are grouped by cause once migrated, and kept after."""
+    [w] = store.submit(NewCampaign("c", "alice", [new_workflow("w", 3)])).workflows
+    j = w.first_job_id
+    store.apply(ChangeBatch(jobs=[state(j, J.FAILED, site="USDF", exit_code=1)],
+                            attempts=[attempt(j, 1, J.FAILED, diag="no /a/1.fits"), attempt(j + 1, 1, J.FAILED, diag="no /b/2.fits")]))
+    store.close()
+    _back_to_version_3(store_url)
+    again = open_store(store_url)
+    try:
+        assert [(g.cause, g.attempts, g.example_job_id) for g in again.error_groups(w.workflow_id)] == \
+            [("no <path>", 2, j)]
+        assert again.job_page(w.workflow_id, JobQuery(site="USDF", exit_code=1)).total == 1
+        again.apply(ChangeBatch(attempts=[attempt(j + 2, 1, J.FAILED, diag="no /c/3.fits")]))
+        assert [g.attempts for g in again.error_groups(w.workflow_id)] == [3]
+    finally:
+        again.close()
 
 
 def test_schema_version_is_recorded_and_checked(store: StateStore, store_url: str) -> None:

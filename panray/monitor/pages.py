@@ -17,7 +17,6 @@ from urllib.parse import urlencode
 from panray.exceptions import NotFoundError
 from panray.monitor.charts import memory_svg
 from panray.monitor.dag_view import dag_svg
-from panray.monitor.errors import summarise
 from panray.monitor.reader import MonitorReader
 from panray.monitor.svg import STATUS_COLOURS
 from panray.statuses import FINAL_JOB_STATES, JobStatus, WorkflowStatus
@@ -91,20 +90,21 @@ def counts_html(counts: Mapping[str, int], href: str | None = None) -> Html:
 
 
 def pager(base: str, params: Mapping[str, object], offset: int, limit: int, total: int,
-          keys: tuple[int, int] | None = None) -> Html:
+          keys: tuple[int, int] | None = None, exact: bool = True) -> Html:
     """Previous/next links and the shown range; with ``keys`` (first and last idx shown) the
-    links page by key (``before``/``after``), carrying the offset only for the range shown."""
+    links page by key (``before``/``after``), carrying the offset only for the range shown.
+    ``exact`` False: at least ``total`` match."""
     keep = {k: v for k, v in params.items() if v not in (None, "", (), [])}
 
     def at(o: int, **key: int) -> str:
         return base + "?" + urlencode({**keep, "offset": o, **key}, doseq=True)
 
-    parts = [f"rows {offset + 1 if total else 0}-{min(offset + limit, total)} of {total}"]
+    parts = [f"rows {offset + 1 if total else 0}-{min(offset + limit, total)} of {'' if exact else 'more than '}{total}"]
     if offset > 0:
         back = max(offset - limit, 0)
         href = at(back, before=keys[0]) if keys and back else at(back)
         parts.insert(0, link(href, "previous", class_="prev"))
-    if offset + limit < total:
+    if offset + limit < total or not exact:
         parts.append(link(at(offset + limit, **({"after": keys[1]} if keys else {})), "next", class_="next"))
     return tag("p", Html(" ".join(cell(p) for p in parts)), class_="pager")
 
@@ -157,6 +157,7 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
     total: dict[str, int] = {}
     by_label: dict[str, dict[str, int]] = {}
     task_rows = []
+    running = {t for t, c in per_task.items() if any(s not in _FINAL for s in c)}  #: tasks with jobs to cancel
     for t in tasks:
         c = per_task.get(t.task_id, {})
         for s, n in c.items():
@@ -170,8 +171,7 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
             counts_html(c, f"{jobs_url}?task={t.task_id}"), rate, mem.get(t.task_id, ""),
             "" if max_pss is None else f"{max_pss / 1024:.0f}", seconds(wall.get(t.task_id)),
             seconds(wall.get(t.task_id, 0.0) / ended) if ended else "",
-            action_button("cancel task", {"action": "cancel_task", "workflow_id": workflow_id, "task_id": t.task_id})
-            if any(s not in _FINAL for s in c) else "",
+            cancel_task(workflow_id, t.task_id) if t.task_id in running else "",
         ))
     head = tag("h1", f"Workflow {wf.workflow_id}: {wf.name}")
     summary = tag("div", Html(
@@ -186,27 +186,48 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
                                   lambda label: f"{jobs_url}?{urlencode({'label': label})}")), id="dag", data_live="1")
     return Html(head + summary + tag("div", "", id="act-result", class_="act-result", role="status")
                 + tag("h2", "Tasks") + task_table + tag("h2", "Label graph") + dag
-                + tag("h2", "Errors") + error_summary(reader, prefix, wf.workflow_id, wf.status))
+                + tag("h2", "Errors") + error_summary(reader, prefix, wf.workflow_id, wf.status,
+                                                      {t.task_id: t.label for t in tasks}, running))
 
 
-def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: str) -> Html:
-    groups = summarise(reader.error_groups(workflow_id))
+ERROR_ROWS = 50  #: groups an error summary shows (largest first), so the page stays light
+
+
+def cancel_task(workflow_id: int, task_id: int) -> Html:
+    return action_button("cancel task", {"action": "cancel_task", "workflow_id": workflow_id, "task_id": task_id})
+
+
+def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: str, labels: Mapping[int, str],
+                  running: set[int]) -> Html:
+    """Failed attempts by task and cause (the store keeps them grouped by normalised message), largest
+    first; each links to its jobs and offers *cancel task* while the task has jobs to cancel.
+
+    Retrying just one group's jobs (optionally with more memory) needs a service call that retries
+    chosen jobs; until there is one, *retry failed jobs* reruns all of them once the workflow ended."""
+    groups = reader.error_groups(workflow_id, limit=ERROR_ROWS + 1)
+    more = len(groups) > ERROR_ROWS
+    groups = groups[:ERROR_ROWS]
     ended = status in {s.value for s in (WorkflowStatus.FINISHED, WorkflowStatus.SUBFINISHED, WorkflowStatus.FAILED,
                                          WorkflowStatus.CANCELLED)}
     jobs_url = f"{prefix}/workflows/{workflow_id}/jobs"
     rows = []
     for g in groups:
-        filters = {"status": "failed", "exit_code": "" if g.exit_code is None else g.exit_code,
+        filters = {"status": "failed", "task": g.task_id, "exit_code": "" if g.exit_code is None else g.exit_code,
                    "error_class": g.error_class or ""}
-        rows.append((g.error_class, g.exit_code, tag("span", g.message, class_="message", title=g.example_diag or ""),
-                     link(f"{jobs_url}?{urlencode(filters)}", g.attempts), link(f"{prefix}/jobs/{g.example_job_id}",
-                                                                                g.example_job_id, class_="example")))
+        rows.append((link(f"{jobs_url}?task={g.task_id}", labels.get(g.task_id, g.task_id)), g.error_class, g.exit_code,
+                     tag("span", g.cause, class_="message", title=g.example_diag or ""),
+                     link(f"{jobs_url}?{urlencode(filters)}", g.attempts),
+                     link(f"{prefix}/jobs/{g.example_job_id}", g.example_job_id, class_="example"),
+                     cancel_task(workflow_id, g.task_id) if g.task_id in running else ""))
     retry = action_button("retry failed jobs", {"action": "retry", "workflow_id": workflow_id}) if ended and groups \
         else Html("")
     note = "" if ended or not groups else tag("p", "retry of failed jobs is offered once the workflow has ended",
                                               class_="note")
-    return tag("div", Html(table(["error class", "exit code", "message (normalised)", "failed attempts", "example job"],
-                                 rows, class_="errors") + retry + cell(note)), id="errors", data_live="1")
+    if more:
+        note = Html(tag("p", f"the {ERROR_ROWS} largest groups are shown", class_="note") + cell(note))
+    return tag("div", Html(table(["task", "error class", "exit code", "message (normalised)", "failed attempts",
+                                  "example job", ""], rows, class_="errors") + retry + cell(note)),
+               id="errors", data_live="1")
 
 
 JOB_COLUMNS = ["job", "attempt", "label", "name", "status", "site", "created", "time to start", "duration",
@@ -246,7 +267,7 @@ def jobs_page(reader: MonitorReader, prefix: str, workflow_id: int, query: JobQu
     body = table(JOB_COLUMNS, [_job_cells(prefix, j, c, pss) for j, c in zip(page.rows, page.created)],
                  class_="jobs")
     keys = (page.rows[0].idx, page.rows[-1].idx) if page.rows and query.sort == "idx" else None
-    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total, keys) + body), id="jobs",
+    live = tag("div", Html(pager(base, params, query.offset, query.limit, page.total, keys, page.exact) + body), id="jobs",
                data_live="1")
     head = tag("h1", Html("Jobs of " + link(f"{prefix}/workflows/{workflow_id}", f"workflow {workflow_id}: {wf.name}")))
     return Html(head + form + live)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-SCHEMA_VERSION = 3  #: 3: the monitor's indexes (panray.store.monitor_sql)
+SCHEMA_VERSION = 4  #: 3: the monitor's indexes (panray.store.monitor_sql); 4: its aggregates by site and cause
 
 
 class NewJob(NamedTuple):
@@ -367,17 +367,19 @@ class JobPage:
     rows: list[JobRow]
     created: list[float]  #: creation_time of each row, in the same order
     total: int
+    exact: bool = True  #: False: at least ``total`` match (a name prefix is counted only so far)
 
 
 class ErrorGroupRow(NamedTuple):
-    """Failed attempts of a workflow with one error class, exit code and diagnostic text."""
+    """Failed attempts of one task with one error class, exit code and normalised diagnostic."""
 
+    task_id: int
     error_class: str | None
     exit_code: int | None
-    diag: str | None
+    cause: str  #: the diag normalised (panray.diagnostics.normalise)
     attempts: int
-    jobs: int
-    example_job_id: int
+    example_job_id: int  #: the lowest job id among them
+    example_diag: str | None  #: that job's diag, as it was
 
 
 class StateStore(ABC):
@@ -521,8 +523,8 @@ class StateStore(ABC):
         """``{job_id: max PSS kB}`` of the latest measured attempt of each of these jobs."""
 
     @abstractmethod
-    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
-        """Failed attempts grouped by (error class, exit code, diag), largest group first."""
+    def error_groups(self, workflow_id: int, *, limit: int = 200) -> list[ErrorGroupRow]:
+        """Failed attempts grouped by (task, error class, exit code, normalised diag), largest first."""
 
     @abstractmethod
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:

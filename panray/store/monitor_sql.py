@@ -1,19 +1,22 @@
 """The operator monitor's reads: filtered pages of jobs and aggregates that stay fast at 200k jobs.
 
-Nothing here returns a whole workflow's jobs. Per-task counts, wall time, largest memory request
-and max PSS are *kept* in two small tables by triggers on ``jobs`` and ``attempts`` (set-based
-statement triggers with transition tables on PostgreSQL, row triggers on SQLite), so the
-workflow page reads a few hundred rows whatever the workflow's size, and no writer of the store
-has to remember them. Failed attempts are reached by the workflow's job-id range (ids are
-``first_job_id + idx``, allocated in one block at submission), through the attempts primary key.
-The indexes and tables below are schema version 3.
+Nothing here returns a whole workflow's jobs or counts them row by row. Per-task counts (by
+status, site, error class and exit code, so every filter of a job page has its exact total), wall
+time, largest memory request, max PSS and failed attempts by normalised cause are *kept* in three
+small tables by triggers on ``jobs`` and ``attempts`` (set-based statement triggers with
+transition tables on PostgreSQL, row triggers on SQLite), so the workflow page reads a few hundred
+rows whatever the workflow's size, and no writer of the store has to remember them. The store
+fills ``attempts.cause`` (:func:`panray.diagnostics.normalise` of the diag) as it writes a failed
+attempt. The tables, columns and indexes below are schema version 4.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
+from panray.diagnostics import normalise
 from panray.store.base import (
     DecisionRow,
     ErrorGroupRow,
@@ -25,48 +28,106 @@ from panray.store.base import (
     WorkflowRow,
 )
 
+#: ``task_job_stats`` keys a job by its task, status, site, error class and exit code ('' and
+#: NO_EXIT stand for none: key columns cannot be NULL), so any page filter of those has its exact count.
+NO_EXIT = -(2**31)  #: the aggregates' exit code of a job that has none (no process exits with it)
 MONITOR_DDL = (
     """CREATE TABLE task_job_stats (
-        task_id {id} NOT NULL, status TEXT NOT NULL, n {id} NOT NULL, wall {float} NOT NULL,
-        max_request INTEGER NOT NULL, PRIMARY KEY (task_id, status))""",
+        task_id {id} NOT NULL, status TEXT NOT NULL, site TEXT NOT NULL, error_class TEXT NOT NULL,
+        exit_code INTEGER NOT NULL, n {id} NOT NULL, wall {float} NOT NULL, max_request INTEGER NOT NULL,
+        PRIMARY KEY (task_id, status, site, error_class, exit_code)){without_rowid}""",
     "CREATE TABLE task_max_pss (task_id {id} PRIMARY KEY, max_pss_kb {id} NOT NULL)",
+    """CREATE TABLE task_error_stats (
+        task_id {id} NOT NULL, error_class TEXT NOT NULL, exit_code INTEGER NOT NULL, cause TEXT NOT NULL,
+        n {id} NOT NULL, example_job_id {id} NOT NULL, example_diag TEXT,
+        PRIMARY KEY (task_id, error_class, exit_code, cause)){without_rowid}""",
+    """CREATE TABLE label_edges (workflow_id {id} NOT NULL, parent_label TEXT NOT NULL, child_label TEXT NOT NULL,
+        PRIMARY KEY (workflow_id, parent_label, child_label))""",  # the label graph, filled when first read
+    "ALTER TABLE attempts ADD COLUMN cause TEXT",  # normalised diag of a failed attempt (panray.diagnostics)
     "CREATE INDEX jobs_workflow_label ON jobs (workflow_id, label, idx)",
     "CREATE INDEX jobs_workflow_site ON jobs (workflow_id, site, idx)",
     "CREATE INDEX brokerage_decisions_time ON brokerage_decisions (time)",
-    "CREATE INDEX attempts_failed ON attempts (job_id) WHERE status = 'failed'",  # error summaries read only these
+    # "longest first" reads its pages from here instead of sorting the workflow's jobs
+    "CREATE INDEX jobs_workflow_duration ON jobs (workflow_id, (end_time - start_time) DESC{nulls_last}, idx)",
 )
+#: What a store of schema version 3 had of the above, dropped before they are made again.
+MONITOR_V3 = ("DROP TABLE IF EXISTS task_job_stats", "DROP TABLE IF EXISTS task_max_pss",
+              "DROP INDEX IF EXISTS jobs_workflow_label", "DROP INDEX IF EXISTS jobs_workflow_site",
+              "DROP INDEX IF EXISTS brokerage_decisions_time", "DROP INDEX IF EXISTS attempts_failed",
+              "DROP INDEX IF EXISTS jobs_workflow_duration")
+_FILL = tuple(statement.format(no_exit=NO_EXIT) for statement in (
+    "INSERT INTO task_job_stats (task_id, status, site, error_class, exit_code, n, wall, max_request)"
+    " SELECT task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, {no_exit}), COUNT(*),"
+    " SUM(COALESCE(end_time - start_time, 0)), MAX(request_memory) FROM jobs GROUP BY 1, 2, 3, 4, 5",
+    "INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM attempts a"
+    " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id",
+    "INSERT INTO task_error_stats (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
+    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), COUNT(*), MIN(a.job_id),"
+    " MIN(a.diag) FROM attempts a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed' GROUP BY 1, 2, 3, 4",
+))
+_JOB_KEY = "{r}.task_id, {r}.status, COALESCE({r}.site, ''), COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit})"
 _ADD_JOB = (
-    "INSERT INTO task_job_stats (task_id, status, n, wall, max_request) VALUES ({r}.task_id, {r}.status, {sign},"
-    " {sign} * COALESCE({r}.end_time - {r}.start_time, 0), {r}.request_memory) ON CONFLICT (task_id, status)"
+    "INSERT INTO task_job_stats (task_id, status, site, error_class, exit_code, n, wall, max_request) VALUES ("
+    + _JOB_KEY + ", {sign}, {sign} * COALESCE({r}.end_time - {r}.start_time, 0), {r}.request_memory)"
+    " ON CONFLICT (task_id, status, site, error_class, exit_code)"
     " DO UPDATE SET n = n + excluded.n, wall = wall + excluded.wall, max_request = MAX(max_request, excluded.max_request);"
 )
 _ADD_PSS = ("INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT task_id, new.max_pss_kb FROM jobs"
             " WHERE job_id = new.job_id ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = MAX(max_pss_kb, excluded.max_pss_kb);")
+_ADD_ERROR = (
+    "INSERT INTO task_error_stats (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
+    " SELECT task_id, COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit}), COALESCE({r}.cause, ''), {sign}, {r}.job_id, {r}.diag"
+    " FROM jobs WHERE job_id = {r}.job_id AND {r}.status = 'failed' ON CONFLICT (task_id, error_class, exit_code, cause)"
+    " DO UPDATE SET n = n + excluded.n, example_diag = CASE WHEN excluded.example_job_id < example_job_id"
+    " THEN excluded.example_diag ELSE example_diag END, example_job_id = MIN(example_job_id, excluded.example_job_id);"
+)
+_TRIGGERS = ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update",
+             "attempts_errors_insert", "attempts_errors_update")
 #: SQLite keeps the task aggregates with row triggers: a status change moves one job between rows.
 SQLITE_TRIGGERS = (
-    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs BEGIN " + _ADD_JOB.format(r="new", sign=1) + " END",
-    "CREATE TRIGGER jobs_stats_update AFTER UPDATE OF status, start_time, end_time, request_memory ON jobs BEGIN "
-    + _ADD_JOB.format(r="old", sign=-1) + " " + _ADD_JOB.format(r="new", sign=1) + " END",
+    *(f"DROP TRIGGER IF EXISTS {t}" for t in _TRIGGERS),
+    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs BEGIN " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
+    "CREATE TRIGGER jobs_stats_update AFTER UPDATE OF status, site, start_time, end_time, exit_code, error_class,"
+    " request_memory ON jobs BEGIN " + _ADD_JOB.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT)
+    + " END",
     "CREATE TRIGGER attempts_pss_insert AFTER INSERT ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN " + _ADD_PSS + " END",
     "CREATE TRIGGER attempts_pss_update AFTER UPDATE OF max_pss_kb ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN "
     + _ADD_PSS + " END",
+    "CREATE TRIGGER attempts_errors_insert AFTER INSERT ON attempts WHEN new.status = 'failed' BEGIN "
+    + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
+    "CREATE TRIGGER attempts_errors_update AFTER UPDATE OF status, error_class, exit_code, cause ON attempts"
+    " WHEN old.status = 'failed' OR new.status = 'failed' BEGIN "
+    + _ADD_ERROR.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
 )
+_PG_KEY = f"task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, {NO_EXIT})"
 _PG_ADD_JOBS = (
-    "INSERT INTO task_job_stats AS s (task_id, status, n, wall, max_request)"
-    " SELECT task_id, status, {sign} * COUNT(*), {sign} * COALESCE(SUM(end_time - start_time), 0), MAX(request_memory)"
-    " FROM {rows} GROUP BY task_id, status ON CONFLICT (task_id, status) DO UPDATE SET n = s.n + excluded.n,"
-    " wall = s.wall + excluded.wall, max_request = GREATEST(s.max_request, excluded.max_request);"
+    "INSERT INTO task_job_stats AS s (task_id, status, site, error_class, exit_code, n, wall, max_request)"
+    f" SELECT {_PG_KEY}, {{sign}} * COUNT(*), {{sign}} * COALESCE(SUM(end_time - start_time), 0), MAX(request_memory)"
+    " FROM {rows} GROUP BY 1, 2, 3, 4, 5 ON CONFLICT (task_id, status, site, error_class, exit_code) DO UPDATE SET"
+    " n = s.n + excluded.n, wall = s.wall + excluded.wall, max_request = GREATEST(s.max_request, excluded.max_request);"
+)
+_PG_ADD_ERRORS = (
+    "INSERT INTO task_error_stats AS e (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
+    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), {sign} * COUNT(*),"
+    " MIN(a.job_id), MIN(a.diag) FROM {rows} a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed'"
+    " GROUP BY 1, 2, 3, 4 ON CONFLICT (task_id, error_class, exit_code, cause) DO UPDATE SET n = e.n + excluded.n,"
+    " example_diag = CASE WHEN excluded.example_job_id < e.example_job_id THEN excluded.example_diag"
+    " ELSE e.example_diag END, example_job_id = LEAST(e.example_job_id, excluded.example_job_id);"
 )
 #: PostgreSQL keeps them with one set-based statement per writing statement (COPY included).
 POSTGRES_TRIGGERS = (
-    "CREATE FUNCTION panray_task_job_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+    *(f"DROP TRIGGER IF EXISTS {t} ON {t.split('_')[0]}" for t in _TRIGGERS),
+    "CREATE OR REPLACE FUNCTION panray_task_job_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
     " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_JOBS.format(sign=-1, rows="old_rows") + " END IF; "
     + _PG_ADD_JOBS.format(sign=1, rows="new_rows") + " RETURN NULL; END $f$",
-    "CREATE FUNCTION panray_task_max_pss() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+    "CREATE OR REPLACE FUNCTION panray_task_max_pss() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
     " INSERT INTO task_max_pss AS p (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM new_rows a"
     " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id"
     " ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = GREATEST(p.max_pss_kb, excluded.max_pss_kb);"
     " RETURN NULL; END $f$",
+    "CREATE OR REPLACE FUNCTION panray_task_error_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
+    " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_ERRORS.format(sign=-1, rows="old_rows", no_exit=NO_EXIT) + " END IF; "
+    + _PG_ADD_ERRORS.format(sign=1, rows="new_rows", no_exit=NO_EXIT) + " RETURN NULL; END $f$",
     "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows"
     " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_job_stats()",
     "CREATE TRIGGER jobs_stats_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
@@ -75,17 +136,45 @@ POSTGRES_TRIGGERS = (
     " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_max_pss()",
     "CREATE TRIGGER attempts_pss_update AFTER UPDATE ON attempts REFERENCING NEW TABLE AS new_rows"
     " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_max_pss()",
+    "CREATE TRIGGER attempts_errors_insert AFTER INSERT ON attempts REFERENCING NEW TABLE AS new_rows"
+    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_error_stats()",
+    "CREATE TRIGGER attempts_errors_update AFTER UPDATE ON attempts REFERENCING OLD TABLE AS old_rows"
+    " NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION panray_task_error_stats()",
 )
 _STATS_OF = "FROM task_job_stats s JOIN tasks t ON t.task_id = s.task_id WHERE s.n > 0 AND t.workflow_id"
 _JOB_COLUMNS = ", ".join(JobRow._fields)
 _WORKFLOW_COLUMNS = ", ".join(WorkflowRow._fields)
 #: Sort keys a page may ask for -> ORDER BY text; idx breaks ties so pages never overlap.
 JOB_SORTS = {"idx": "idx", "-duration": "(end_time - start_time) DESC NULLS LAST, idx"}
-_RANGE = "SELECT MIN(job_id), MAX(job_id) FROM jobs WHERE workflow_id = ? AND (idx = 0 OR idx = ?)"
+_FILL_LABEL_EDGES = (
+    "INSERT INTO label_edges (workflow_id, parent_label, child_label) SELECT DISTINCT ?, p.label, c.label FROM edges e"
+    " JOIN jobs c ON c.workflow_id = e.workflow_id AND c.idx = e.child_idx"
+    " JOIN jobs p ON p.workflow_id = e.workflow_id AND p.idx = e.parent_idx"
+    " WHERE e.workflow_id = ? ON CONFLICT DO NOTHING"  # another reader filled them meanwhile
+)
+COUNT_CAP = 10_000  #: a job page counts name-prefix matches up to this many
 
 
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
+
+
+#: The columns a job page filters on, the same in ``jobs`` and (with ``tasks``) in ``task_job_stats``.
+_FILTERED = ("workflow_id", "status", "label", "site", "error_class", "exit_code", "task_id")
+
+
+def _filters(query: JobQuery, column: dict[str, str], workflow_id: int) -> tuple[list[str], list[Any]]:
+    """WHERE conditions and parameters for the query's filters (a name prefix aside), in ``column``'s spelling."""
+    where, params = [f"{column['workflow_id']} = ?"], [workflow_id]
+    if query.status:
+        where.append(f"{column['status']} IN ({_marks(query.status)})")
+        params.extend(query.status)
+    for key, value in (("label", query.label), ("site", query.site), ("error_class", query.error_class),
+                       ("exit_code", query.exit_code), ("task_id", query.task_id)):
+        if value is not None:
+            where.append(f"{column[key]} = ?")
+            params.append(value)
+    return where, params
 
 
 class MonitorSQL:
@@ -93,6 +182,23 @@ class MonitorSQL:
 
     dialect: Any
     _fetch: Callable[[str, Sequence[Any]], list[Any]]  #: SQLStore's: one read statement, all rows
+    _transaction: Callable[..., AbstractContextManager[Any]]  #: SQLStore's
+
+    def _fill_monitor(self, cur: Any) -> None:
+        """Fill the aggregates of a store made before they were kept (a migration)."""
+        cur.execute("SELECT job_id, attempt_nr, diag FROM attempts WHERE status = 'failed'")
+        causes = [(normalise(diag), job_id, attempt_nr) for job_id, attempt_nr, diag in cur.fetchall()]
+        cur.executemany(self.dialect.sql("UPDATE attempts SET cause = ? WHERE job_id = ? AND attempt_nr = ?"), causes)
+        for statement in _FILL:
+            cur.execute(statement)
+
+    def drop_monitor_triggers(self) -> None:
+        """Stop keeping the aggregates (the monitor's counts go stale): only for measuring what
+        keeping them costs the writers (``benchmarks.dag_throughput --trigger-cost``)."""
+        with self._transaction(write=True) as cur:
+            for statement in self.dialect.triggers:
+                if statement.startswith("DROP TRIGGER"):
+                    cur.execute(statement)
 
     def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]:
         where, params = ["1 = 1"], []
@@ -126,36 +232,25 @@ class MonitorSQL:
                                   " GROUP BY workflow_id, status", workflow_ids)
 
     def task_stats(self, workflow_id: int) -> list[TaskStatsRow]:
-        text = f"SELECT s.task_id, s.status, s.n, s.max_request, s.wall {_STATS_OF} = ? ORDER BY s.task_id, s.status"
+        text = (f"SELECT s.task_id, s.status, SUM(s.n), MAX(s.max_request), SUM(s.wall) {_STATS_OF} = ?"
+                " GROUP BY s.task_id, s.status ORDER BY s.task_id, s.status")
         return [TaskStatsRow(t, s, int(n), int(m), float(w)) for t, s, n, m, w in self._fetch(text, (workflow_id,))]
-
-    def _job_range(self, workflow_id: int) -> tuple[int, int] | None:
-        """First and last job id of a workflow (its jobs' ids are one consecutive block)."""
-        [(n,)] = self._fetch("SELECT COALESCE(SUM(n_jobs), 0) FROM tasks WHERE workflow_id = ?", (workflow_id,))
-        [(lo, hi)] = self._fetch(_RANGE, (workflow_id, int(n) - 1))
-        return None if lo is None else (int(lo), int(hi))
 
     def task_max_pss(self, workflow_id: int) -> dict[int, int]:
         text = "SELECT p.task_id, p.max_pss_kb FROM task_max_pss p JOIN tasks t ON t.task_id = p.task_id WHERE t.workflow_id = ?"
         return {t: int(kb) for t, kb in self._fetch(text, (workflow_id,))}
 
     def job_page(self, workflow_id: int, query: JobQuery) -> JobPage:
-        where, params = ["workflow_id = ?"], [workflow_id]
-        if query.status:
-            where.append(f"status IN ({_marks(query.status)})")
-            params.extend(query.status)
-        for column, value in (("label", query.label), ("site", query.site), ("error_class", query.error_class),
-                              ("exit_code", query.exit_code), ("task_id", query.task_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
+        where, params = _filters(query, {c: c for c in _FILTERED}, workflow_id)
         if query.name:
             where.append("name >= ? AND name < ?")  # a prefix as a range: no LIKE escaping, index-friendly
             params.extend([query.name, query.name + "\U0010ffff"])
         cond = " AND ".join(where)
-        [(total,)] = self._fetch(f"SELECT COUNT(*) FROM jobs WHERE {cond}", params)
+        total, exact = self._job_total(workflow_id, query, cond, params)
         select = f"SELECT {_JOB_COLUMNS}, creation_time FROM jobs WHERE {cond}"
-        if query.sort == "idx" and query.after_idx is not None:
+        if total == 0:
+            rows = []
+        elif query.sort == "idx" and query.after_idx is not None:
             rows = self._fetch(f"{select} AND idx > ? ORDER BY idx LIMIT ?", [*params, query.after_idx, query.limit])
         elif query.sort == "idx" and query.before_idx is not None:
             rows = self._fetch(f"{select} AND idx < ? ORDER BY idx DESC LIMIT ?",
@@ -163,7 +258,20 @@ class MonitorSQL:
         else:
             rows = self._fetch(f"{select} ORDER BY {JOB_SORTS[query.sort]} LIMIT ? OFFSET ?",
                                [*params, query.limit, query.offset])
-        return JobPage([JobRow._make(r[:-1]) for r in rows], [float(r[-1]) for r in rows], int(total))
+        return JobPage([JobRow._make(r[:-1]) for r in rows], [float(r[-1]) for r in rows], total, exact)
+
+    def _job_total(self, workflow_id: int, query: JobQuery, cond: str, params: list[Any]) -> tuple[int, bool]:
+        """How many jobs match: exact from the task aggregates unless a name prefix is asked for,
+        then counted up to :data:`COUNT_CAP` (``exact`` False when there are more)."""
+        if query.name:
+            [(n,)] = self._fetch(f"SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE {cond} LIMIT ?) m",
+                                 [*params, COUNT_CAP + 1])
+            return min(int(n), COUNT_CAP), int(n) <= COUNT_CAP
+        where, args = _filters(query, {c: ("t." if c in ("workflow_id", "label") else "s.") + c for c in _FILTERED},
+                               workflow_id)
+        [(n,)] = self._fetch("SELECT COALESCE(SUM(s.n), 0) FROM task_job_stats s JOIN tasks t ON t.task_id = s.task_id"
+                             f" WHERE {' AND '.join(where)}", args)
+        return int(n), True
 
     def jobs_max_pss(self, job_ids: Sequence[int]) -> dict[int, int]:
         if not job_ids:
@@ -172,21 +280,24 @@ class MonitorSQL:
                 " AND max_pss_kb IS NOT NULL ORDER BY job_id, attempt_nr")
         return {j: int(kb) for j, kb in self._fetch(text, list(job_ids))}  # the latest attempt wins
 
-    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
-        span = self._job_range(workflow_id)
-        if span is None:
-            return []
-        text = ("SELECT error_class, exit_code, diag, COUNT(*), COUNT(DISTINCT job_id), MIN(job_id) FROM attempts"
-                " WHERE job_id BETWEEN ? AND ? AND status = 'failed' GROUP BY error_class, exit_code, diag"
-                " ORDER BY COUNT(*) DESC")
-        return [ErrorGroupRow(c, e, d, int(n), int(j), int(x)) for c, e, d, n, j, x in self._fetch(text, span)]
+    def error_groups(self, workflow_id: int, *, limit: int = 200) -> list[ErrorGroupRow]:
+        """The kept ``task_error_stats`` rows of the workflow: a few per task, whatever the number of failures."""
+        text = ("SELECT s.task_id, s.error_class, s.exit_code, s.cause, s.n, s.example_job_id, s.example_diag"
+                " FROM task_error_stats s JOIN tasks t ON t.task_id = s.task_id WHERE t.workflow_id = ? AND s.n > 0"
+                " ORDER BY s.n DESC, s.task_id, s.cause LIMIT ?")
+        return [ErrorGroupRow(t, c or None, None if e == NO_EXIT else int(e), m or "(no diagnostic)", int(n), int(x), d)
+                for t, c, e, m, n, x, d in self._fetch(text, (workflow_id, limit))]
 
     def label_edges(self, workflow_id: int) -> list[tuple[str, str]]:
-        text = ("SELECT DISTINCT p.label, c.label FROM edges e"
-                " JOIN jobs c ON c.workflow_id = e.workflow_id AND c.idx = e.child_idx"
-                " JOIN jobs p ON p.workflow_id = e.workflow_id AND p.idx = e.parent_idx"
-                " WHERE e.workflow_id = ? ORDER BY 1, 2")
-        return [(p, c) for p, c in self._fetch(text, (workflow_id,))]
+        """Read from ``label_edges``, filled on the first ask: joining a 200k-job graph's edges
+        with its jobs takes seconds, and the graph never changes once stored."""
+        text = "SELECT parent_label, child_label FROM label_edges WHERE workflow_id = ? ORDER BY 1, 2"
+        found = self._fetch(text, (workflow_id,))
+        if not found:
+            with self._transaction(write=True) as cur:
+                cur.execute(self.dialect.sql(_FILL_LABEL_EDGES), (workflow_id, workflow_id))
+            found = self._fetch(text, (workflow_id,))
+        return [(p, c) for p, c in found]
 
     def recent_decisions(self, *, limit: int) -> list[DecisionRow]:
         text = f"SELECT {', '.join(DecisionRow._fields)} FROM brokerage_decisions ORDER BY time DESC LIMIT ?"

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from panray.diagnostics import normalise
 from panray.exceptions import NotFoundError, PanrayError, StoreError, StoreUnavailableError, WorkflowValidationError
 from panray.sites.catalog import SiteStatus
 from panray.statuses import FINAL_WORKFLOW_STATES, JobStatus, TaskStatus, WorkflowStatus
@@ -51,12 +52,13 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
-from panray.store.monitor_sql import MONITOR_DDL, MonitorSQL
+from panray.store.monitor_sql import MONITOR_DDL, MONITOR_V3, MonitorSQL
 from panray.store.quanta import QUANTA_DDL, QuantaSQL
 
 log = logging.getLogger(__name__)
 
 FIRST_ATTEMPT = 1
+_FAILED = JobStatus.FAILED.value
 JOB_KINDS = ("job", "init", "final")
 COUNTERS = ("campaign", "workflow", "task", "job")
 AUDIT_OUTCOMES = ("ok", "refused", "error")
@@ -133,16 +135,14 @@ _DDL = (
 )
 #: Statements that bring a store of the key's version to the next one (both backends; templates
 #: filled in with the dialect's types). v2 -> v3: the job history records the previous status and
-#: the cause of each change; batch marks (writes repeated after an outage count once), the audit of
-#: the service's actions and the monitor's task aggregates (filled from the stored jobs) appear.
+#: the cause of each change; batch marks (writes repeated after an outage count once) and the audit
+#: of the service's actions appear. v3 -> v4: the monitor's aggregates are made anew (v3 had fewer)
+#: and filled from the stored jobs and attempts (:meth:`MonitorSQL._fill_monitor`).
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE job_history ADD COLUMN previous TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''",
-        *(s for s in _DDL if "batch_marks" in s or "audit" in s), *MONITOR_DDL,
-        "INSERT INTO task_job_stats (task_id, status, n, wall, max_request) SELECT task_id, status, COUNT(*),"
-        " SUM(COALESCE(end_time - start_time, 0)), MAX(request_memory) FROM jobs GROUP BY task_id, status",
-        "INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM attempts a"
-        " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id"),
+        *(s for s in _DDL if "batch_marks" in s or "audit" in s)),
+    3: (*MONITOR_V3, *MONITOR_DDL),
 }
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -182,9 +182,11 @@ JOB_INSERT_COLUMNS = (*JobRow._fields, "creation_time", "modification_time")
 HISTORY_COLUMNS = HistoryRow._fields
 EDGE_COLUMNS = ("workflow_id", "child_idx", "parent_idx")
 TASK_COLUMNS = TaskRow._fields
+#: An attempt as the store writes it: the row and its normalised diag (``cause``, failures only).
+ATTEMPT_COLUMNS = (*AttemptRow._fields, "cause")
 #: How a re-sent attempt record replaces the stored one; the same clause on both backends.
 ATTEMPT_ON_CONFLICT = "ON CONFLICT (job_id, attempt_nr) DO UPDATE SET " + ", ".join(
-    f"{c} = excluded.{c}" for c in AttemptRow._fields[2:]
+    f"{c} = excluded.{c}" for c in ATTEMPT_COLUMNS[2:]
 )
 #: Records a keyed batch; changes no row (rowcount 0) when that writer's seq is already stored.
 _MARK_BATCH = (
@@ -363,8 +365,9 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         """Write JobState columns over the jobs' rows (unique job ids); return rows changed."""
 
     @abstractmethod
-    def _bulk_upsert_attempts(self, cur: Cursor, rows: Sequence[AttemptRow]) -> None:
-        """Insert attempts (unique keys), replacing any stored with the same (job_id, attempt_nr)."""
+    def _bulk_upsert_attempts(self, cur: Cursor, rows: Sequence[tuple]) -> None:
+        """Insert attempts given in ATTEMPT_COLUMNS order (unique keys), replacing any stored with
+        the same (job_id, attempt_nr)."""
 
     # -- schema -------------------------------------------------------------------------------
 
@@ -391,7 +394,8 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             while len(found) == 1 and found[0] in _MIGRATIONS:
                 for statement in _MIGRATIONS[found[0]]:
                     cur.execute(statement.format(**d.types, **_CHECKS))
-                if found[0] == 2:
+                if found[0] == 3:
+                    self._fill_monitor(cur)
                     for statement in d.triggers:  # the monitor's aggregates are kept from now on
                         cur.execute(statement)
                 found = [found[0] + 1]
@@ -473,7 +477,8 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         if changes.quanta:
             self._update_quanta(cur, changes.quanta)
         if changes.attempts:
-            self._bulk_upsert_attempts(cur, _last_wins(changes.attempts, lambda a: (a[0], a[1])))
+            attempts = _last_wins(changes.attempts, lambda a: (a[0], a[1]))
+            self._bulk_upsert_attempts(cur, [(*a, normalise(a.diag) if a.status == _FAILED else None) for a in attempts])
         if changes.tasks:
             tasks = _last_wins(changes.tasks, lambda t: t[0])
             cur.executemany(sql("UPDATE tasks SET status = ? WHERE task_id = ?"), [(s, i) for i, s in tasks])
@@ -637,9 +642,9 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
 
     def site_job_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
-        text = "SELECT site, status, COUNT(*) FROM jobs WHERE site IS NOT NULL GROUP BY site, status"
-        for site, status, n in self._fetch(text, ()):
-            counts.setdefault(site, {})[status] = n
+        text = "SELECT site, status, SUM(n) FROM task_job_stats WHERE site <> '' GROUP BY site, status HAVING SUM(n) > 0"
+        for site, status, n in self._fetch(text, ()):  # kept by the monitor's triggers: no scan of the jobs
+            counts.setdefault(site, {})[status] = int(n)
         return counts
 
     def site_statuses(self) -> dict[str, str]:

@@ -23,16 +23,18 @@ from contextlib import contextmanager
 from typing import NoReturn
 
 from panray.exceptions import StoreError, StoreUnavailableError
-from panray.store.base import AttemptRow, JobState
+from panray.store.base import JobState
 from panray.store.monitor_sql import SQLITE_TRIGGERS
-from panray.store.schema import ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
+from panray.store.schema import ATTEMPT_COLUMNS, ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
 _BUSY_TIMEOUT_S = 60.0
 #: SQLite's primary result codes that a later try can get past: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
 _BUSY = frozenset({5, 6})
 _TRANSIENT = _BUSY | {10, 13, 14}
 _DIALECT = Dialect(
-    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY"},
+    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY",
+           "nulls_last": "",  # SQLite puts NULLs last in DESC order and takes no NULLS in an index
+           "without_rowid": " WITHOUT ROWID"},  # the triggers' upserts find a kept row in one b-tree, not two
     param="?",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
     triggers=SQLITE_TRIGGERS,
@@ -42,8 +44,8 @@ _UPDATE_JOB = "UPDATE jobs SET {} WHERE job_id = ?1".format(
     ", ".join(f"{c} = ?{i}" for i, c in enumerate(JobState._fields[1:], start=2))
 )
 _UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(AttemptRow._fields)}) "
-    f"VALUES ({', '.join('?' * len(AttemptRow._fields))}) {ATTEMPT_ON_CONFLICT}"
+    f"INSERT INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))}) {ATTEMPT_ON_CONFLICT}"
 )
 
 
@@ -141,7 +143,7 @@ class SQLiteStore(SQLStore):
         cur.executemany(_UPDATE_JOB, states)
         return cur.rowcount
 
-    def _bulk_upsert_attempts(self, cur: Cursor, rows: Sequence[AttemptRow]) -> None:
+    def _bulk_upsert_attempts(self, cur: Cursor, rows: Sequence[tuple]) -> None:
         cur.executemany(_UPSERT_ATTEMPT, rows)
 
     def close(self) -> None:
