@@ -175,6 +175,16 @@ def test_bulk_actions_follow_the_owner_or_production_rule(staged: tuple[str, dic
     prod = act(issuer.token("pat", ("production",)), {"action": "retry", "workflow_id": wf})
     assert prod.status_code == 400                                        # allowed, but the workflow still runs
     assert act(issuer.token("alice"), {"action": "explode", "workflow_id": wf}).status_code == 422
+    group = {"action": "retry_jobs", "workflow_id": wf, "task_id": pr.store.job(ids["isr-0"]).task_id,
+             "error_class": "payload", "exit_code": 3}
+    refused = act(issuer.token("mallory"), group)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f"only the owner (alice) or role production may retry workflow {wf}"
+    assert act(issuer.token("alice"), {**group, "memory": 0}).json()["detail"] == "memory 0: expected MB from 1 to " \
+        "2147483647"
+    empty = act(issuer.token("alice"), {**group, "exit_code": 4})
+    assert empty.status_code == 400 and "has no failed jobs with error class payload and exit code 4" in \
+        empty.json()["detail"]
     assert pr.store.job(ids["isr-0"]).attempt_nr == 1                    # nothing was retried
 
 
@@ -290,9 +300,13 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
         page.locator("#logout").click()
         page.wait_for_selector("#login:not([hidden])")
         _log_in(page, issuer.token("alice"))
-        page.locator("button.act", has_text="retry failed jobs").click()
-        _until(lambda: "rerunning" in page.locator("#act-result").inner_text(), what="the owner's retry")
+        page.locator("#errors button.act", has_text="retry with").click()    # the group's jobs, twice the memory
+        answer = page.locator("#act-result")
+        _until(lambda: answer.inner_text() and "only the owner" not in answer.inner_text(), what="the owner's retry")
+        # bad, and child which bad's failure had pruned
+        assert answer.inner_text() == f"workflow {wf}: 2 jobs get a new attempt with {2 * bad.request_memory} MB"
         _until(lambda: cluster.store.job(bad.job_id).attempt_nr == 2, what="a second attempt of the failed job")
+        assert cluster.store.job(bad.job_id).request_memory == 2 * bad.request_memory
         assert cluster.wait([wf], timeout=60) == {wf: "SubFinished"}
         page.close()
 

@@ -20,7 +20,7 @@ from panray.monitor.dag_view import dag_svg
 from panray.monitor.reader import MonitorReader
 from panray.monitor.svg import STATUS_COLOURS
 from panray.statuses import FINAL_JOB_STATES, JobStatus, WorkflowStatus
-from panray.store import JobQuery, JobRow, WorkflowQuery
+from panray.store import ErrorGroupRow, JobQuery, JobRow, WorkflowQuery
 
 ENDED = ("finished", "failed", "closed", "cancelled")
 _FINAL = {s.value for s in FINAL_JOB_STATES}
@@ -187,7 +187,7 @@ def workflow_page(reader: MonitorReader, prefix: str, workflow_id: int) -> Html:
     return Html(head + summary + tag("div", "", id="act-result", class_="act-result", role="status")
                 + tag("h2", "Tasks") + task_table + tag("h2", "Label graph") + dag
                 + tag("h2", "Errors") + error_summary(reader, prefix, wf.workflow_id, wf.status,
-                                                      {t.task_id: t.label for t in tasks}, running))
+                                                      {t.task_id: t.label for t in tasks}, running, mem))
 
 
 ERROR_ROWS = 50  #: groups an error summary shows (largest first), so the page stays light
@@ -197,13 +197,21 @@ def cancel_task(workflow_id: int, task_id: int) -> Html:
     return action_button("cancel task", {"action": "cancel_task", "workflow_id": workflow_id, "task_id": task_id})
 
 
-def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: str, labels: Mapping[int, str],
-                  running: set[int]) -> Html:
-    """Failed attempts by task and cause (the store keeps them grouped by normalised message), largest
-    first; each links to its jobs and offers *cancel task* while the task has jobs to cancel.
+def retry_group(workflow_id: int, g: ErrorGroupRow, memory: int | None) -> Html:
+    """*retry these* (the failed jobs the row links to) and, when the task's request is known, *retry with
+    2x memory*: both rerun now, while the workflow runs or after it ended."""
+    act = {"action": "retry_jobs", "workflow_id": workflow_id, "task_id": g.task_id, "error_class": g.error_class,
+           "exit_code": g.exit_code}
+    more = action_button(f"retry with {2 * memory} MB", {**act, "memory": 2 * memory}) if memory else Html("")
+    return Html(action_button("retry these", act) + " " + more)
 
-    Retrying just one group's jobs (optionally with more memory) needs a service call that retries
-    chosen jobs; until there is one, *retry failed jobs* reruns all of them once the workflow ended."""
+
+def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: str, labels: Mapping[int, str],
+                  running: set[int], memory: Mapping[int, int]) -> Html:
+    """Failed attempts by task and cause (the store keeps them grouped by normalised message), largest
+    first; each links to its failed jobs, offers to retry exactly those (optionally with twice the task's
+    memory request) and *cancel task* while the task has jobs to cancel. *retry failed jobs* reruns all
+    of them once the workflow ended."""
     groups = reader.error_groups(workflow_id, limit=ERROR_ROWS + 1)
     more = len(groups) > ERROR_ROWS
     groups = groups[:ERROR_ROWS]
@@ -218,11 +226,12 @@ def error_summary(reader: MonitorReader, prefix: str, workflow_id: int, status: 
                      tag("span", g.cause, class_="message", title=g.example_diag or ""),
                      link(f"{jobs_url}?{urlencode(filters)}", g.attempts),
                      link(f"{prefix}/jobs/{g.example_job_id}", g.example_job_id, class_="example"),
-                     cancel_task(workflow_id, g.task_id) if g.task_id in running else ""))
+                     Html(retry_group(workflow_id, g, memory.get(g.task_id))
+                          + (cancel_task(workflow_id, g.task_id) if g.task_id in running else ""))))
     retry = action_button("retry failed jobs", {"action": "retry", "workflow_id": workflow_id}) if ended and groups \
         else Html("")
-    note = "" if ended or not groups else tag("p", "retry of failed jobs is offered once the workflow has ended",
-                                              class_="note")
+    note = "" if ended or not groups else tag("p", "retry of all failed jobs is offered once the workflow has "
+                                              "ended; a group's jobs can be retried now", class_="note")
     if more:
         note = Html(tag("p", f"the {ERROR_ROWS} largest groups are shown", class_="note") + cell(note))
     return tag("div", Html(table(["task", "error class", "exit code", "message (normalised)", "failed attempts",

@@ -41,15 +41,23 @@ class Caller(Protocol):
     roles: frozenset[str]
 
 
+MAX_ACTION_JOBS = 10_000  #: jobs one monitor action may name or select
+
+
 class BulkAction(BaseModel):
     """An operator's action from the monitor: the request body of ``POST /monitor/api/act``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    action: Literal["retry", "cancel_task", "cancel_jobs"]
+    action: Literal["retry", "retry_jobs", "cancel_task", "cancel_jobs"]
     workflow_id: int
     task_id: int | None = None
-    job_ids: list[int] = Field(default_factory=list, max_length=10_000)
+    job_ids: list[int] = Field(default_factory=list, max_length=MAX_ACTION_JOBS)
+    #: ``retry_jobs`` without job_ids: the failed jobs of ``task_id`` whose last error has this class and
+    #: exit code (the jobs an error-summary row links to)
+    error_class: str | None = None
+    exit_code: int | None = None
+    memory: int | None = None  #: MB for the retried attempts (``retry_jobs``); None keeps each job's request
 
 
 class MonitorReader(Protocol):
@@ -143,7 +151,8 @@ class PanrayReader:
         return [{**row, "target_share": row["drp_share"]} for row in self.service.sites()]
 
     def act(self, caller: Caller, action: BulkAction) -> str:
-        """Retry an ended workflow's failed jobs, or cancel a task or some jobs of a running one."""
+        """Retry an ended workflow's failed jobs, retry chosen failed jobs (an error group's, a task's) at
+        any time, optionally with more memory, or cancel a task or some jobs of a running one."""
         from panray.identity import Identity, Role
 
         who = Identity(caller.user, frozenset(Role(r) for r in caller.roles if r in Role._value2member_map_)
@@ -152,6 +161,12 @@ class PanrayReader:
         if action.action == "retry":
             self.service.retry(who, wf.workflow_id)
             return f"workflow {wf.workflow_id}: rerunning its failed, cancelled and pruned jobs"
+        if action.action == "retry_jobs":
+            jobs = action.job_ids or self._group_jobs(action)
+            n = self.service.retry_jobs(who, wf.workflow_id, task_id=None if jobs else action.task_id,
+                                        job_ids=jobs or None, memory=action.memory)
+            more = f" with {action.memory} MB" if action.memory is not None else ""
+            return f"workflow {wf.workflow_id}: {n} jobs get a new attempt{more}"
         if action.action == "cancel_task":
             if action.task_id is None:
                 raise PanrayError("cancel_task needs a task_id")
@@ -165,6 +180,29 @@ class PanrayReader:
         if not reached:
             raise PanrayError(f"workflow {wf.workflow_id} has no running manager: nothing cancelled")
         return f"workflow {wf.workflow_id}: cancel of {what} sent to its manager"
+
+
+    def _group_jobs(self, action: BulkAction) -> list[int]:
+        """The failed jobs an error-summary row links to (its task, error class and exit code), read a
+        page at a time by key; [] when the action names no error class or exit code."""
+        if action.error_class is None and action.exit_code is None:
+            return []
+        if action.task_id is None:
+            raise PanrayError("retry_jobs of an error group needs its task_id")
+        ids: list[int] = []
+        after: int | None = None
+        while len(ids) < MAX_ACTION_JOBS:
+            page = self.store.job_page(action.workflow_id, JobQuery(
+                status=("failed",), task_id=action.task_id, error_class=action.error_class,
+                exit_code=action.exit_code, limit=1000, after_idx=after))
+            ids += [j.job_id for j in page.rows]
+            if len(page.rows) < 1000:
+                break
+            after = page.rows[-1].idx
+        if not ids:
+            raise PanrayError(f"task {action.task_id} of workflow {action.workflow_id} has no failed jobs with "
+                              f"error class {action.error_class} and exit code {action.exit_code}")
+        return ids[:MAX_ACTION_JOBS]
 
 
 #: Reads a PanrayReader passes straight to the state store.
