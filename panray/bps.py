@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 INIT_NAME = "pipetaskInit"
 RUN_FILE = "panray_run.json"
 WORKFLOW_FILE = "panray_workflow.json"
+FINAL_SCRIPT = "final_job.bash"  #: the script bps writes for its final job (``lsst.ctrl.bps.transform``)
 #: Exit code reported for a failure without one (lost pilot, pruned by the system).
 NO_EXIT_CODE = -1
 
@@ -326,6 +327,20 @@ def _jsonable(tags: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(tags, default=str))
 
 
+def _rewrite_final_script(config: BpsConfig, final: GenericWorkflowJob, cores: int) -> None:
+    """bps writes its final job's script (``final_job.bash``, with ``-j {requestCpus}``) before the
+    plugin clamps the job: write it again for the clamped cores, so the job starts no more worker
+    processes than it asks cores for (``-j 16`` on a 2-core machine did not end within 200 s)."""
+    from lsst.ctrl.bps.transform import create_final_command
+
+    script = final.executable.src_uri if final.executable is not None else None
+    if not script or os.path.basename(script) != FINAL_SCRIPT or int(final.request_cpus or 1) == cores:
+        return
+    clamped = BpsConfig(config)
+    clamped[".finalJob.requestCpus"] = cores
+    create_final_command(clamped, os.path.dirname(script) or ".")
+
+
 def _clamped_final(final_job: Job, catalog: SiteCatalog) -> Job:
     """bps's final job with its request shrunk to what its site (the home site) can take.
 
@@ -423,6 +438,9 @@ class PanrayWorkflow(BaseWmsWorkflow):
         found, butler_config = config.search("butlerConfig")
         wf.workflow = convert(generic_workflow, sites=catalog.names(), meta=meta, catalog=catalog,
                               butler_config=str(butler_config) if found else None)
+        final = generic_workflow.get_final()
+        if isinstance(final, GenericWorkflowJob) and wf.workflow.final_job is not None:
+            _rewrite_final_script(config, final, wf.workflow.final_job.request_cpus)
         return wf
 
     def write(self, out_prefix: str) -> None:

@@ -100,6 +100,24 @@ def test_final_job_gets_the_configured_butler_made_absolute(tmp_path: Path) -> N
         "only the configured butler is rewritten"
 
 
+def test_clamped_final_jobs_script_starts_no_more_workers_than_its_cores(tmp_path: Path) -> None:
+    """bps writes ``-j {requestCpus}`` into final_job.bash before the plugin clamps the job to its site."""
+    from lsst.ctrl.bps import BpsConfig
+    from lsst.ctrl.bps.transform import create_final_command
+
+    from panray.bps import _rewrite_final_script
+
+    config = BpsConfig({"butlerConfig": "repo", "finalJob": {
+        "requestCpus": 16, "command1": "butler aggregate-graph {qgraphFile} {butlerConfig} -j {requestCpus}"}})
+    exe, _ = create_final_command(config, str(tmp_path))
+    script = tmp_path / "final_job.bash"
+    assert "-j 16" in script.read_text()
+    final = GenericWorkflowJob("finalJob", "finalJob", executable=exe, request_cpus=16)
+    _rewrite_final_script(config, final, 8)
+    assert "aggregate-graph ${qgraphFile} ${butlerConfig} -j 8" in script.read_text()
+    assert config.search("requestCpus", opt={"searchobj": config["finalJob"]}) == (True, 16), "the user's config stays"
+
+
 def test_noop_jobs_only_order() -> None:
     wf = convert(make_3_label_workflow_noop_sort("w", final=False), sites=SITES)
     noops = {j.name: j for j in wf.jobs if j.command is None}
