@@ -334,7 +334,8 @@ def _rewrite_final_script(config: BpsConfig, final: GenericWorkflowJob, cores: i
     from lsst.ctrl.bps.transform import create_final_command
 
     script = final.executable.src_uri if final.executable is not None else None
-    if not script or os.path.basename(script) != FINAL_SCRIPT or int(final.request_cpus or 1) == cores:
+    if (not isinstance(config, BpsConfig) or not script or os.path.basename(script) != FINAL_SCRIPT
+            or int(final.request_cpus or 1) == cores):
         return
     clamped = BpsConfig(config)
     clamped[".finalJob.requestCpus"] = cores
@@ -435,7 +436,7 @@ class PanrayWorkflow(BaseWmsWorkflow):
         if out_prefix:
             meta["path"] = str(out_prefix)
         catalog = load_catalog(settings.sites_file)
-        found, butler_config = config.search("butlerConfig")
+        found, butler_config = config.search("butlerConfig") if isinstance(config, BpsConfig) else (False, None)
         wf.workflow = convert(generic_workflow, sites=catalog.names(), meta=meta, catalog=catalog,
                               butler_config=str(butler_config) if found else None)
         final = generic_workflow.get_final()
