@@ -25,7 +25,7 @@ import ray
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, actor, pilot_name, queue_name
 from panray.config import Settings
 from panray.actors.site_queue import start_queue
-from panray.core.supervisor_core import DEAD, SILENT, Answer, SupervisorCore
+from panray.core.supervisor_core import DEAD, Answer, SupervisorCore
 from panray.sites import SiteCatalog, SiteConfig
 from panray.sites.topology import site_nodes
 
@@ -118,8 +118,6 @@ class Supervisor:
             del self._pings[name]
             try:
                 answers[name] = ray.get(ref)
-            except ray.exceptions.ActorUnavailableError:  # unreachable for now, not known dead: ask again
-                answers[name] = SILENT
             except ray.exceptions.RayActorError:
                 answers[name] = DEAD
                 self._handles.pop(name, None)

@@ -193,7 +193,6 @@ class WorkflowManager:
 
     def claim(self, pilot: str, attempts: list[tuple[int, int]], sent_at: float) -> list[bool]:
         """A pilot asks to start these (job_id, attempt_nr); returns which it may start."""
-        self._handles.get(pilot)  # the claimer itself: a later look-up may find a replacement under its name
         answer: Future[list[bool]] = Future()
         self._inbox.append(("claim", pilot, attempts, sent_at, answer))
         self._wake.set()
@@ -433,8 +432,6 @@ class WorkflowManager:
         for ref in ready:
             try:
                 ray.get(ref)
-            except ray.exceptions.ActorUnavailableError:  # unreachable for now, not known dead
-                continue
             except ray.exceptions.RayActorError:
                 dead.add(refs[ref])
         for name in dead:
