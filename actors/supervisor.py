@@ -23,8 +23,8 @@ from typing import Any
 import ray
 
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, actor, pilot_name, queue_name
-from panray.config import Settings
 from panray.actors.site_queue import start_queue
+from panray.config import Settings
 from panray.core.supervisor_core import DEAD, Answer, SupervisorCore
 from panray.sites import SiteCatalog, SiteConfig
 from panray.sites.topology import site_nodes
