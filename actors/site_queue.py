@@ -16,13 +16,15 @@ import asyncio
 import logging
 from collections import defaultdict, deque
 from collections.abc import Iterable
+from typing import Any
 
 import ray
 
 from panray.actors.metrics import QueueMetrics
-from panray.actors.names import actor
+from panray.actors.names import NAMESPACE, actor, queue_name
 from panray.core.messages import Dispatch
 from panray.payload import occupies_slot
+from panray.sites import SiteConfig
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,16 @@ class SiteQueue:
 
     async def stats(self) -> tuple[int, int, int]:
         return self._core.stats()
+
+
+def start_queue(site: SiteConfig, *, metrics: bool, detached: bool = False) -> Any:
+    """The queue of ``site`` on one of its nodes, created unless it runs (at start, or when the
+    site's node came back after its queue was lost with it)."""
+    opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
+    if detached:
+        opts["lifetime"] = "detached"
+    return SiteQueue.options(name=queue_name(site.name), resources={site.ray_resource: 1}, **opts).remote(
+        site.name, metrics=metrics)
 
 
 def _give_back(jobs: Iterable[Dispatch], lost_pilot: str | None = None) -> None:

@@ -3,8 +3,9 @@
 Once per liveness interval it pings every pilot it supervises (one outstanding
 ``incarnation`` call per pilot, so a pilot waiting for its node is not flooded), then carries
 out the core's actions: the dead pilot's queue forgets it and gives its reserved jobs back to
-their managers,
-a replacement starts under the same name, and brokerage learns which pilots answer.
+their managers, a replacement starts under the same name where the site still has a node (with
+the site's queue, should it have been lost with the node), and brokerage learns which pilots
+answer.
 
 The supervisor also creates the pilots in the first place: Ray keeps a dead actor's name
 until its owner drops the handle, so only the owner can reuse the name at once. Named
@@ -22,6 +23,7 @@ from typing import Any
 import ray
 
 from panray.actors.names import BROKERAGE_NAME, NAMESPACE, actor, pilot_name, queue_name
+from panray.actors.site_queue import start_queue
 from panray.config import Settings
 from panray.core.supervisor_core import DEAD, Answer, SupervisorCore
 from panray.sites import SiteCatalog, SiteConfig
@@ -119,8 +121,9 @@ class Supervisor:
             except ray.exceptions.RayActorError:
                 answers[name] = DEAD
                 self._handles.pop(name, None)
+        with_nodes = self._sites_with_nodes() if DEAD in answers.values() else None
         with self._observed:
-            actions = self.core.observe(answers)
+            actions = self.core.observe(answers, with_nodes)
             self.rounds += 1
             self._observed.notify_all()
         for site, name, keep in actions.forget:
@@ -129,12 +132,19 @@ class Supervisor:
             queue = actor(queue_name(site))
             if queue is not None:  # else the site's node is gone with its queue
                 queue.forget_pilot.remote(name, keep)
+        for site in {site for site, _ in actions.start}:
+            start_queue(self.catalog.get(site), metrics=self.settings.metrics, detached=self.detached)
         for site, name in actions.start:
             self._start(site, name)
         if actions.views:
             brokerage = actor(BROKERAGE_NAME)
             for site, view in (actions.views.items() if brokerage is not None else ()):
                 brokerage.register_pilots.remote(site, view)
+
+    def _sites_with_nodes(self) -> set[str]:
+        """Sites with an alive node carrying their resource: where a dead pilot may start again."""
+        resources = {r for n in ray.nodes() if n.get("Alive") for r in n.get("Resources", {})}
+        return {s.name for s in self.catalog if s.ray_resource in resources}
 
     def _handle(self, name: str) -> Any:
         """The pilot it started, or (after its own restart) the one it finds under that name."""

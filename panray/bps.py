@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 INIT_NAME = "pipetaskInit"
 RUN_FILE = "panray_run.json"
 WORKFLOW_FILE = "panray_workflow.json"
+FINAL_SCRIPT = "final_job.bash"  #: the script bps writes for its final job (``lsst.ctrl.bps.transform``)
 #: Exit code reported for a failure without one (lost pilot, pruned by the system).
 NO_EXIT_CODE = -1
 
@@ -209,6 +210,14 @@ class _Resolver:
             return uri
         return str(self.base / uri)
 
+    def literal_paths(self, line: str, paths: Iterable[str]) -> str:
+        """``line`` with each argument that is one of ``paths`` made absolute: bps writes the
+        configured ``butlerConfig`` into the final job's arguments as is, not as ``{butlerConfig}``."""
+        relative = {p for p in paths if self._path(p) != p}
+        if not relative:
+            return line
+        return " ".join(self._path(arg) if arg in relative else arg for arg in line.split(" "))
+
     def cmdvals(self, job: GenericWorkflowJob) -> dict[str, Any]:
         values = dict(job.cmdvals)
         for key in PATH_CMDVALS.intersection(values):
@@ -318,6 +327,21 @@ def _jsonable(tags: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(tags, default=str))
 
 
+def _rewrite_final_script(config: BpsConfig, final: GenericWorkflowJob, cores: int) -> None:
+    """bps writes its final job's script (``final_job.bash``, with ``-j {requestCpus}``) before the
+    plugin clamps the job: write it again for the clamped cores, so the job starts no more worker
+    processes than it asks cores for (``-j 16`` on a 2-core machine did not end within 200 s)."""
+    from lsst.ctrl.bps.transform import create_final_command
+
+    script = final.executable.src_uri if final.executable is not None else None
+    if (not isinstance(config, BpsConfig) or not script or os.path.basename(script) != FINAL_SCRIPT
+            or int(final.request_cpus or 1) == cores):
+        return
+    clamped = BpsConfig(config)
+    clamped[".finalJob.requestCpus"] = cores
+    create_final_command(clamped, os.path.dirname(script) or ".")
+
+
 def _clamped_final(final_job: Job, catalog: SiteCatalog) -> Job:
     """bps's final job with its request shrunk to what its site (the home site) can take.
 
@@ -331,11 +355,12 @@ def _clamped_final(final_job: Job, catalog: SiteCatalog) -> Job:
 
 def convert(gwf: GenericWorkflow, *, base: Path | None = None, sites: Iterable[str] = (),
             owner: str | None = None, meta: dict[str, Any] | None = None,
-            catalog: SiteCatalog | None = None) -> Workflow:
+            catalog: SiteCatalog | None = None, butler_config: str | None = None) -> Workflow:
     """The panray Workflow of a GenericWorkflow (see the module docstring).
 
     ``base`` is the directory relative paths are relative to: where bps runs (the default); with a
-    ``catalog`` the final job's request is clamped to its site's limits.
+    ``catalog`` the final job's request is clamped to its site's limits. ``butler_config`` is the
+    submit config's ``butlerConfig``, which bps passes to the final job literally.
     """
     resolver = _Resolver(gwf, (base or Path.cwd()).absolute())
     known_sites = set(sites)
@@ -379,6 +404,9 @@ def convert(gwf: GenericWorkflow, *, base: Path | None = None, sites: Iterable[s
     if final is not None and not isinstance(final, GenericWorkflowJob):
         raise PanrayError("a final GenericWorkflow (several final jobs) is not supported; use one final job")
     final_job = job(final, gwf) if final is not None else None
+    if final_job is not None and butler_config and isinstance(final_job.command, str):
+        final_job = final_job.model_copy(
+            update={"command": resolver.literal_paths(final_job.command, [butler_config])})
     if final_job is not None and catalog is not None:
         final_job = _clamped_final(final_job, catalog)
     return Workflow(name=gwf.name, jobs=jobs, init_job=init_job, final_job=final_job,
@@ -408,7 +436,12 @@ class PanrayWorkflow(BaseWmsWorkflow):
         if out_prefix:
             meta["path"] = str(out_prefix)
         catalog = load_catalog(settings.sites_file)
-        wf.workflow = convert(generic_workflow, sites=catalog.names(), meta=meta, catalog=catalog)
+        found, butler_config = config.search("butlerConfig") if isinstance(config, BpsConfig) else (False, None)
+        wf.workflow = convert(generic_workflow, sites=catalog.names(), meta=meta, catalog=catalog,
+                              butler_config=str(butler_config) if found else None)
+        final = generic_workflow.get_final()
+        if isinstance(final, GenericWorkflowJob) and wf.workflow.final_job is not None:
+            _rewrite_final_script(config, final, wf.workflow.final_job.request_cpus)
         return wf
 
     def write(self, out_prefix: str) -> None:

@@ -24,7 +24,7 @@ from panray.config import Settings
 from panray.exceptions import ConfigError, PanrayError
 from panray.home import private_dir, write_private
 from panray.sites import SiteCatalog, load_catalog
-from panray.sites.topology import SITE_PREFIX, loopback_env, site_nodes, start_local_cluster
+from panray.sites.topology import loopback_env, site_nodes, start_local_cluster
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,20 @@ def _url(address: str | None) -> str | None:
 
 
 def control_plane() -> Any:
-    """Where brokerage and workflow managers run: the head node, preferred softly, so that
-    losing a facility's node does not take the control plane with it."""
+    """Where brokerage, the supervisor and workflow managers run: the head node, so that losing a
+    facility's node does not take the control plane with it.
+
+    The affinity is hard: a soft one let Ray place most zero-CPU actors on other nodes (4 of 12
+    on the head of a two-node cluster), so a manager died with a site's node. The head carries
+    the cluster's GCS: without it there is no cluster to run on anyway.
+    """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})),
-                ray.get_runtime_context().get_node_id())
-    return NodeAffinitySchedulingStrategy(node_id=head, soft=True)
+    head = next((n["NodeID"] for n in ray.nodes() if n.get("Alive") and HEAD_RESOURCE in n.get("Resources", {})), None)
+    if head is None:  # no head resource (not expected with Ray >= 2.4): the driver's node, preferred
+        return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+    return NodeAffinitySchedulingStrategy(node_id=head, soft=False)
 
 
 def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
@@ -179,8 +185,8 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     import ray
 
     from panray.actors.brokerage import Brokerage
-    from panray.actors.names import BROKERAGE_NAME, NAMESPACE, SUPERVISOR_NAME, actor, queue_name
-    from panray.actors.site_queue import SiteQueue
+    from panray.actors.names import BROKERAGE_NAME, NAMESPACE, SUPERVISOR_NAME, actor
+    from panray.actors.site_queue import start_queue
     from panray.actors.supervisor import Supervisor
 
     opts: dict[str, Any] = {"namespace": NAMESPACE, "get_if_exists": True}
@@ -192,13 +198,11 @@ def ensure_actors(rt: Runtime, *, detached: bool = False) -> list[str]:
     rt.missing = []
     with_nodes: list[str] = []
     for site in rt.catalog:
-        res = {site.ray_resource or SITE_PREFIX + site.name: 1}
         if site.name not in nodes:
-            log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, res)
+            log.warning("site %s has no Ray node carrying %s; it gets no pilots", site.name, site.ray_resource)
             rt.missing.append(site.name)
             continue
-        rt.queues[site.name] = SiteQueue.options(name=queue_name(site.name), resources=res, **opts).remote(
-            site.name, metrics=rt.settings.metrics)
+        rt.queues[site.name] = start_queue(site, metrics=rt.settings.metrics, detached=detached)
         with_nodes.append(site.name)
     # The supervisor owns the pilots: a dead pilot's name is released only once its owner drops
     # the handle, which the supervisor does when it starts the replacement.

@@ -41,6 +41,16 @@ def test_a_dead_pilot_is_forgotten_once_restarted_until_it_answers_and_leaves_th
     assert core.observe({P0: DEAD}).forget == [("UKDF", P0, None)], "a second death is forgotten again"
 
 
+def test_a_site_without_nodes_gets_no_replacement_pilots_until_its_node_is_back() -> None:
+    core = SupervisorCore({"UKDF": [P0, P1], "FrDF": ["pilot:FrDF:0"]})
+    core.observe({P0: P0 + "#a", P1: P1 + "#a", "pilot:FrDF:0": "pilot:FrDF:0#a"})
+    gone = core.observe({P0: DEAD, P1: DEAD, "pilot:FrDF:0": DEAD}, with_nodes={"FrDF"})
+    assert gone.forget == [("UKDF", P0, None), ("UKDF", P1, None), ("FrDF", "pilot:FrDF:0", None)]
+    assert gone.start == [("FrDF", "pilot:FrDF:0")], "nothing could run a UKDF pilot now"
+    assert gone.views == {"UKDF": [], "FrDF": []}
+    assert core.observe({P0: DEAD, P1: DEAD}, with_nodes={"FrDF", "UKDF"}).start == [("UKDF", P0), ("UKDF", P1)]
+
+
 def test_a_pilot_replaced_behind_the_supervisors_back_forgets_its_old_incarnation() -> None:
     core = SupervisorCore({"UKDF": [P0]})
     core.observe({P0: P0 + "#a"})

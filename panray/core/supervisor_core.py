@@ -9,6 +9,11 @@ start a replacement under the same name (again each round until one answers: the
 just-killed actor is released a moment after its death), and tell brokerage which pilots of a
 site answer, so a site whose pilots are all gone takes no work until they return.
 
+No replacement starts while its site has no node: it could never run there, and a pending
+actor under the dead pilot's name would hide the death from the managers, whose liveness
+checks look pilots up by name (with the site's queue gone with its node, nothing else gives the
+lost pilot's jobs back before the heartbeat timeout). The pilot starts once its node is back.
+
 Examples:
     >>> core = SupervisorCore({"UKDF": ["pilot:UKDF:0", "pilot:UKDF:1"]})
     >>> a = core.observe({"pilot:UKDF:0": "pilot:UKDF:0#a", "pilot:UKDF:1": "pilot:UKDF:1#b"})
@@ -17,11 +22,13 @@ Examples:
     >>> a = core.observe({"pilot:UKDF:0": DEAD, "pilot:UKDF:1": "pilot:UKDF:1#b"})
     >>> a.forget, a.start, a.views
     ([('UKDF', 'pilot:UKDF:0', None)], [('UKDF', 'pilot:UKDF:0')], {'UKDF': ['pilot:UKDF:1']})
+    >>> core.observe({"pilot:UKDF:0": DEAD, "pilot:UKDF:1": DEAD}, with_nodes=set()).start  # its node is gone
+    []
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -68,8 +75,9 @@ class SupervisorCore:
     def names(self) -> list[str]:
         return list(self.site_of)
 
-    def observe(self, answers: Mapping[str, Answer]) -> Actions:
-        """Apply one round of pings (pilots not in ``answers`` are taken as silent)."""
+    def observe(self, answers: Mapping[str, Answer], with_nodes: Container[str] | None = None) -> Actions:
+        """Apply one round of pings (pilots not in ``answers`` are taken as silent); dead pilots
+        are started again only at ``with_nodes``, the sites that have a node now (None: all)."""
         out = Actions()
         for name, site in self.site_of.items():
             answer = answers.get(name, SILENT)
@@ -85,7 +93,8 @@ class SupervisorCore:
                 if name not in self._forgotten:
                     self._forgotten.add(name)
                     out.forget.append((site, name, None))
-                out.start.append((site, name))
+                if with_nodes is None or site in with_nodes:
+                    out.start.append((site, name))
         for site, live in self.live.items():
             view = sorted(live)
             if self._told.get(site) != view:
