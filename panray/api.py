@@ -29,7 +29,6 @@ from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow
 from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
 
 if TYPE_CHECKING:
-    from panray.monitor.errors import ErrorSummary
     from panray.remote import RemoteService
     from panray.sites import Decision
 
@@ -179,15 +178,10 @@ class Panray:
         return self._backend.job_page(workflow_id, query)
 
     def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
-        """Failed attempts grouped by error class, exit code and diagnostic, largest first."""
+        """The error summary: failed attempts grouped by task, error class, exit code and normalised
+        diagnostic (numbers, ids and paths replaced; the store keeps these groups), largest first,
+        each with an example job."""
         return self._backend.error_groups(workflow_id)
-
-    def errors(self, workflow_id: int) -> list[ErrorSummary]:
-        """The error summary: failed attempts grouped by error class, exit code and normalised
-        diagnostic (numbers, ids and paths replaced), largest first, each with an example job."""
-        from panray.monitor.errors import summarise
-
-        return summarise(self.error_groups(workflow_id))
 
     def explain(self, job_id: int) -> list[Decision]:
         """Brokerage's explained choices for a job, oldest first: the candidates with their

@@ -154,7 +154,7 @@ def _show_jobs(rows: Sequence[Any], pss: dict[int, int]) -> None:
            _duration(j), *map(gb, max_pss_gb(j, pss)), j.exit_code, j.error_class, j.diag or "") for j in rows])
 
 
-@click.command(help="Failed attempts of a workflow grouped by error class, exit code and normalised diagnostic "
+@click.command(help="Failed attempts of a workflow grouped by task, error class, exit code and normalised diagnostic "
              "(numbers, ids and paths replaced), with counts and an example job." + example(
                  "panray errors 7", "panray jobs 7 --error payload --exit-code 3   # the jobs of one group"))
 @click.argument("workflow", type=WORKFLOW)
@@ -162,17 +162,18 @@ def _show_jobs(rows: Sequence[Any], pss: dict[int, int]) -> None:
 @session
 def errors(pr: Panray, workflow: int, as_json: bool) -> int:
     from panray.cli_output import show
-    from panray.monitor.errors import summarise
 
-    groups = summarise(pr.error_groups(workflow))
+    groups = pr.error_groups(workflow)
     if as_json:
         json_out(groups)
         return 0
     if not groups:
         print(f"workflow {workflow}: no failed attempt")
         return 0
-    show(["attempts", "error", "exit", "message", "example job", "example"],
-         [(g.attempts, g.error_class, g.exit_code, g.message, g.example_job_id, g.example_diag) for g in groups])
+    labels = {t.task_id: t.label for t in pr.tasks(workflow)}
+    show(["attempts", "task", "label", "error", "exit", "message", "example job", "example"],
+         [(g.attempts, g.task_id, labels.get(g.task_id, ""), g.error_class, g.exit_code, g.cause, g.example_job_id,
+           g.example_diag) for g in groups])
     return 0
 
 

@@ -263,7 +263,7 @@ class Service:
         return self.store.job_page(workflow_id, query)
 
     def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
-        """Failed attempts grouped by error class, exit code and diagnostic, largest first."""
+        """Failed attempts grouped by task, error class, exit code and normalised diagnostic, largest first."""
         self.workflow(workflow_id)
         return self.store.error_groups(workflow_id)
 

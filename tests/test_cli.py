@@ -65,10 +65,11 @@ def test_status_and_jobs_read_the_store(tmp_path: Path, capsys: pytest.CaptureFi
 def test_bench_runs_a_benchmark_script(tmp_path: Path) -> None:
     r = _run(tmp_path / "home", "bench", "submit", "--jobs", "500", "--backends", "sqlite")
     assert r.returncode == 0, r.stderr[-2000:]
-    row = next(line for line in r.stdout.splitlines() if line.startswith("sqlite"))
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("sqlite")]
     from panray.dag import drp
 
-    assert row.split()[1] == str(len(drp(500))) and row.split()[-1] == "yes"  # every job stored
+    assert [row[1] for row in rows] == ["models", "table"]                  # both submit paths, side by side
+    assert all(row[2] == str(len(drp(500))) and row[-1] == "yes" for row in rows)  # every job stored
 
 
 def _cli_error_cases(tmp: Path) -> list[tuple[list[str], str]]:
@@ -237,8 +238,8 @@ def test_tasks_jobs_filters_and_errors_grouping(tmp_path: Path, capsys: pytest.C
     assert main([*cli, "errors", "1"]) == 0
     header, _rule, *rows = capsys.readouterr().out.splitlines()
     assert len(rows) == 2                                            # three paths fold into one cause
-    assert rows[0].split()[:3] == ["3", "payload", "3"] and "FileNotFoundError: <path>" in rows[0]
-    assert rows[1].split()[:3] == ["1", "memory", "137"] and "PSS <n> kB above request <n> MB" in rows[1]
+    assert rows[0].split()[:5] == ["3", "1", "isr", "payload", "3"] and "FileNotFoundError: <path>" in rows[0]
+    assert rows[1].split()[:5] == ["1", "2", "calib", "memory", "137"] and "PSS <n> kB above request <n> MB" in rows[1]
     assert main([*cli, "errors", "1", "--json"]) == 0
     assert _json.loads(capsys.readouterr().out)[0]["example_job_id"] == ids["isr:1"]
 
