@@ -177,7 +177,7 @@ class Panray:
         """
         return self._backend.job_page(workflow_id, query)
 
-    def error_groups(self, workflow_id: int) -> list[ErrorGroupRow]:
+    def errors(self, workflow_id: int) -> list[ErrorGroupRow]:
         """The error summary: failed attempts grouped by task, error class, exit code and normalised
         diagnostic (numbers, ids and paths replaced; the store keeps these groups), largest first,
         each with an example job."""

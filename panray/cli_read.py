@@ -163,7 +163,7 @@ def _show_jobs(rows: Sequence[Any], pss: dict[int, int]) -> None:
 def errors(pr: Panray, workflow: int, as_json: bool) -> int:
     from panray.cli_output import show
 
-    groups = pr.error_groups(workflow)
+    groups = pr.errors(workflow)
     if as_json:
         json_out(groups)
         return 0

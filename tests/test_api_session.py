@@ -61,7 +61,7 @@ def test_submit_a_graph_and_wait_on_a_handle(cluster: Panray) -> None:
     assert handle.result(timeout=60) == "Finished" and handle.done()
     rows = cluster.jobs(wf_id)
     assert [j.name for j in rows] == ["a", "b"] and isinstance(rows[0], panray.JobRow)
-    assert cluster.error_groups(wf_id) == [] and cluster.explain(rows[0].job_id)[0].site in {"USDF", "FrDF", "UKDF"}
+    assert cluster.errors(wf_id) == [] and cluster.explain(rows[0].job_id)[0].site in {"USDF", "FrDF", "UKDF"}
 
     async def run() -> str:
         return await cluster.start(Workflow(name="awaited", jobs=[Job(name="x", label="isr", command=["true"])]))
