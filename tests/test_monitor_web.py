@@ -1,9 +1,11 @@
 """The operator web monitor over real HTTP (uvicorn on 127.0.0.1, RS256 tokens), and in a real
-browser (Debian's chromium driven by Playwright) against workflows run on the session's cluster."""
+browser (Debian's chromium driven by Playwright) against workflows run on the session's cluster and
+on a real ``panray serve``."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import tempfile
@@ -24,6 +26,7 @@ from panray.store import AttemptRow, ChangeBatch, DecisionRow, JobState
 from panray.submission import build_campaign
 
 from monitor_auth import TokenIssuer, serve
+from panray_server import panray, running_server
 
 PRMON = "Time\tvmem\tpss\trss\tswap\n" + "".join(f"{100 + t}\t{400000 + t}\t{100000 + 5000 * t}\t{150000}\t0\n"
                                                  for t in range(30))
@@ -274,41 +277,69 @@ def test_operator_follows_a_running_workflow_in_the_browser(cluster: Panray, bro
         _until(lambda: _count(page, "finished") == finished_before + 1, what="the count of finished jobs to change")
         _until(lambda: page.locator("#wf-summary .wf-status").inner_text() == "SubFinished", what="the end")
         assert page.evaluate("window.notReloaded === true")                # updated in place, no reload
-
-        # drill down: the error summary's example is the failed job; its log and memory plot
-        assert "payload exited with code <n>" in page.locator("#errors").inner_text()
-        page.locator("#errors a.example").click()
-        page.wait_for_selector("#job-summary")
-        assert page.locator("#job-status").inner_text() == "failed"
-        _until(lambda: "bad line 2" in page.locator("#log").inner_text(), what="the log lines")
-        assert [line for line in page.locator("#log").inner_text().splitlines() if "bad line" in line][0].endswith(
-            "bad line 0: cannot read /repo/visit_0.fits")
-        assert page.locator("svg.memory-plot polyline.series-pss").count() == 1
-        assert page.locator("a.file", has_text="prmon.txt").count() == 1
-
-        # bulk retry: refused for another user, done for the owner
-        page.goto(f"{url}/monitor/workflows/{wf}")
-        page.locator("#logout").click()
-        page.wait_for_selector("#login:not([hidden])")
-        _log_in(page, issuer.token("mallory"))
-        page.locator("button.act", has_text="retry failed jobs").click()
-        _until(lambda: "only the owner" in page.locator("#act-result").inner_text(), what="the refusal")
-        assert page.locator("#act-result").inner_text() == \
-            f"only the owner (alice) or role production may retry workflow {wf}"
-        bad = next(j for j in cluster.jobs(wf) if j.name == "bad")
-        assert bad.attempt_nr == 1
-        page.locator("#logout").click()
-        page.wait_for_selector("#login:not([hidden])")
-        _log_in(page, issuer.token("alice"))
-        page.locator("#errors button.act", has_text="retry with").click()    # the group's jobs, twice the memory
-        answer = page.locator("#act-result")
-        _until(lambda: answer.inner_text() and "only the owner" not in answer.inner_text(), what="the owner's retry")
-        # bad, and child which bad's failure had pruned
-        assert answer.inner_text() == f"workflow {wf}: 2 jobs get a new attempt with {2 * bad.request_memory} MB"
-        _until(lambda: cluster.store.job(bad.job_id).attempt_nr == 2, what="a second attempt of the failed job")
-        assert cluster.store.job(bad.job_id).request_memory == 2 * bad.request_memory
         assert cluster.wait([wf], timeout=60) == {wf: "SubFinished"}
         page.close()
+
+
+@pytest.mark.slow
+def test_operator_triages_and_retries_on_a_real_panray_serve(browser: object, tmp_path: Path) -> None:
+    """The whole operator path against ``panray serve`` itself (its own cluster, store and token issuer):
+    log in, watch the workflow's counts change, drill down to the failed job's log lines and memory plot,
+    and retry its error group with more memory: refused for another user, done for the owner."""
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
+    env |= {"PANRAY_HOME": str(home), "PANRAY_DASHBOARD_PORT": "0"}
+
+    def token(user: str) -> str:
+        r = panray("--home", str(home), "token", "--user", user, "--role", "user", env=env)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.strip()
+
+    with running_server(home, env) as info:
+        url = str(info["url"])
+        alice, mallory = token("alice"), token("mallory")
+        remote = Panray(Settings(home=tmp_path / "client"), url=url, token=alice)
+        [wf] = remote.submit(Workflow(name="triage", jobs=[
+            Job(name="bad", label="isr", command=[sys.executable, "-c", FAILING]),
+            Job(name="child", label="calibrate", parents=["bad"], command=["true"]),
+            Job(name="ok", label="isr", command=["true"])]))
+        page = browser.new_page()  # type: ignore[attr-defined]
+        try:
+            page.goto(f"{url}/monitor/workflows/{wf}")
+            _log_in(page, alice)
+            page.wait_for_selector("#wf-summary")
+            _until(lambda: page.locator("#wf-summary .wf-status").inner_text() == "SubFinished", what="the end")
+            assert (_count(page, "finished"), _count(page, "failed"), _count(page, "closed")) == (1, 1, 1)
+
+            page.locator("#errors a.example").click()                     # the group's example: the failed job
+            page.wait_for_selector("#job-summary")
+            assert page.locator("#job-status").inner_text() == "failed"
+            _until(lambda: "bad line 2" in page.locator("#log").inner_text(), what="the log lines")
+            assert page.locator("svg.memory-plot polyline.series-pss").count() == 1
+
+            page.goto(f"{url}/monitor/workflows/{wf}")
+            page.locator("#logout").click()
+            page.wait_for_selector("#login:not([hidden])")
+            _log_in(page, mallory)
+            answer = page.locator("#act-result")
+            page.locator("#errors button.act", has_text="retry with").click()
+            _until(lambda: answer.inner_text(), what="the refusal")
+            assert answer.inner_text() == f"only the owner (alice) or role production may retry workflow {wf}"
+            bad = next(j for j in remote.jobs(wf) if j.name == "bad")
+            assert bad.attempt_nr == 1
+            page.locator("#logout").click()
+            page.wait_for_selector("#login:not([hidden])")
+            _log_in(page, alice)
+            page.locator("#errors button.act", has_text="retry with").click()
+            _until(lambda: "new attempt" in answer.inner_text(), what="the owner's retry")
+            # bad, and child which bad's failure had pruned
+            assert answer.inner_text() == f"workflow {wf}: 2 jobs get a new attempt with {2 * bad.request_memory} MB"
+            _until(lambda: remote.job(bad.job_id).attempt_nr == 2, what="a second attempt of the failed job")
+            assert remote.job(bad.job_id).request_memory == 2 * bad.request_memory
+            assert remote.wait([wf], timeout=120) == {wf: "SubFinished"}      # it fails again, by design
+        finally:
+            page.close()
+            remote.close()
 
 
 def test_workflow_list_search_and_sites(staged: tuple[str, dict[str, int], Panray], issuer: TokenIssuer) -> None:

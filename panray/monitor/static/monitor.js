@@ -20,8 +20,9 @@
     login.querySelector(".login-error").textContent = message || "";
     login.querySelector("input").focus();
   }
+  // panray serve answers errors as {"error": ...}; FastAPI's default (a bare monitor router) as {"detail": ...}
   async function detail(response) {
-    try { return (await response.json()).detail || response.statusText; } catch (e) { return response.statusText; }
+    try { const body = await response.json(); return body.error || body.detail || response.statusText; } catch (e) { return response.statusText; }
   }
 
   function swapLive(html) {
