@@ -40,9 +40,11 @@ from panray.payload import is_function, sleep_seconds
 from panray.retry import CANCELLED, SYSTEM
 
 REPORT_INTERVAL = 0.05
-PREFETCH = 3
-"""A pilot holds up to this many jobs per slot: those beyond its slots wait in the pilot, claimed,
-for the next free slot, so short payloads follow each other without a pull's round trips."""
+PREFETCH = 1
+"""A pilot holds up to this many jobs per slot; those beyond its slots would wait in the pilot, claimed,
+for the next free slot. One: jobs held ahead would still start after their site went offline (its
+queue gives back only what it holds), so a pilot takes no more than its free slots until held jobs
+can be given back too."""
 STOP_GRACE = 5.0
 """Seconds a stopping pilot gives its killed payloads to end and its log sink to deliver; what is
 still undelivered then stays in the pilot's spool on disk for the next pilot of its name."""

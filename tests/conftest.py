@@ -172,7 +172,18 @@ def pr_or_remote(request: pytest.FixtureRequest, tmp_path: Path, cluster: Panray
         yield session
 
 
+#: Modules that need the process's Ray to themselves, in the order the session runs them: before
+#: (None) and after the tests that share the session's cluster.
+_OWN_RAY = ["test_bps", None, "test_sites_cluster", "test_prompt"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """test_prompt.py runs last: it replaces the session's Ray with a one-node cluster of its own,
-    which ends the session cluster's actors (their owner, this process, leaves it)."""
-    items.sort(key=lambda item: item.module is not None and item.module.__name__ == "test_prompt")
+    """test_bps.py runs first: its module cluster is an embedded panray of its own home (bps finds it
+    through PANRAY_HOME), which a process already on the session's Ray would only join.
+    test_sites_cluster.py and test_prompt.py run last: each leaves the session's Ray for a cluster
+    of its own (the session cluster's actors end when their owner, this process, leaves it)."""
+    def rank(item: pytest.Item) -> int:
+        name = item.module.__name__ if item.module is not None else None
+        return _OWN_RAY.index(name) if name in _OWN_RAY else _OWN_RAY.index(None)
+
+    items.sort(key=rank)
