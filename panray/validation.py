@@ -139,8 +139,9 @@ def _where(loc: tuple[Any, ...], data: Any) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
+        else:  # a key from the input (an environment name, a tag) is shown escaped when it is odd
+            key = str(part)
+            path += ("." if path else "") + (key if key.isprintable() and key.strip() == key else show(key))
         data = _child(data, part)
         named = isinstance(part, int) and i > 0 and loc[i - 1] in ("jobs", "workflows")
         if (named or part in ("init_job", "final_job")) and isinstance(data, Mapping) and isinstance(data.get("name"), str):
