@@ -549,9 +549,9 @@ class WorkflowCore:
         if self.cancelled:
             return [], []
         status, f = self.status, self.final_idx
-        chosen = range(self.n) if idxs is None else idxs
+        chosen = range(self.n) if idxs is None else list(idxs)  # read twice: an iterator would be spent
         roots = sorted({i for i in chosen if status[i] in (FAILED, CANCELLED) and i != f})
-        chosen_closed = [i for i in (range(self.n) if idxs is None else idxs) if status[i] == CLOSED]
+        chosen_closed = [i for i in chosen if status[i] == CLOSED]
         root_set = set(roots)
         blockers = [i for i in range(self.n) if status[i] in (FAILED, CANCELLED) and i not in root_set and i != f]
         blocked = set(self.releaser.descendants(blockers))
