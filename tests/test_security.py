@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -171,11 +172,39 @@ def _payload_python() -> str:
     pytest.fail(f"no Python interpreter that user {_PAYLOAD_USER} may run (ours, {sys.executable}, is private)")
 
 
-def _python_line(code: str) -> str:
-    """A ``python -c`` program that sees this test's packages (panray, ray) from any interpreter."""
-    import sysconfig
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system
+        shutil.copy2(src, dst)
 
-    return f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n{code}"
+
+def _payload_site(base: Path) -> str:
+    """A site dir ``nobody`` may read: ours, or hard links to it and to panray's sources under ``base``.
+
+    A checkout in a private directory (``mktemp -d``) is out of the payload user's reach, as is its venv.
+    """
+    import sysconfig
+    import tomllib
+
+    import panray
+
+    purelib = Path(sysconfig.get_paths()["purelib"])
+    root = Path(panray.__file__).resolve().parent.parent
+    if _reachable_by_others(purelib) and _reachable_by_others(root):
+        return str(purelib)
+    site = base / "site"
+    shutil.copytree(purelib, site, copy_function=_link_or_copy, ignore=shutil.ignore_patterns("__editable__*"))
+    folders = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for package, folder in sorted(folders.items()):  # "panray" before its subpackages
+        shutil.copytree(root / folder, site / package.replace(".", "/"), copy_function=_link_or_copy,
+                        ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
+    return str(site)
+
+
+def _python_line(site: str, code: str) -> str:
+    """A ``python -c`` program that sees this test's packages (panray, ray) from any interpreter."""
+    return f"import site; site.addsitedir({site!r})\n{code}"
 
 
 _INSIDER = """
@@ -233,7 +262,6 @@ def _submit(path: Path, workflow: dict, env: dict[str, str]) -> int:
 
 @pytest.mark.slow
 def test_a_payload_cannot_reach_the_store_the_cluster_or_the_secrets() -> None:
-    import shutil
     import tempfile
 
     from panray_server import running_server
@@ -252,11 +280,12 @@ def test_a_payload_cannot_reach_the_store_the_cluster_or_the_secrets() -> None:
             victim = _submit(base / "victim.yaml", {"name": "victim", "jobs": [
                 {"name": "v", "label": "v", "command": ["sleep", "300"], "request_memory": 100}]}, env)
             _wait_for(victim, env, {"Transforming"})
-            prelude = _python_line("")
+            site = _payload_site(base)
+            prelude = _python_line(site, "")
             insider = _INSIDER.replace("PRELUDE", repr(prelude))
             attacker = _submit(base / "insider.yaml", {"name": "insider", "jobs": [{
                 "name": "i", "label": "i", "request_memory": 2000,
-                "command": [python, "-c", _python_line(insider), str(home), str(victim), str(info["address"]), python],
+                "command": [python, "-c", _python_line(site, insider), str(home), str(victim), str(info["address"]), python],
             }]}, env)
             assert _wait_for(attacker, env, {"Finished", "Failed", "SubFinished"}) == "Finished"
             [out] = work.glob(f"*_{attacker}/*.1/payload.stdout")
