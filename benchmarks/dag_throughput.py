@@ -121,7 +121,7 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
         t_setup = time.perf_counter()
         pr.runtime  # start the embedded cluster and actors outside the timing
         if not triggers:
-            pr.store.drop_monitor_triggers()
+            pr.store.stop_monitor_aggregates()
         setup_s = time.perf_counter() - t_setup
         warm_s = _warm_functions(pr, Job, Workflow) if payload == "function" else 0.0
         t1 = time.perf_counter()

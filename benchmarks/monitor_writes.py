@@ -44,7 +44,7 @@ def write_lifecycles(wf: Any, url: str | None, triggers: bool, batch: int) -> fl
     pr = Panray(Settings(home=Path(tempfile.mkdtemp(prefix="panray-monitor-writes-")), db_url=url))
     store = pr.store
     if not triggers:
-        store.drop_monitor_triggers()
+        store.stop_monitor_aggregates()
     [sub] = store.submit(build_campaign(Campaign(name=wf.name, owner="alice", workflows=[wf]), pr.catalog)).workflows
     jobs = store.jobs(sub.workflow_id)
     t0 = _cpu(store, url)

@@ -23,7 +23,7 @@ import psycopg
 
 from panray.exceptions import StoreError, StoreUnavailableError
 from panray.store.base import JobState
-from panray.store.monitor_sql import POSTGRES_TRIGGERS
+from panray.store.monitor_sql import POSTGRES_V4_TRIGGERS
 from panray.store.schema import ATTEMPT_COLUMNS, ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ _DIALECT = Dialect(
     param="%s",
     table_exists="SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?",
     schema_lock="SELECT pg_advisory_xact_lock(7262719)",  # any constant; "panray" on a keypad
-    triggers=POSTGRES_TRIGGERS,
+    v4_triggers=POSTGRES_V4_TRIGGERS,
 )
 _JOB_STATE_COLUMNS = ", ".join(JobState._fields)
 _ATTEMPT_COLUMNS = ", ".join(ATTEMPT_COLUMNS)
