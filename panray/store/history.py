@@ -4,8 +4,13 @@ A no-op job moves about seven times between two flushes of its manager (defined 
 ... -> finished), and a row per move was about a third of the store's write cost. Consecutive
 moves of one attempt in one batch, each leaving the status the one before reached, are stored as
 one row: its ``previous`` is where the path began, its ``status``/``time``/``cause`` the last move,
-and ``path`` the moves before it (JSON ``[[status, time, cause], ...]``, "" for a single move).
-:func:`expand` gives back exactly the :class:`HistoryRow` of each move, cause included.
+and ``path`` the moves before it (NULL for a single move). :func:`expand` gives back exactly the
+:class:`HistoryRow` of each move, cause included.
+
+``path`` is packed, not JSON, because formatting floats as text cost as much as the rows it saved:
+the number of moves n (uint32), their n times (float64, little-endian), their statuses joined by
+",", and only when a move's cause differs from the last one's, a newline and the JSON list of
+the n causes.
 
 Examples:
     >>> rows = [HistoryRow(1, 1, "assigned", 1.0, "defined", "brokerage"),
@@ -18,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 
@@ -27,29 +33,39 @@ from panray.store.base import HistoryRow
 STORED_COLUMNS = (*HistoryRow._fields, "path")
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
+_COUNT = struct.Struct("<I")
 
 
 def compact(rows: Sequence[HistoryRow], statuses: Collection[str]) -> list[tuple[Any, ...]]:
     """The rows to store for ``rows`` (in order), a path per run of chained moves of one attempt.
 
-    Raises ValueError for a move inside a path to a status not in ``statuses`` (the table's CHECK
-    sees only each row's last one)."""
-    runs: list[list[Any]] = []  #: [job_id, attempt_nr, previous, [(status, time, cause), ...]]
-    open_run: dict[int, list[Any]] = {}  #: job_id -> its latest run
-    for job_id, attempt_nr, status, t, previous, cause in rows:
-        run = open_run.get(job_id)
-        if run is not None and run[1] == attempt_nr and run[3][-1][0] == previous:
-            run[3].append((status, t, cause))
+    Raises ValueError for a status not in ``statuses`` (the table's CHECK sees only each stored
+    row's last move)."""
+    unknown = {r[2] for r in rows}.difference(statuses)
+    if unknown:
+        raise ValueError(f"history: {', '.join(map(repr, sorted(unknown)))} is not a job status")
+    runs: list[list[HistoryRow]] = []
+    latest: dict[int, list[HistoryRow]] = {}  #: job_id -> its latest run
+    for r in rows:
+        run = latest.get(r[0])
+        if run is not None and run[-1][1] == r[1] and run[-1][2] == r[4]:
+            run.append(r)
         else:
-            open_run[job_id] = run = [job_id, attempt_nr, previous, [(status, t, cause)]]
+            latest[r[0]] = run = [r]
             runs.append(run)
-    out = []
-    for job_id, attempt_nr, previous, moves in runs:
-        status, t, cause = moves[-1]
-        for step in moves[:-1]:
-            if step[0] not in statuses:
-                raise ValueError(f"history of job {job_id}: {step[0]!r} is not a job status")
-        out.append((job_id, attempt_nr, status, t, previous, cause, _dumps(moves[:-1]) if len(moves) > 1 else ""))
+    out: list[tuple[Any, ...]] = []
+    for run in runs:
+        last = run[-1]
+        if len(run) == 1:
+            out.append((*last, None))
+            continue
+        earlier = run[:-1]
+        n, cause = len(earlier), last[5]
+        path = (_COUNT.pack(n) + struct.pack(f"<{n}d", *[r[3] for r in earlier])
+                + ",".join([r[2] for r in earlier]).encode())
+        if any(r[5] != cause for r in earlier):
+            path += b"\n" + _dumps([r[5] for r in earlier]).encode()
+        out.append((last[0], last[1], last[2], last[3], run[0][4], cause, path))
     return out
 
 
@@ -58,8 +74,13 @@ def expand(stored: Iterable[Sequence[Any]]) -> list[HistoryRow]:
     out: list[HistoryRow] = []
     for job_id, attempt_nr, status, t, previous, cause, path in stored:
         if path:
-            for step_status, step_time, step_cause in json.loads(path):
-                out.append(HistoryRow(job_id, attempt_nr, step_status, step_time, previous, step_cause))
-                previous = step_status
+            path = bytes(path)
+            [n] = _COUNT.unpack_from(path)
+            times = struct.unpack_from(f"<{n}d", path, _COUNT.size)
+            names, _, causes = path[_COUNT.size + 8 * n:].decode().partition("\n")
+            for step, step_time, step_cause in zip(names.split(","), times,
+                                                   json.loads(causes) if causes else [cause] * n, strict=True):
+                out.append(HistoryRow(job_id, attempt_nr, step, step_time, previous, step_cause))
+                previous = step
         out.append(HistoryRow(job_id, attempt_nr, status, t, previous, cause))
     return out

@@ -125,7 +125,7 @@ _DDL = (
     """CREATE TABLE job_history (
         seq {serial}, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
         status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL,
-        previous TEXT NOT NULL DEFAULT '', cause TEXT NOT NULL DEFAULT '', path TEXT NOT NULL DEFAULT '')""",
+        previous TEXT NOT NULL DEFAULT '', cause TEXT NOT NULL DEFAULT '', path {blob})""",
     "CREATE INDEX job_history_job ON job_history (job_id)",
     """CREATE TABLE brokerage_decisions (
         job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL, decision TEXT NOT NULL, time {float} NOT NULL)""",
@@ -157,7 +157,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''",
         *(s for s in _DDL if "batch_marks" in s or "audit" in s)),
     3: (*MONITOR_V3, *MONITOR_DDL),
-    4: ("ALTER TABLE job_history ADD COLUMN path TEXT NOT NULL DEFAULT ''",),
+    4: ("ALTER TABLE job_history ADD COLUMN path {blob}",),
 }
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -173,7 +173,7 @@ _CHECKS = {
 class Dialect:
     """The words in which SQLite and PostgreSQL differ; everything else is shared text."""
 
-    types: dict[str, str]  #: {id}, {float}, {bool}, {serial} in the DDL
+    types: dict[str, str]  #: {id}, {float}, {bool}, {serial}, {blob} in the DDL
     param: str  #: the driver's placeholder; shared statements are written with "?"
     table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not

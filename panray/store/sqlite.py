@@ -32,7 +32,7 @@ _BUSY_TIMEOUT_S = 60.0
 _BUSY = frozenset({5, 6})
 _TRANSIENT = _BUSY | {10, 13, 14}
 _DIALECT = Dialect(
-    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY",
+    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY", "blob": "BLOB",
            "nulls_last": "",  # SQLite puts NULLs last in DESC order and takes no NULLS in an index
            "without_rowid": " WITHOUT ROWID"},  # the aggregates' upserts find a kept row in one b-tree, not two
     param="?",
