@@ -43,6 +43,7 @@ _DIALECT = Dialect(
     table_exists="SELECT 1 FROM pg_tables WHERE schemaname = current_schema() AND tablename = ?",
     schema_lock="SELECT pg_advisory_xact_lock(7262719)",  # any constant; "panray" on a keypad
     v4_triggers=POSTGRES_V4_TRIGGERS,
+    id_array=True,
 )
 _JOB_STATE_COLUMNS = ", ".join(JobState._fields)
 _ATTEMPT_COLUMNS = ", ".join(ATTEMPT_COLUMNS)

@@ -178,6 +178,7 @@ class Dialect:
     table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
     v4_triggers: tuple[str, ...] = ()  #: drop what kept the aggregates up to schema version 4
+    id_array: bool = False  #: ``= ANY(array)`` takes any number of ids in one statement (else ``IN`` lists)
 
     def ddl(self) -> list[str]:
         return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL]
@@ -210,8 +211,8 @@ _MARK_BATCH = (
 _ACTIVE = " NOT " + _one_of("status", (s.value for s in FINAL_WORKFLOW_STATES))
 _IN_CHUNK = 500
 #: A batch's jobs as they were, for the aggregates' deltas (JOB_STAT_COLUMNS after the id).
-_STORED_JOBS = f"SELECT job_id, {_cols(JOB_STAT_COLUMNS)} FROM jobs WHERE job_id IN"
-_FAILED_ATTEMPTS = f"SELECT {_cols(ATTEMPT_STAT_COLUMNS)} FROM attempts WHERE status = 'failed' AND job_id IN"
+_STORED_JOBS = f"SELECT job_id, {_cols(JOB_STAT_COLUMNS)} FROM jobs WHERE job_id"
+_FAILED_ATTEMPTS = f"SELECT {_cols(ATTEMPT_STAT_COLUMNS)} FROM attempts WHERE status = 'failed' AND job_id"
 _NO_LIMIT = 2**62  #: an OFFSET needs a LIMIT on SQLite, and PostgreSQL refuses SQLite's -1
 
 
@@ -581,11 +582,14 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             return int(cur.rowcount)
 
     def _select_in(self, cur: Cursor, text: str, ids: Sequence[int]) -> list[Any]:
-        """The rows of ``text`` (a SELECT ending in ``IN``) for ``ids``, a chunk of ids per statement."""
+        """The rows of ``text`` (a SELECT ending in an id column) whose id is one of ``ids``."""
+        if self.dialect.id_array:
+            cur.execute(self.dialect.sql(f"{text} = ANY(?)"), (list(ids),))
+            return cur.fetchall()
         found: list[Any] = []
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i : i + _IN_CHUNK]
-            cur.execute(self.dialect.sql(f"{text} ({', '.join('?' * len(chunk))})"), chunk)
+            cur.execute(self.dialect.sql(f"{text} IN ({', '.join('?' * len(chunk))})"), chunk)
             found.extend(cur.fetchall())
         return found
 
@@ -627,7 +631,7 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
 
     def _raise_missing(self, cur: Cursor, table: str, key: str, ids: list[int]) -> None:
         """Name the ids of a batch that the store does not hold (the batch is rolled back)."""
-        found = {r[0] for r in self._select_in(cur, f"SELECT {key} FROM {table} WHERE {key} IN", ids)}
+        found = {r[0] for r in self._select_in(cur, f"SELECT {key} FROM {table} WHERE {key}", ids)}
         missing = [i for i in ids if i not in found]
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise NotFoundError(f"{len(missing)} {table} not in state store {self.url}: {shown}; nothing was stored")
