@@ -44,6 +44,7 @@ _DIALECT = Dialect(
     schema_lock="SELECT pg_advisory_xact_lock(7262719)",  # any constant; "panray" on a keypad
     v4_triggers=POSTGRES_V4_TRIGGERS,
     id_array=True,
+    for_update=" FOR UPDATE",
 )
 _JOB_STATE_COLUMNS = ", ".join(JobState._fields)
 _ATTEMPT_COLUMNS = ", ".join(ATTEMPT_COLUMNS)

@@ -179,6 +179,9 @@ class Dialect:
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
     v4_triggers: tuple[str, ...] = ()  #: drop what kept the aggregates up to schema version 4
     id_array: bool = False  #: ``= ANY(array)`` takes any number of ids in one statement (else ``IN`` lists)
+    #: Locks rows read to be written in the same transaction, where the write lock alone does not
+    #: (PostgreSQL: a concurrent writer of the same job waits, so the aggregates' old values hold).
+    for_update: str = ""
 
     def ddl(self) -> list[str]:
         return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL]
@@ -581,15 +584,17 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
                             [(priority, *params, j) for j in job_ids])
             return int(cur.rowcount)
 
-    def _select_in(self, cur: Cursor, text: str, ids: Sequence[int]) -> list[Any]:
-        """The rows of ``text`` (a SELECT ending in an id column) whose id is one of ``ids``."""
+    def _select_in(self, cur: Cursor, text: str, ids: Sequence[int], *, lock: bool = False) -> list[Any]:
+        """The rows of ``text`` (a SELECT ending in an id column) whose id is one of ``ids``;
+        ``lock``: rows this transaction is about to write."""
+        tail = self.dialect.for_update if lock else ""
         if self.dialect.id_array:
-            cur.execute(self.dialect.sql(f"{text} = ANY(?)"), (list(ids),))
+            cur.execute(self.dialect.sql(f"{text} = ANY(?){tail}"), (list(ids),))
             return cur.fetchall()
         found: list[Any] = []
         for i in range(0, len(ids), _IN_CHUNK):
             chunk = ids[i : i + _IN_CHUNK]
-            cur.execute(self.dialect.sql(f"{text} IN ({', '.join('?' * len(chunk))})"), chunk)
+            cur.execute(self.dialect.sql(f"{text} IN ({', '.join('?' * len(chunk))}){tail}"), chunk)
             found.extend(cur.fetchall())
         return found
 
@@ -597,7 +602,7 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         """Change the monitor's aggregates by what the batch moves: one upsert per touched key."""
         deltas = Deltas()
         ids = sorted({s[0] for s in states} | {a[0] for a in attempts})
-        stored = {r[0]: r[1:] for r in self._select_in(cur, _STORED_JOBS, ids)}
+        stored = {r[0]: r[1:] for r in self._select_in(cur, _STORED_JOBS, ids, lock=True)}
         for s in states:
             old = stored.get(s[0])
             if old is not None:  # else the update names the missing job and nothing is stored
@@ -607,7 +612,7 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         if attempts:
             keys = {(a[0], a[1]) for a in attempts}
             for job_id, nr, error_class, exit_code, cause, diag in self._select_in(
-                    cur, _FAILED_ATTEMPTS, sorted({a[0] for a in attempts})):
+                    cur, _FAILED_ATTEMPTS, sorted({a[0] for a in attempts}), lock=True):
                 if (job_id, nr) in keys:
                     deltas.error(stored[job_id][0], job_id, error_class, exit_code, cause, diag, -1)
             for a in attempts:
