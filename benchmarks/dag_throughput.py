@@ -46,9 +46,8 @@ in-process), and the ``threads`` baseline as a stdlib thread-pool DAG executor o
 ``--metrics-cost`` runs panray a second time per backend with ``metrics: false`` (same graph, same
 run, order alternating); ``slowdown`` is how much slower the run with metrics on is (0.03 = 3%).
 
-``--trigger-cost`` runs panray a second time per backend with the monitor's aggregate triggers
-dropped (same graph, same run, order alternating); ``trigger_cost`` is how much slower the run
-that keeps the aggregates is.
+What keeping the monitor's aggregates costs the store's writers is ``benchmarks.monitor_writes``'s
+figure: since schema version 5 the manager's own store changes them per batch (no trigger to drop).
 
 ``--profile DIR`` runs py-spy (raw collapsed stacks, sampled at 100 Hz) on the panray driver,
 WorkflowManager, Pilot, SiteQueue and Brokerage processes during each panray run.
@@ -103,7 +102,7 @@ FUNCTION, FUNCTION_ARGS = "math:hypot", [3, 4]  #: the trivial function of ``--p
 
 
 def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster: str | None = None,
-               metrics: bool = True, payload: str = "noop", triggers: bool = True) -> dict[str, Any]:
+               metrics: bool = True, payload: str = "noop") -> dict[str, Any]:
     import panray  # noqa: F401  (first: keeps Ray on loopback)
     from panray import Job, Panray, Settings, Workflow
     from panray.dag import drp, parse_rules
@@ -120,8 +119,6 @@ def run_panray(n_jobs: int, db_url: str | None, profile_dir: str | None, cluster
     with Panray(Settings(home=home, db_url=db_url, metrics=metrics)) as pr:
         t_setup = time.perf_counter()
         pr.runtime  # start the embedded cluster and actors outside the timing
-        if not triggers:
-            pr.store.drop_monitor_triggers()
         setup_s = time.perf_counter() - t_setup
         warm_s = _warm_functions(pr, Job, Workflow) if payload == "function" else 0.0
         t1 = time.perf_counter()
@@ -346,7 +343,7 @@ def _child(spec: dict[str, Any]) -> None:
     system = spec["system"]
     if system == "panray":
         result = run_panray(spec["jobs"], spec.get("db_url"), spec.get("profile_dir"), spec.get("cluster"),
-                            spec.get("metrics", True), spec.get("payload", "noop"), spec.get("triggers", True))
+                            spec.get("metrics", True), spec.get("payload", "noop"))
     elif system == "ray":
         result = run_ray(spec["jobs"], spec.get("payload", "noop"))
     elif system == "threads":
@@ -364,20 +361,16 @@ def run_isolated(spec: dict[str, Any], timeout: float) -> dict[str, Any]:
 
 
 def _specs(n: int, backends: list[str], baselines: list[str], pg: Any, profile: str | None,
-           cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop",
-           trigger_cost: bool = False) -> list[dict[str, Any]]:
+           cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop") -> list[dict[str, Any]]:
     specs: list[dict[str, Any]] = []
     for k, backend in enumerate(backends):
-        variants = [(None, True, True)] + ([(cluster, True, True)] if cluster else [])
+        variants = [(None, True)] + ([(cluster, True)] if cluster else [])
         # alternate the order so that neither side always runs on a warmer machine
         if metrics_cost:
-            variants[:1] = [(None, False, True), (None, True, True)][::1 if k % 2 == 0 else -1]
-        if trigger_cost:
-            variants[:0] = [(None, True, False)] if k % 2 == 0 else []
-            variants += [] if k % 2 == 0 else [(None, True, False)]
-        for rules, metrics, triggers in variants:
+            variants[:1] = [(None, False), (None, True)][::1 if k % 2 == 0 else -1]
+        for rules, metrics in variants:
             spec = {"system": "panray", "backend": backend, "jobs": n, "profile_dir": profile, "cluster": rules,
-                    "metrics": metrics, "payload": payload, "triggers": triggers}
+                    "metrics": metrics, "payload": payload}
             if backend == "postgres":
                 spec["db_url"] = pg.create_database(f"bench_{n}_{int(time.time() * 1000)}")
             specs.append(spec)
@@ -399,35 +392,30 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
         plain = {r["backend"]: r.get("nodes_per_s") for r in group
                  if r["system"] == "panray" and not r.get("cluster") and r.get("metrics", True)}
         bare = {r["backend"]: r.get("nodes_per_s") for r in group if r["system"] == "panray" and r.get("metrics") is False}
-        untriggered = {r["backend"]: r.get("nodes_per_s") for r in group if r.get("triggers") is False}
         for r in group:
             rate, off = r.get("nodes_per_s"), bare.get(r["backend"])
             on = r["system"] == "panray" and r.get("metrics") and not r.get("cluster")
             r["slowdown"] = off / rate - 1 if on and rate and off else None
-            kept, plain_rate = r.get("triggers") is not False and on, untriggered.get(r["backend"])
-            r["trigger_cost"] = plain_rate / rate - 1 if kept and rate and plain_rate else None
         for r in group:
             rate, ref_rate = r.get("nodes_per_s"), plain.get(r["backend"])
             r["vs_unclustered"] = rate / ref_rate if r.get("cluster") and rate and ref_rate else None
 
 
 def measure(jobs: list[int], backends: list[str], baselines: list[str], profile: str | None,
-            cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop",
-            trigger_cost: bool = False) -> list[dict[str, Any]]:
+            cluster: str | None = None, metrics_cost: bool = False, payload: str = "noop") -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     pg_ctx = postgres_server() if "postgres" in backends else None
     pg = pg_ctx.__enter__() if pg_ctx else None
     try:
         for n in jobs:
-            for spec in _specs(n, backends, baselines, pg, profile, cluster, metrics_cost, payload, trigger_cost):
+            for spec in _specs(n, backends, baselines, pg, profile, cluster, metrics_cost, payload):
                 timeout = 300 + n / 50  # bounded: even a 50 nodes/s system ends
                 label = (f"{spec['system']}/{spec['backend']}/{n}" + ("/clustered" if spec.get("cluster") else "")
-                         + ("/metrics-off" if spec.get("metrics") is False else "")
-                         + ("/no-triggers" if spec.get("triggers") is False else ""))
+                         + ("/metrics-off" if spec.get("metrics") is False else ""))
                 print(f"-- running {label} ...", file=sys.stderr, flush=True)
                 r = run_isolated({k: v for k, v in spec.items() if k != "backend"}, timeout)
                 r.update(system=spec["system"], backend=spec["backend"], jobs_requested=n, cluster=spec.get("cluster"),
-                         metrics=spec.get("metrics"), triggers=spec.get("triggers"))
+                         metrics=spec.get("metrics"))
                 if r.get("seconds"):
                     r["nodes_per_s"] = r.get("quanta", r["jobs"]) / r["seconds"]  # DAG nodes are quanta
                 print(f"   {label}: {json.dumps({k: v for k, v in r.items() if k != 'counts'})}",
@@ -441,8 +429,7 @@ def measure(jobs: list[int], backends: list[str], baselines: list[str], profile:
 
 
 COLUMNS = ["system", "backend", "cluster", "metrics", "quanta", "jobs", "seconds", "submit_s", "nodes_per_s", "vs_ray",
-           "vs_parsl", "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "triggers", "trigger_cost", "peak_rss_mib",
-           "ok"]
+           "vs_parsl", "vs_dask", "vs_threads", "vs_unclustered", "slowdown", "peak_rss_mib", "ok"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -460,8 +447,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--payload", choices=["noop", "function"], default="noop",
                     help="no-op jobs, or a trivial Python function per node (function jobs as Ray tasks)")
     ap.add_argument("--metrics-cost", action="store_true", help="also run panray with metrics off (same run)")
-    ap.add_argument("--trigger-cost", action="store_true",
-                    help="also run panray without the monitor's aggregate triggers (same run)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -472,8 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     info, vers = machine_info(), versions()
     what = "no-op jobs" if args.payload == "noop" else f"function jobs ({FUNCTION}{tuple(FUNCTION_ARGS)})"
     print_header(f"dag_throughput: DRP-shaped DAG of {what}", info, vers)
-    rows = measure(args.jobs or [10_000], backends, baselines, args.profile, args.cluster, args.metrics_cost, args.payload,
-                   args.trigger_cost)
+    rows = measure(args.jobs or [10_000], backends, baselines, args.profile, args.cluster, args.metrics_cost, args.payload)
     print(format_table(rows, COLUMNS))
     payload = {"benchmark": "dag_throughput", "machine": info, "versions": vers, "results": rows}
     path = write_json("dag_throughput", payload)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from panray.config import Settings
 from panray.exceptions import PanrayError
 from panray.identity import Identity, local_identity
+from panray.job_table import JobTable, TableWorkflow
 from panray.models import Campaign, Workflow
 from panray.service import Progress, Service, WorkflowSummary
 from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow, JobPage, JobQuery, JobRow
@@ -35,12 +36,16 @@ if TYPE_CHECKING:
 __all__ = ["Panray", "WorkflowHandle", "WorkflowSummary"]
 
 
-def _as_workflow(graph: Any) -> Workflow:
+def _checked_graph(graph: Any) -> Any:
     import networkx as nx
 
     if not isinstance(graph, nx.DiGraph):
         raise PanrayError(f"submit takes a Workflow or a networkx DiGraph, not a {type(graph).__name__}")
-    return Workflow.from_networkx(graph)
+    return graph
+
+
+def _graph_name(graph: Any) -> str:
+    return graph.graph.get("name") or "workflow"  # as Workflow.from_networkx names it
 
 
 class WorkflowHandle:
@@ -144,7 +149,11 @@ class Panray:
         """Submit one workflow as its own campaign; a networkx DiGraph is taken as
         :meth:`Workflow.from_networkx` reads it (node attributes as job fields)."""
         if not isinstance(workflow, Workflow):
-            workflow = _as_workflow(workflow)
+            graph = _checked_graph(workflow)
+            if isinstance(self._backend, Service):  # a table: validated a column at a time
+                table = TableWorkflow.of(JobTable.from_graph(graph), name=_graph_name(graph))
+                return self._backend.submit_workflows(self.identity, table.name, [table])  # type: ignore[arg-type]
+            workflow = Workflow.from_networkx(graph)
         return self.submit_campaign(Campaign(name=workflow.name, owner=workflow.owner, workflows=[workflow]))
 
     # -- follow ------------------------------------------------------------------------------

@@ -117,13 +117,14 @@ class JobTable:
     @classmethod
     def from_graph(cls, graph: Any,
                    fields: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]] | None = None) -> JobTable:
-        """A networkx ``DiGraph`` whose nodes are job names: each node's attributes are its fields
-        (or ``fields(node, data)`` returns them); its predecessors are its parents."""
+        """A networkx ``DiGraph`` whose nodes are job names (``str`` of each, as
+        :func:`~panray.models.workflow_from_networkx` names them): each node's attributes are its
+        fields (or ``fields(node, data)`` returns them); its predecessors are its parents."""
         cols: dict[str, list[Any]] = {"name": [], "parents": []}
         for k, (node, data) in enumerate(graph.nodes(data=True)):
             row = fields(node, data) if fields is not None else data
-            cols["name"].append(node)
-            cols["parents"].append(list(graph.predecessors(node)))
+            cols["name"].append(str(node))
+            cols["parents"].append([str(p) for p in graph.predecessors(node)])
             for key, value in row.items():
                 col = cols.get(key)
                 if col is None:
@@ -187,6 +188,10 @@ class TableWorkflow:
     @property
     def name(self) -> str:
         return self.header.name
+
+    def owned_by(self, owner: str) -> TableWorkflow:
+        """The same workflow with another owner (the service sets the submitter's)."""
+        return TableWorkflow(self.header.model_copy(update={"owner": owner}), self.table)
 
     def as_workflow(self) -> Workflow:
         """The same workflow as a Workflow of Job models (what clustering works on)."""

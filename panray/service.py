@@ -26,13 +26,14 @@ from panray.config import Settings
 from panray.core.workflow_core import held_of
 from panray.exceptions import ConflictError, NotFoundError, PanrayError, PermissionDeniedError
 from panray.identity import Identity
-from panray.models import Campaign
+from panray.job_table import TableWorkflow
+from panray.models import Campaign, Workflow
 from panray.sites import load_catalog
 from panray.statuses import FINAL_WORKFLOW_STATES
 from panray.store import AuditRow, StateStore, open_store
 from panray.store.base import AttemptRow, DecisionRow, ErrorGroupRow, HistoryRow, JobPage, JobQuery, JobRow
 from panray.store.base import QuantumRow, TaskRow, TransferRow, WorkflowRow
-from panray.submission import build_campaign
+from panray.submission import build_workflows
 from panray.validation import INT32_MAX, INT32_MIN
 
 #: Actions on one workflow (or its tasks and jobs): its owner or an operator role.
@@ -168,13 +169,17 @@ class Service:
 
     def submit_campaign(self, who: Identity, campaign: Campaign) -> list[int]:
         """Validate, persist and start every workflow; the owner is ``who``, whatever the body says."""
-        with self._action(who, "submit", f"campaign {campaign.name!r}"):
+        return self.submit_workflows(who, campaign.name, campaign.workflows)
+
+    def submit_workflows(self, who: Identity, name: str, workflows: Sequence[Workflow | TableWorkflow]) -> list[int]:
+        """:meth:`submit_campaign` of workflows that may be tables (bps's, a networkx graph's):
+        validated a column at a time, no pydantic Job per node, refused in the same words."""
+        with self._action(who, "submit", f"campaign {name!r}"):
             authorize(who, "submit")
-            campaign = campaign.model_copy(update={
-                "owner": who.user, "workflows": [w.model_copy(update={"owner": who.user}) for w in campaign.workflows],
-            })
-            new = build_campaign(campaign, self.catalog, max_jobs=self.settings.max_workflow_jobs,
-                                 placement=self.settings.placement)
+            owned = [w.owned_by(who.user) if isinstance(w, TableWorkflow) else w.model_copy(update={"owner": who.user})
+                     for w in workflows]
+            new = build_workflows(name, who.user, owned, self.catalog, max_jobs=self.settings.max_workflow_jobs,
+                                  placement=self.settings.placement)
             self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
             ids = [w.workflow_id for w in self.store.submit(new).workflows]
             for wf_id in ids:

@@ -8,7 +8,7 @@ every root while the final job stays outside the graph (the manager releases it 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from panray.cluster_jobs import cluster_jobs
 from panray.dag import build_graph, partition_tasks
@@ -119,12 +119,19 @@ def build_workflow(wf: Workflow | TableWorkflow, catalog: SiteCatalog, *, max_jo
 def build_campaign(campaign: Campaign, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
                    placement: Mode = "refuse") -> NewCampaign:
     """All workflows validated before any is stored; an error of a campaign's workflow names it."""
+    return build_workflows(campaign.name, campaign.owner, campaign.workflows, catalog, max_jobs=max_jobs,
+                           placement=placement)
+
+
+def build_workflows(name: str, owner: str, workflows: Sequence[Workflow | TableWorkflow], catalog: SiteCatalog, *,
+                    max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS, placement: Mode = "refuse") -> NewCampaign:
+    """:func:`build_campaign` of workflows that may be tables (no pydantic Job per node)."""
     built = []
-    for w in campaign.workflows:
+    for w in workflows:
         try:
             built.append(build_workflow(w, catalog, max_jobs=max_jobs, placement=placement))
         except PanrayError as exc:
             if not str(exc).startswith("workflow "):
                 exc.args = (f"workflow {show(w.name)}: {exc}",)  # the same error class, its message prefixed
             raise
-    return NewCampaign(campaign.name, campaign.owner, built)
+    return NewCampaign(name, owner, built)

@@ -240,18 +240,19 @@ def test_workflow_reads_one_row(store: StateStore) -> None:
         store.workflow(wids[1] + 1)
 
 
+def _back_to_version_4(url: str) -> None:
+    """Take away what version 5 added: the history's paths of moves."""
+    raw_sql(url, "ALTER TABLE job_history DROP COLUMN path")
+    raw_sql(url, "UPDATE schema_version SET version = 4")
+
+
 def _back_to_version_3(url: str) -> None:
-    """Take away what version 4 added: the monitor's triggers, error aggregate, attempt causes, index."""
-    for trigger in ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update",
-                    "attempts_errors_insert", "attempts_errors_update"):
-        raw_sql(url, f"DROP TRIGGER {trigger}" + ("" if url.startswith("sqlite") else f" ON {trigger.split('_')[0]}"))
+    """Take away what versions 4 and 5 added: the error aggregate, attempt causes, an index, history paths."""
+    _back_to_version_4(url)
     raw_sql(url, "DROP TABLE task_error_stats")
     raw_sql(url, "DROP TABLE label_edges")
     raw_sql(url, "DROP INDEX jobs_workflow_duration")
     raw_sql(url, "ALTER TABLE attempts DROP COLUMN cause")
-    if not url.startswith("sqlite"):
-        for function in ("panray_task_job_stats", "panray_task_max_pss", "panray_task_error_stats"):
-            raw_sql(url, f"DROP FUNCTION {function}")
     raw_sql(url, "UPDATE schema_version SET version = 3")
 
 

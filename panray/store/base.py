@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-SCHEMA_VERSION = 4  #: 3: the monitor's indexes (panray.store.monitor_sql); 4: its aggregates by site and cause
+SCHEMA_VERSION = 5  #: 3: the monitor's indexes (panray.store.monitor_sql); 4: its aggregates by site and cause;
+#: 5: history rows carry a path of moves (panray.store.history), aggregates change per batch (panray.store.aggregates)
 
 
 class NewJob(NamedTuple):

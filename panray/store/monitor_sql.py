@@ -3,11 +3,11 @@
 Nothing here returns a whole workflow's jobs or counts them row by row. Per-task counts (by
 status, site, error class and exit code, so every filter of a job page has its exact total), wall
 time, largest memory request, max PSS and failed attempts by normalised cause are *kept* in three
-small tables by triggers on ``jobs`` and ``attempts`` (set-based statement triggers with
-transition tables on PostgreSQL, row triggers on SQLite), so the workflow page reads a few hundred
-rows whatever the workflow's size, and no writer of the store has to remember them. The store
-fills ``attempts.cause`` (:func:`panray.diagnostics.normalise` of the diag) as it writes a failed
-attempt. The tables, columns and indexes below are schema version 4.
+small tables that the store changes with every batch it writes (one upsert per touched key,
+:mod:`panray.store.aggregates`), so the workflow page reads a few hundred rows whatever the
+workflow's size, and no writer of the store has to remember them. The store fills
+``attempts.cause`` (:func:`panray.diagnostics.normalise` of the diag) as it writes a failed
+attempt. The tables, columns and indexes below are schema version 4 (and 5).
 """
 
 from __future__ import annotations
@@ -65,81 +65,14 @@ _FILL = tuple(statement.format(no_exit=NO_EXIT) for statement in (
     " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), COUNT(*), MIN(a.job_id),"
     " MIN(a.diag) FROM attempts a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed' GROUP BY 1, 2, 3, 4",
 ))
-_JOB_KEY = "{r}.task_id, {r}.status, COALESCE({r}.site, ''), COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit})"
-_ADD_JOB = (
-    "INSERT INTO task_job_stats (task_id, status, site, error_class, exit_code, n, wall, max_request) VALUES ("
-    + _JOB_KEY + ", {sign}, {sign} * COALESCE({r}.end_time - {r}.start_time, 0), {r}.request_memory)"
-    " ON CONFLICT (task_id, status, site, error_class, exit_code)"
-    " DO UPDATE SET n = n + excluded.n, wall = wall + excluded.wall, max_request = MAX(max_request, excluded.max_request);"
-)
-_ADD_PSS = ("INSERT INTO task_max_pss (task_id, max_pss_kb) SELECT task_id, new.max_pss_kb FROM jobs"
-            " WHERE job_id = new.job_id ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = MAX(max_pss_kb, excluded.max_pss_kb);")
-_ADD_ERROR = (
-    "INSERT INTO task_error_stats (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
-    " SELECT task_id, COALESCE({r}.error_class, ''), COALESCE({r}.exit_code, {no_exit}), COALESCE({r}.cause, ''), {sign}, {r}.job_id, {r}.diag"
-    " FROM jobs WHERE job_id = {r}.job_id AND {r}.status = 'failed' ON CONFLICT (task_id, error_class, exit_code, cause)"
-    " DO UPDATE SET n = n + excluded.n, example_diag = CASE WHEN excluded.example_job_id < example_job_id"
-    " THEN excluded.example_diag ELSE example_diag END, example_job_id = MIN(example_job_id, excluded.example_job_id);"
-)
 _TRIGGERS = ("jobs_stats_insert", "jobs_stats_update", "attempts_pss_insert", "attempts_pss_update",
              "attempts_errors_insert", "attempts_errors_update")
-#: SQLite keeps the task aggregates with row triggers: a status change moves one job between rows.
-SQLITE_TRIGGERS = (
-    *(f"DROP TRIGGER IF EXISTS {t}" for t in _TRIGGERS),
-    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs BEGIN " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
-    "CREATE TRIGGER jobs_stats_update AFTER UPDATE OF status, site, start_time, end_time, exit_code, error_class,"
-    " request_memory ON jobs BEGIN " + _ADD_JOB.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_JOB.format(r="new", sign=1, no_exit=NO_EXIT)
-    + " END",
-    "CREATE TRIGGER attempts_pss_insert AFTER INSERT ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN " + _ADD_PSS + " END",
-    "CREATE TRIGGER attempts_pss_update AFTER UPDATE OF max_pss_kb ON attempts WHEN new.max_pss_kb IS NOT NULL BEGIN "
-    + _ADD_PSS + " END",
-    "CREATE TRIGGER attempts_errors_insert AFTER INSERT ON attempts WHEN new.status = 'failed' BEGIN "
-    + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
-    "CREATE TRIGGER attempts_errors_update AFTER UPDATE OF status, error_class, exit_code, cause ON attempts"
-    " WHEN old.status = 'failed' OR new.status = 'failed' BEGIN "
-    + _ADD_ERROR.format(r="old", sign=-1, no_exit=NO_EXIT) + " " + _ADD_ERROR.format(r="new", sign=1, no_exit=NO_EXIT) + " END",
-)
-_PG_KEY = f"task_id, status, COALESCE(site, ''), COALESCE(error_class, ''), COALESCE(exit_code, {NO_EXIT})"
-_PG_ADD_JOBS = (
-    "INSERT INTO task_job_stats AS s (task_id, status, site, error_class, exit_code, n, wall, max_request)"
-    f" SELECT {_PG_KEY}, {{sign}} * COUNT(*), {{sign}} * COALESCE(SUM(end_time - start_time), 0), MAX(request_memory)"
-    " FROM {rows} GROUP BY 1, 2, 3, 4, 5 ON CONFLICT (task_id, status, site, error_class, exit_code) DO UPDATE SET"
-    " n = s.n + excluded.n, wall = s.wall + excluded.wall, max_request = GREATEST(s.max_request, excluded.max_request);"
-)
-_PG_ADD_ERRORS = (
-    "INSERT INTO task_error_stats AS e (task_id, error_class, exit_code, cause, n, example_job_id, example_diag)"
-    " SELECT j.task_id, COALESCE(a.error_class, ''), COALESCE(a.exit_code, {no_exit}), COALESCE(a.cause, ''), {sign} * COUNT(*),"
-    " MIN(a.job_id), MIN(a.diag) FROM {rows} a JOIN jobs j ON j.job_id = a.job_id WHERE a.status = 'failed'"
-    " GROUP BY 1, 2, 3, 4 ON CONFLICT (task_id, error_class, exit_code, cause) DO UPDATE SET n = e.n + excluded.n,"
-    " example_diag = CASE WHEN excluded.example_job_id < e.example_job_id THEN excluded.example_diag"
-    " ELSE e.example_diag END, example_job_id = LEAST(e.example_job_id, excluded.example_job_id);"
-)
-#: PostgreSQL keeps them with one set-based statement per writing statement (COPY included).
-POSTGRES_TRIGGERS = (
+#: What kept the aggregates up to schema version 4 (row triggers on SQLite; statement triggers and
+#: their functions on PostgreSQL), dropped on migration: the store changes them per batch now.
+SQLITE_V4_TRIGGERS = tuple(f"DROP TRIGGER IF EXISTS {t}" for t in _TRIGGERS)
+POSTGRES_V4_TRIGGERS = (
     *(f"DROP TRIGGER IF EXISTS {t} ON {t.split('_')[0]}" for t in _TRIGGERS),
-    "CREATE OR REPLACE FUNCTION panray_task_job_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-    " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_JOBS.format(sign=-1, rows="old_rows") + " END IF; "
-    + _PG_ADD_JOBS.format(sign=1, rows="new_rows") + " RETURN NULL; END $f$",
-    "CREATE OR REPLACE FUNCTION panray_task_max_pss() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-    " INSERT INTO task_max_pss AS p (task_id, max_pss_kb) SELECT j.task_id, MAX(a.max_pss_kb) FROM new_rows a"
-    " JOIN jobs j ON j.job_id = a.job_id WHERE a.max_pss_kb IS NOT NULL GROUP BY j.task_id"
-    " ON CONFLICT (task_id) DO UPDATE SET max_pss_kb = GREATEST(p.max_pss_kb, excluded.max_pss_kb);"
-    " RETURN NULL; END $f$",
-    "CREATE OR REPLACE FUNCTION panray_task_error_stats() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN"
-    " IF TG_OP = 'UPDATE' THEN " + _PG_ADD_ERRORS.format(sign=-1, rows="old_rows", no_exit=NO_EXIT) + " END IF; "
-    + _PG_ADD_ERRORS.format(sign=1, rows="new_rows", no_exit=NO_EXIT) + " RETURN NULL; END $f$",
-    "CREATE TRIGGER jobs_stats_insert AFTER INSERT ON jobs REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_job_stats()",
-    "CREATE TRIGGER jobs_stats_update AFTER UPDATE ON jobs REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_job_stats()",
-    "CREATE TRIGGER attempts_pss_insert AFTER INSERT ON attempts REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_max_pss()",
-    "CREATE TRIGGER attempts_pss_update AFTER UPDATE ON attempts REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_max_pss()",
-    "CREATE TRIGGER attempts_errors_insert AFTER INSERT ON attempts REFERENCING NEW TABLE AS new_rows"
-    " FOR EACH STATEMENT EXECUTE FUNCTION panray_task_error_stats()",
-    "CREATE TRIGGER attempts_errors_update AFTER UPDATE ON attempts REFERENCING OLD TABLE AS old_rows"
-    " NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION panray_task_error_stats()",
+    *(f"DROP FUNCTION IF EXISTS {f}()" for f in ("panray_task_job_stats", "panray_task_max_pss", "panray_task_error_stats")),
 )
 _STATS_OF = "FROM task_job_stats s JOIN tasks t ON t.task_id = s.task_id WHERE s.n > 0 AND t.workflow_id"
 _JOB_COLUMNS = ", ".join(JobRow._fields)
@@ -191,14 +124,6 @@ class MonitorSQL:
         cur.executemany(self.dialect.sql("UPDATE attempts SET cause = ? WHERE job_id = ? AND attempt_nr = ?"), causes)
         for statement in _FILL:
             cur.execute(statement)
-
-    def drop_monitor_triggers(self) -> None:
-        """Stop keeping the aggregates (the monitor's counts go stale): only for measuring what
-        keeping them costs the writers (``benchmarks.dag_throughput --trigger-cost``)."""
-        with self._transaction(write=True) as cur:
-            for statement in self.dialect.triggers:
-                if statement.startswith("DROP TRIGGER"):
-                    cur.execute(statement)
 
     def find_workflows(self, query: WorkflowQuery) -> tuple[list[WorkflowRow], int]:
         where, params = ["1 = 1"], []

@@ -52,6 +52,16 @@ from panray.store.base import (
     WorkflowRow,
     WorkflowSnapshot,
 )
+from panray.store.aggregates import (
+    ATTEMPT_STAT_COLUMNS,
+    JOB_STAT_COLUMNS,
+    UPSERT_ERROR_STATS,
+    UPSERT_JOB_STATS,
+    UPSERT_MAX_PSS,
+    Deltas,
+)
+from panray.store.history import STORED_COLUMNS as HISTORY_STORED_COLUMNS
+from panray.store.history import compact, expand
 from panray.store.monitor_sql import MONITOR_DDL, MONITOR_V3, MonitorSQL
 from panray.store.quanta import QUANTA_DDL, QuantaSQL
 
@@ -59,6 +69,7 @@ log = logging.getLogger(__name__)
 
 FIRST_ATTEMPT = 1
 _FAILED = JobStatus.FAILED.value
+_JOB_STATUSES = frozenset(s.value for s in JobStatus)
 JOB_KINDS = ("job", "init", "final")
 COUNTERS = ("campaign", "workflow", "task", "job")
 AUDIT_OUTCOMES = ("ok", "refused", "error")
@@ -114,7 +125,7 @@ _DDL = (
     """CREATE TABLE job_history (
         seq {serial}, job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL,
         status TEXT NOT NULL CHECK {job_status}, time {float} NOT NULL,
-        previous TEXT NOT NULL DEFAULT '', cause TEXT NOT NULL DEFAULT '')""",
+        previous TEXT NOT NULL DEFAULT '', cause TEXT NOT NULL DEFAULT '', path {blob})""",
     "CREATE INDEX job_history_job ON job_history (job_id)",
     """CREATE TABLE brokerage_decisions (
         job_id {id} NOT NULL, attempt_nr INTEGER NOT NULL, decision TEXT NOT NULL, time {float} NOT NULL)""",
@@ -137,12 +148,16 @@ _DDL = (
 #: filled in with the dialect's types). v2 -> v3: the job history records the previous status and
 #: the cause of each change; batch marks (writes repeated after an outage count once) and the audit
 #: of the service's actions appear. v3 -> v4: the monitor's aggregates are made anew (v3 had fewer)
-#: and filled from the stored jobs and attempts (:meth:`MonitorSQL._fill_monitor`).
+#: and filled from the stored jobs and attempts (:meth:`MonitorSQL._fill_monitor`). v4 -> v5: the
+#: history stores a path of moves per row (panray.store.history); the aggregates' triggers are
+#: dropped (the dialect's ``v4_triggers``), the store changes them per batch from now on
+#: (panray.store.aggregates), from the exact counts the triggers kept.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE job_history ADD COLUMN previous TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE job_history ADD COLUMN cause TEXT NOT NULL DEFAULT ''",
         *(s for s in _DDL if "batch_marks" in s or "audit" in s)),
     3: (*MONITOR_V3, *MONITOR_DDL),
+    4: ("ALTER TABLE job_history ADD COLUMN path {blob}",),
 }
 _CHECKS = {
     "job_status": _one_of("status", (s.value for s in JobStatus)),
@@ -158,14 +173,18 @@ _CHECKS = {
 class Dialect:
     """The words in which SQLite and PostgreSQL differ; everything else is shared text."""
 
-    types: dict[str, str]  #: {id}, {float}, {bool}, {serial} in the DDL
+    types: dict[str, str]  #: {id}, {float}, {bool}, {serial}, {blob} in the DDL
     param: str  #: the driver's placeholder; shared statements are written with "?"
     table_exists: str  #: a query with one "?" (the table name) that returns a row if it exists
     schema_lock: str | None = None  #: serialises concurrent schema creation, if BEGIN does not
-    triggers: tuple[str, ...] = ()  #: backend-specific statements run after the tables exist
+    v4_triggers: tuple[str, ...] = ()  #: drop what kept the aggregates up to schema version 4
+    id_array: bool = False  #: ``= ANY(array)`` takes any number of ids in one statement (else ``IN`` lists)
+    #: Locks rows read to be written in the same transaction, where the write lock alone does not
+    #: (PostgreSQL: a concurrent writer of the same job waits, so the aggregates' old values hold).
+    for_update: str = ""
 
     def ddl(self) -> list[str]:
-        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL] + list(self.triggers)
+        return [s.format(**self.types, **_CHECKS) for s in _DDL + QUANTA_DDL + MONITOR_DDL]
 
     def sql(self, text: str) -> str:
         return text if self.param == "?" else text.replace("?", self.param)
@@ -179,7 +198,6 @@ WORKFLOW_SELECT = f"SELECT {_cols(WorkflowRow._fields)} FROM workflows"
 TASK_SELECT = f"SELECT {_cols(TaskRow._fields)} FROM tasks WHERE workflow_id = ? ORDER BY task_id"
 JOB_SELECT = f"SELECT {_cols(JobRow._fields)} FROM jobs"
 JOB_INSERT_COLUMNS = (*JobRow._fields, "creation_time", "modification_time")
-HISTORY_COLUMNS = HistoryRow._fields
 EDGE_COLUMNS = ("workflow_id", "child_idx", "parent_idx")
 TASK_COLUMNS = TaskRow._fields
 #: An attempt as the store writes it: the row and its normalised diag (``cause``, failures only).
@@ -194,7 +212,10 @@ _MARK_BATCH = (
     " SET seq = excluded.seq WHERE batch_marks.seq < excluded.seq"
 )
 _ACTIVE = " NOT " + _one_of("status", (s.value for s in FINAL_WORKFLOW_STATES))
-_MISSING_CHUNK = 500
+_IN_CHUNK = 500
+#: A batch's jobs as they were, for the aggregates' deltas (JOB_STAT_COLUMNS after the id).
+_STORED_JOBS = f"SELECT job_id, {_cols(JOB_STAT_COLUMNS)} FROM jobs WHERE job_id"
+_FAILED_ATTEMPTS = f"SELECT {_cols(ATTEMPT_STAT_COLUMNS)} FROM attempts WHERE status = 'failed' AND job_id"
 _NO_LIMIT = 2**62  #: an OFFSET needs a LIMIT on SQLite, and PostgreSQL refuses SQLite's -1
 
 
@@ -308,6 +329,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _pending_counts(wf: NewWorkflow, first_task: int) -> Iterator[tuple[int, str, int, int]]:
+    """``(task_id, "pending", jobs, largest memory request)`` of each task of a new workflow."""
+    n, memory = [0] * len(wf.tasks), [0] * len(wf.tasks)
+    for j in wf.jobs:
+        n[j.task_idx] += 1
+        if j.request_memory > memory[j.task_idx]:
+            memory[j.task_idx] = j.request_memory
+    pending = JobStatus.PENDING.value
+    return ((first_task + t, pending, n[t], memory[t]) for t in range(len(n)) if n[t])
+
+
 def _edge_rows(workflow_id: int, edges: Iterable[tuple[int, int]]) -> Iterator[tuple]:
     return ((workflow_id, child, parent) for child, parent in edges)
 
@@ -348,6 +380,7 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
     dialect: Dialect
     #: Pauses between tries of a call that found the store unreachable (see :func:`retried`).
     retry_delays: tuple[float, ...] = RETRY_DELAYS
+    keep_aggregates: bool = True  #: the monitor's aggregates change with every batch (see stop_monitor_aggregates)
 
     @abstractmethod
     def _transaction(self, *, write: bool) -> AbstractContextManager[Cursor]:
@@ -396,7 +429,8 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
                     cur.execute(statement.format(**d.types, **_CHECKS))
                 if found[0] == 3:
                     self._fill_monitor(cur)
-                    for statement in d.triggers:  # the monitor's aggregates are kept from now on
+                if found[0] == 4:
+                    for statement in d.v4_triggers:
                         cur.execute(statement)
                 found = [found[0] + 1]
                 cur.execute(d.sql("UPDATE schema_version SET version = ?"), (found[0],))
@@ -449,6 +483,11 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
             self._bulk_insert(cur, "tasks", TASK_COLUMNS, plan.tasks)
             self._bulk_insert(cur, "jobs", JOB_INSERT_COLUMNS, chain.from_iterable(plan.jobs))
             self._bulk_insert(cur, "edges", EDGE_COLUMNS, chain.from_iterable(plan.edges))
+            if self.keep_aggregates:
+                deltas = Deltas()
+                for wf, sub in zip(campaign.workflows, plan.result.workflows):
+                    deltas.jobs_of_new_tasks(_pending_counts(wf, sub.first_task_id))
+                self._write_deltas(cur, deltas)
             for wf, sub in zip(campaign.workflows, plan.result.workflows):
                 self._insert_quanta(cur, wf, sub.workflow_id, sub.first_job_id)
             if then is not None:
@@ -468,17 +507,24 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
 
     def _apply(self, cur: Cursor, changes: ChangeBatch) -> None:
         sql, now = self.dialect.sql, time.time()
-        if changes.jobs:
-            states = _last_wins(changes.jobs, lambda s: s[0])
+        states = _last_wins(changes.jobs, lambda s: s[0])
+        attempts = [(*a, normalise(a.diag) if a.status == _FAILED else None)
+                    for a in _last_wins(changes.attempts, lambda a: (a[0], a[1]))]
+        if self.keep_aggregates and (states or attempts):
+            self._count_changes(cur, states, attempts)  # reads the jobs and attempts as they were
+        if states:
             if self._bulk_update_jobs(cur, states) != len(states):
                 self._raise_missing(cur, "jobs", "job_id", [s[0] for s in states])
         if changes.history:
-            self._bulk_insert(cur, "job_history", HISTORY_COLUMNS, changes.history)
+            try:
+                history = compact(changes.history, _JOB_STATUSES)
+            except ValueError as exc:  # a path's status, which no CHECK sees
+                raise rejected(self.url, exc) from None
+            self._bulk_insert(cur, "job_history", HISTORY_STORED_COLUMNS, history)
         if changes.quanta:
             self._update_quanta(cur, changes.quanta)
-        if changes.attempts:
-            attempts = _last_wins(changes.attempts, lambda a: (a[0], a[1]))
-            self._bulk_upsert_attempts(cur, [(*a, normalise(a.diag) if a.status == _FAILED else None) for a in attempts])
+        if attempts:
+            self._bulk_upsert_attempts(cur, attempts)
         if changes.tasks:
             tasks = _last_wins(changes.tasks, lambda t: t[0])
             cur.executemany(sql("UPDATE tasks SET status = ? WHERE task_id = ?"), [(s, i) for i, s in tasks])
@@ -538,14 +584,59 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
                             [(priority, *params, j) for j in job_ids])
             return int(cur.rowcount)
 
+    def _select_in(self, cur: Cursor, text: str, ids: Sequence[int], *, lock: bool = False) -> list[Any]:
+        """The rows of ``text`` (a SELECT ending in an id column) whose id is one of ``ids``;
+        ``lock``: rows this transaction is about to write."""
+        tail = self.dialect.for_update if lock else ""
+        if self.dialect.id_array:
+            cur.execute(self.dialect.sql(f"{text} = ANY(?){tail}"), (list(ids),))
+            return cur.fetchall()
+        found: list[Any] = []
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            cur.execute(self.dialect.sql(f"{text} IN ({', '.join('?' * len(chunk))}){tail}"), chunk)
+            found.extend(cur.fetchall())
+        return found
+
+    def _count_changes(self, cur: Cursor, states: Sequence[JobState], attempts: Sequence[tuple]) -> None:
+        """Change the monitor's aggregates by what the batch moves: one upsert per touched key."""
+        deltas = Deltas()
+        ids = sorted({s[0] for s in states} | {a[0] for a in attempts})
+        stored = {r[0]: r[1:] for r in self._select_in(cur, _STORED_JOBS, ids, lock=True)}
+        for s in states:
+            old = stored.get(s[0])
+            if old is not None:  # else the update names the missing job and nothing is stored
+                deltas.job(old, -1)
+                deltas.job((old[0], s.status, s.site, s.error_class, s.exit_code, s.start_time, s.end_time,
+                            s.request_memory), 1)
+        if attempts:
+            keys = {(a[0], a[1]) for a in attempts}
+            for job_id, nr, error_class, exit_code, cause, diag in self._select_in(
+                    cur, _FAILED_ATTEMPTS, sorted({a[0] for a in attempts}), lock=True):
+                if (job_id, nr) in keys:
+                    deltas.error(stored[job_id][0], job_id, error_class, exit_code, cause, diag, -1)
+            for a in attempts:
+                job = stored.get(a[0])
+                if job is not None:
+                    deltas.max_pss(job[0], a[11])
+                    if a[2] == _FAILED:
+                        deltas.error(job[0], a[0], a[8], a[7], a[13], a[9], 1)
+        self._write_deltas(cur, deltas)
+
+    def _write_deltas(self, cur: Cursor, deltas: Deltas) -> None:
+        for text, rows in ((UPSERT_JOB_STATS, deltas.job_rows()), (UPSERT_MAX_PSS, deltas.pss_rows()),
+                           (UPSERT_ERROR_STATS, deltas.error_rows())):
+            if rows:
+                cur.executemany(self.dialect.sql(text), rows)
+
+    def stop_monitor_aggregates(self) -> None:
+        """Stop keeping the aggregates (the monitor's counts go stale): only for measuring what
+        keeping them costs the writers (``benchmarks.monitor_writes``, ``dag_throughput --trigger-cost``)."""
+        self.keep_aggregates = False
+
     def _raise_missing(self, cur: Cursor, table: str, key: str, ids: list[int]) -> None:
         """Name the ids of a batch that the store does not hold (the batch is rolled back)."""
-        found: set[int] = set()
-        for i in range(0, len(ids), _MISSING_CHUNK):
-            chunk = ids[i : i + _MISSING_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            cur.execute(self.dialect.sql(f"SELECT {key} FROM {table} WHERE {key} IN ({marks})"), chunk)
-            found.update(r[0] for r in cur.fetchall())
+        found = {r[0] for r in self._select_in(cur, f"SELECT {key} FROM {table} WHERE {key}", ids)}
         missing = [i for i in ids if i not in found]
         shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
         raise NotFoundError(f"{len(missing)} {table} not in state store {self.url}: {shown}; nothing was stored")
@@ -629,8 +720,8 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
         return {job_id: int(kb) for job_id, kb in latest.items() if kb is not None}
 
     def history(self, job_id: int) -> list[HistoryRow]:
-        text = f"SELECT {_cols(HISTORY_COLUMNS)} FROM job_history WHERE job_id = ? ORDER BY seq"
-        return list(map(HistoryRow._make, self._fetch(text, (job_id,))))
+        text = f"SELECT {_cols(HISTORY_STORED_COLUMNS)} FROM job_history WHERE job_id = ? ORDER BY seq"
+        return expand(self._fetch(text, (job_id,)))
 
     def decisions(self, job_id: int) -> list[DecisionRow]:
         text = f"SELECT {_cols(DecisionRow._fields)} FROM brokerage_decisions WHERE job_id = ? ORDER BY time"
@@ -643,7 +734,7 @@ class SQLStore(QuantaSQL, MonitorSQL, StateStore):
     def site_job_counts(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {}
         text = "SELECT site, status, SUM(n) FROM task_job_stats WHERE site <> '' GROUP BY site, status HAVING SUM(n) > 0"
-        for site, status, n in self._fetch(text, ()):  # kept by the monitor's triggers: no scan of the jobs
+        for site, status, n in self._fetch(text, ()):  # kept aggregates: no scan of the jobs
             counts.setdefault(site, {})[status] = int(n)
         return counts
 

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from panray.exceptions import StoreError, StoreUnavailableError
 from panray.store.base import JobState
-from panray.store.monitor_sql import SQLITE_TRIGGERS
+from panray.store.monitor_sql import SQLITE_V4_TRIGGERS
 from panray.store.schema import ATTEMPT_COLUMNS, ATTEMPT_ON_CONFLICT, Cursor, Dialect, SQLStore, rejected
 
 _BUSY_TIMEOUT_S = 60.0
@@ -32,12 +32,12 @@ _BUSY_TIMEOUT_S = 60.0
 _BUSY = frozenset({5, 6})
 _TRANSIENT = _BUSY | {10, 13, 14}
 _DIALECT = Dialect(
-    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY",
+    types={"id": "INTEGER", "float": "REAL", "bool": "INTEGER", "serial": "INTEGER PRIMARY KEY", "blob": "BLOB",
            "nulls_last": "",  # SQLite puts NULLs last in DESC order and takes no NULLS in an index
-           "without_rowid": " WITHOUT ROWID"},  # the triggers' upserts find a kept row in one b-tree, not two
+           "without_rowid": " WITHOUT ROWID"},  # the aggregates' upserts find a kept row in one b-tree, not two
     param="?",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
-    triggers=SQLITE_TRIGGERS,
+    v4_triggers=SQLITE_V4_TRIGGERS,
 )
 #: ``?NNN`` parameters take a JobState tuple as it is: job_id is ?1, the rest follow in order.
 _UPDATE_JOB = "UPDATE jobs SET {} WHERE job_id = ?1".format(
