@@ -182,30 +182,24 @@ class Service:
             return ids
 
     def _start_manager(self, workflow_id: int, retry: bool = False, *, by: str) -> Any:
-        from panray.actors.names import NAMESPACE, manager_name
-        from panray.actors.workflow_manager import WorkflowManager
-        from panray.runtime import _HANDLES, control_plane
+        from panray.actors import manager_pool
 
         rt = self._connect(start=True)
         # On a cluster this service does not own (``panray serve``, PANRAY_RAY_ADDRESS) the run
         # must outlive the submitting process; on its own embedded cluster it dies with it anyway.
         lifetime = "detached" if rt.cluster is None else None
-        handle = WorkflowManager.options(
-            name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
-            lifetime=lifetime, scheduling_strategy=control_plane(), max_restarts=-1,  # Ray restarts a dead one
-        ).remote(workflow_id, self.settings, retry, by=by)
+        handle = manager_pool.start(self.settings, workflow_id, retry=retry, by=by, lifetime=lifetime)
         self._managers[workflow_id] = handle
-        _HANDLES.append(handle)
         return handle
 
     def _manager(self, workflow_id: int) -> Any:
-        from panray.actors.names import actor, manager_name
+        from panray.actors import manager_pool
 
         if workflow_id in self._managers:
             return self._managers[workflow_id]
         if self.running() is None:
             return None
-        return actor(manager_name(self.settings.resolved_db_url, workflow_id))
+        return manager_pool.find(self.settings.resolved_db_url, workflow_id)
 
     # -- read ----------------------------------------------------------------------------------
 
