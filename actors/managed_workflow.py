@@ -1,9 +1,11 @@
 """One workflow driven by a manager actor that hosts many: its core, inbox, acknowledgements and brokerage.
 
 A :class:`ManagedWorkflow` is what one workflow's manager actor used to be, minus the threads:
-the host's single pump calls :meth:`ManagedWorkflow.tick`, in which the workflow handles at
-most :data:`MESSAGES_PER_TICK` messages and brokers at most :data:`BATCHES_PER_TICK` release
-batches, so a busy or slow workflow delays the others by one fair share, never more. Its state
+the host's single pump gives it a share of every tick, in which the workflow handles at most
+:data:`MESSAGES_PER_TICK` messages (:meth:`~ManagedWorkflow.work`) and releases at most
+:data:`BATCHES_PER_TICK` batches of ready jobs (:meth:`~ManagedWorkflow.take_ready`), so a
+busy or slow workflow delays the others by one fair share, never more. The host brokers the
+shares of all its workflows together (one brokerage call, one put per site queue). Its state
 changes go to the host's writer in batches of its own; what a pilot reported is acknowledged
 once the writer has stored the effects.
 """
@@ -241,8 +243,8 @@ class ManagedWorkflow:
 
     # -- the pump's share ------------------------------------------------------------------------
 
-    def tick(self, now: float, idle_sites: Callable[[], frozenset[str]]) -> bool:
-        """One fair share of work; True when work is left for the next tick right away."""
+    def work(self, now: float, idle_sites: Callable[[], frozenset[str]]) -> None:
+        """This tick's share of messages, and the timeouts when due."""
         for _ in range(min(len(self._inbox), MESSAGES_PER_TICK)):
             msg = self._inbox.popleft()
             try:
@@ -252,9 +254,14 @@ class ManagedWorkflow:
         if now - self._last_expire >= self._expire_every:
             self._expire(now, idle_sites())
             self._last_expire = now
-        more = False
-        if self._ready:
-            more = self._dispatch(now)
+
+    @property
+    def has_ready(self) -> bool:
+        return bool(self._ready)
+
+    def flush(self, now: float) -> bool:
+        """Hand the changes to the writer when due, acknowledge what is stored, and notice the
+        end; True when messages are left for the next tick right away."""
         core, writer = self.core, self.shared.writer
         if now - self._last_flush >= self.shared.settings.flush_interval or (core.done and not self._done.is_set()):
             batch = core.drain_changes(now)
@@ -272,7 +279,7 @@ class ManagedWorkflow:
         if (core.done and not self._inbox and not self._restarting and not self._done.is_set()
                 and writer.written >= self._stored_at):
             self._done.set()
-        return more or bool(self._inbox)
+        return bool(self._inbox)
 
     @property
     def due(self) -> bool:
@@ -370,9 +377,10 @@ class ManagedWorkflow:
                     q.remove.remote(manager=self.core.manager, job_ids=ids)
         self._ready.extend(ready)
 
-    def _dispatch(self, now: float) -> bool:
-        """Broker up to this tick's share of ready jobs in batches and put them into their sites'
-        queues; True when ready jobs are left beyond the share."""
+    def take_ready(self) -> tuple[list[int], list[int], bool]:
+        """This tick's share of ready jobs to broker: (no-ops, real payloads, whether more are
+        ready beyond the share), higher priorities first. Held ones are parked; what is beyond
+        the share waits for the next tick."""
         core = self.core
         ready, self._ready = self._ready, []
         if core.held_all or core.held_tasks:
@@ -381,44 +389,48 @@ class ManagedWorkflow:
         if self._prioritised:
             priority = core.priority
             ready.sort(key=lambda i: -priority[i])
-        size = self.shared.settings.release_batch
-        share = size * BATCHES_PER_TICK
-        ready, rest = ready[:share], ready[share:]
-        deferred: list[int] = []
+        share = self.shared.settings.release_batch * BATCHES_PER_TICK
+        ready, self._ready = ready[:share], ready[share:]
         rows = core.rows
         noops = [i for i in ready if not occupies_slot(rows[i].payload)]
         real = [i for i in ready if occupies_slot(rows[i].payload)] if noops else ready
-        batches = [(noops[k:k + size], True) for k in range(0, len(noops), size)]
-        batches += [(real[k:k + size], False) for k in range(0, len(real), size)]
+        return noops, real, bool(self._ready)
+
+    def requests(self, idxs: list[int]) -> list[tuple[Any, ...]]:
+        """What brokerage needs to know of these jobs (see ``Brokerage.broker_explained``)."""
+        core, rows = self.core, self.core.rows
+        return [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i), core.avoid.get(i))
+                for i in idxs]
+
+    def place(self, idxs: list[int], sites: list[str | None], records: list[str], now: float) -> dict[str, list[Any]]:
+        """Apply brokerage's answers: the jobs' dispatches per site (to put into the site queues)
+        and, for jobs no site can take yet, another try on the next tick."""
+        core = self.core
         first, attempt = core.first_id, core.attempt
-        for idxs, noop in batches:
-            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i), core.avoid.get(i))
-                    for i in idxs]
-            sites, records = ray.get(self.shared.brokerage.broker_explained.remote(reqs, noop))
-            by_site: dict[str, list[int]] = defaultdict(list)
-            explained: list[DecisionRow] = []
-            for i, s, record in zip(idxs, sites, records):
-                key = (first + i, attempt[i])
-                if s is None:
-                    deferred.append(i)
-                    if key in self._unplaced:
-                        continue
-                    self._unplaced.add(key)
-                else:
-                    by_site[s].append(i)
-                explained.append(DecisionRow(key[0], key[1], record, now))
-            core.record_decisions(explained)
-            for site, group in by_site.items():
-                moved = core.queued(group, [site] * len(group), now)
-                if self._metrics is not None:
-                    for i in moved:
-                        self._released[i] = now
-                q = self._queue_or_none(site)
-                if moved and q is not None:  # else the liveness check takes them back
-                    q.put.remote([core.dispatch(i, site) for i in moved])
-        # throttled or no site can take them yet: tried again on the next tick
-        self._ready = rest + deferred + self._ready
-        return bool(rest)
+        by_site: dict[str, list[int]] = defaultdict(list)
+        explained: list[DecisionRow] = []
+        deferred: list[int] = []
+        for i, s, record in zip(idxs, sites, records):
+            key = (first + i, attempt[i])
+            if s is None:
+                deferred.append(i)
+                if key in self._unplaced:
+                    continue
+                self._unplaced.add(key)
+            else:
+                by_site[s].append(i)
+            explained.append(DecisionRow(key[0], key[1], record, now))
+        core.record_decisions(explained)
+        out: dict[str, list[Any]] = {}
+        for site, group in by_site.items():
+            moved = core.queued(group, [site] * len(group), now)
+            if self._metrics is not None:
+                for i in moved:
+                    self._released[i] = now
+            if moved:
+                out[site] = [core.dispatch(i, site) for i in moved]
+        self._ready.extend(deferred)  # throttled or no site can take them yet
+        return out
 
     def _queue_or_none(self, site: str) -> Any:
         """None when the site's node is gone."""

@@ -23,7 +23,8 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
@@ -64,6 +65,26 @@ already retried for some seconds); the manager goes on from memory meanwhile."""
 
 MERGE_MAX = 32
 """At most this many waiting batches are merged into one transaction."""
+
+
+def _batches(parts: list[tuple[ManagedWorkflow, list[int]]], size: int
+             ) -> Iterator[list[tuple[ManagedWorkflow, list[int]]]]:
+    """The workflows' job lists cut into batches of about ``size`` jobs (a workflow's list may
+    span batches; no batch is empty)."""
+    batch: list[tuple[ManagedWorkflow, list[int]]] = []
+    n = 0
+    for wf, idxs in parts:
+        k = 0
+        while k < len(idxs):
+            piece = idxs[k:k + size - n]
+            batch.append((wf, piece))
+            n += len(piece)
+            k += len(piece)
+            if n >= size:
+                yield batch
+                batch, n = [], 0
+    if batch:
+        yield batch
 
 
 class _Writer(threading.Thread):
@@ -318,26 +339,80 @@ class WorkflowManager:
     def _pump_loop(self) -> None:
         """Every tick, each workflow with work gets its share, in turn."""
         wake, interval = self.shared.wake, self.shared.settings.flush_interval
-        idle: list[frozenset[str]] = []
+        turn = 0
         while True:
             wake.wait(interval)
             wake.clear()
             now = time.time()
-            idle.clear()
+            due = [wf for wf in list(self.workflows.values()) if wf.due]
+            turn = (turn + 1) % max(len(due), 1)
+            due = due[turn:] + due[:turn]  # who is brokered first changes every tick
+            idle: list[frozenset[str]] = []
 
             def idle_sites() -> frozenset[str]:  # asked of brokerage at most once a tick
                 if not idle:
                     idle.append(frozenset(ray.get(self.shared.brokerage.idle_sites.remote())))
                 return idle[0]
 
-            for wf in list(self.workflows.values()):
-                if not wf.due:
-                    continue
-                try:
-                    if wf.tick(now, idle_sites):
-                        wake.set()
-                except Exception:  # one workflow's fault must not stop the others
-                    log.exception("workflow %s: pump tick failed", wf.workflow_id)
+            more = False
+            for wf in due:
+                more |= self._guarded(wf, lambda w: w.work(now, idle_sites))
+            more |= self._release([wf for wf in due if wf.has_ready], now)
+            for wf in due:
+                more |= self._guarded(wf, lambda w: w.flush(now))
+            if more:
+                wake.set()
+
+    @staticmethod
+    def _guarded(wf: ManagedWorkflow, step: Callable[[ManagedWorkflow], Any]) -> bool:
+        """``step(wf)``, truthy or not; one workflow's fault must not stop the others."""
+        try:
+            return bool(step(wf))
+        except Exception:
+            log.exception("workflow %s: pump tick failed", wf.workflow_id)
+            return False
+
+    def _release(self, ready: list[ManagedWorkflow], now: float) -> bool:
+        """Broker these workflows' shares of ready jobs together, in batches, and put the
+        dispatches into their sites' queues, one call per site; True when jobs wait beyond a share."""
+        shares: dict[bool, list[tuple[ManagedWorkflow, list[int]]]] = {True: [], False: []}
+        more = False
+        for wf in ready:
+            try:
+                noops, real, behind = wf.take_ready()
+            except Exception:
+                log.exception("workflow %s: could not take its ready jobs", wf.workflow_id)
+                continue
+            more |= behind
+            shares[True] += [(wf, noops)] if noops else []
+            shares[False] += [(wf, real)] if real else []
+        size = self.shared.settings.release_batch
+        by_site: dict[str, list[Any]] = defaultdict(list)
+        for noop, parts in shares.items():
+            for batch in _batches(parts, size):
+                reqs = [r for wf, idxs in batch for r in wf.requests(idxs)]
+                sites, records = ray.get(self.shared.brokerage.broker_explained.remote(reqs, noop))
+                k = 0
+                for wf, idxs in batch:
+                    n = len(idxs)
+                    placed = self._guarded_place(wf, idxs, sites[k:k + n], records[k:k + n], now)
+                    for site, dispatches in placed.items():
+                        by_site[site] += dispatches
+                    k += n
+        for site, dispatches in by_site.items():
+            q = self.shared.handles.get(queue_name(site))
+            if q is not None:  # else the liveness check takes them back
+                q.put.remote(dispatches)
+        return more
+
+    @staticmethod
+    def _guarded_place(wf: ManagedWorkflow, idxs: list[int], sites: list[str | None], records: list[str],
+                       now: float) -> dict[str, list[Any]]:
+        try:
+            return wf.place(idxs, sites, records, now)
+        except Exception:
+            log.exception("workflow %s: could not place its jobs", wf.workflow_id)
+            return {}
 
     def _watch_loop(self) -> None:
         """Tell each workflow which pilots and site queues holding its jobs have died: one check
