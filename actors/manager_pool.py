@@ -60,23 +60,33 @@ class _Bound:
         return self._method.remote(self._workflow_id, *args, **kwargs)
 
 
-def start(settings: Any, workflow_id: int, *, retry: bool = False, by: str = "", lifetime: str | None = None) -> ManagerHandle:
-    """Host the workflow's manager on its pool actor (started if need be, on the control plane);
-    a workflow already hosted there is left as it is. Returns once the address is registered."""
+def start(settings: Any, workflow_ids: list[int], *, retry: bool = False, by: str = "",
+          lifetime: str | None = None) -> dict[int, ManagerHandle]:
+    """Host these workflows' managers on their pool actors (started if need be, on the control
+    plane), one call per actor; a workflow already hosted is left as it is. Returns once every
+    address is registered."""
     import ray
 
     from panray.actors.workflow_manager import WorkflowManager
     from panray.runtime import _HANDLES, control_plane
 
     db_url = settings.resolved_db_url
-    name = host_name(db_url, workflow_id, settings.manager_pool)
-    actor = WorkflowManager.options(
-        name=name, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
-        scheduling_strategy=control_plane(), max_restarts=-1,  # Ray restarts a dead one: it takes its workflows up
-    ).remote(name, settings)
-    _HANDLES.append(actor)
-    ray.get(actor.host.remote(workflow_id, retry, by))
-    return ManagerHandle(actor, workflow_id, name)
+    by_host: dict[str, list[int]] = {}
+    for workflow_id in workflow_ids:
+        by_host.setdefault(host_name(db_url, workflow_id, settings.manager_pool), []).append(workflow_id)
+    where = control_plane() if by_host else None
+    handles: dict[int, ManagerHandle] = {}
+    calls = []
+    for name, ids in by_host.items():
+        actor = WorkflowManager.options(
+            name=name, namespace=NAMESPACE, get_if_exists=True, lifetime=lifetime,
+            scheduling_strategy=where, max_restarts=-1,  # Ray restarts a dead one: it takes its workflows up
+        ).remote(name, settings)
+        _HANDLES.append(actor)
+        calls.append(actor.host.remote(ids, retry, by))
+        handles.update((w, ManagerHandle(actor, w, name)) for w in ids)
+    ray.get(calls)
+    return handles
 
 
 def find(db_url: str, workflow_id: int) -> ManagerHandle | None:
@@ -101,12 +111,13 @@ def host_of(address: str) -> str | None:
     return None if value is None else value.decode()
 
 
-def register(host: str, workflow_id: int, address: str, hosted: list[tuple[int, str]]) -> None:
-    """Called by the host: ``address`` is served here, and ``hosted`` is all it serves now."""
+def register(host: str, addresses: list[str], hosted: list[tuple[int, str]]) -> None:
+    """Called by the host: ``addresses`` are served here from now on, and ``hosted`` is all it serves."""
     from ray.experimental.internal_kv import _internal_kv_put
 
     _internal_kv_put(_HOSTED + host, json.dumps(hosted), namespace=KV_NAMESPACE)
-    _internal_kv_put(address, host, namespace=KV_NAMESPACE)
+    for address in addresses:
+        _internal_kv_put(address, host, namespace=KV_NAMESPACE)
 
 
 def hosted(host: str) -> list[tuple[int, str]]:

@@ -222,7 +222,7 @@ class WorkflowManager:
         writer.start()
         if ray.get_runtime_context().was_current_actor_reconstructed:
             for workflow_id, by in manager_pool.hosted(name):
-                self.host(workflow_id, False, by)  # from the stored state, as a restarted manager
+                self.host([workflow_id], False, by)  # from the stored state, as a restarted manager
         threading.Thread(target=self._pump_loop, name="pump", daemon=True).start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
 
@@ -232,16 +232,18 @@ class WorkflowManager:
         return (f"WorkflowManager({self.name.rsplit(':', 1)[1]}: {len(wfs)} workflows, "
                 f"{sum(w.active for w in wfs)} running)")
 
-    def host(self, workflow_id: int, retry: bool = False, by: str = "") -> bool:
-        """Manage this workflow here (started from the store); False if it already is."""
+    def host(self, workflow_ids: list[int], retry: bool = False, by: str = "") -> list[int]:
+        """Manage these workflows here (each started from the store); returns those that were
+        not hosted yet."""
         with self._lock:
-            if workflow_id in self.workflows:
-                return False
-            wf = self.workflows[workflow_id] = ManagedWorkflow(workflow_id, self.shared, retry, by)
-            manager_pool.register(self.name, workflow_id, wf.address,
+            new = [ManagedWorkflow(w, self.shared, retry, by) for w in dict.fromkeys(workflow_ids)
+                   if w not in self.workflows]
+            self.workflows.update((wf.workflow_id, wf) for wf in new)
+            manager_pool.register(self.name, [wf.address for wf in new],
                                   [(w.workflow_id, w._by) for w in self.workflows.values()])
-        self._starters.submit(wf.load)
-        return True
+        for wf in new:
+            self._starters.submit(wf.load)
+        return [wf.workflow_id for wf in new]
 
     def hosting(self) -> list[int]:
         """The ids of the workflows hosted here."""

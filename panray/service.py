@@ -177,20 +177,22 @@ class Service:
                                  placement=self.settings.placement)
             self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
             ids = [w.workflow_id for w in self.store.submit(new).workflows]
-            for wf_id in ids:
-                self._start_manager(wf_id, by=who.user)
+            self._start_managers(ids, by=who.user)
             return ids
 
     def _start_manager(self, workflow_id: int, retry: bool = False, *, by: str) -> Any:
+        return self._start_managers([workflow_id], retry, by=by)[workflow_id]
+
+    def _start_managers(self, workflow_ids: list[int], retry: bool = False, *, by: str) -> dict[int, Any]:
         from panray.actors import manager_pool
 
         rt = self._connect(start=True)
         # On a cluster this service does not own (``panray serve``, PANRAY_RAY_ADDRESS) the run
         # must outlive the submitting process; on its own embedded cluster it dies with it anyway.
         lifetime = "detached" if rt.cluster is None else None
-        handle = manager_pool.start(self.settings, workflow_id, retry=retry, by=by, lifetime=lifetime)
-        self._managers[workflow_id] = handle
-        return handle
+        handles = manager_pool.start(self.settings, workflow_ids, retry=retry, by=by, lifetime=lifetime)
+        self._managers.update(handles)
+        return handles
 
     def _manager(self, workflow_id: int) -> Any:
         from panray.actors import manager_pool
@@ -492,7 +494,7 @@ class Service:
         with self._action(who, "resume", " ".join(f"workflow {w.workflow_id}" for w in rows) or "nothing"):
             for w in rows:
                 authorize(who, "resume", owner=w.owner, target=f"workflow {w.workflow_id}")
-                self._start_manager(w.workflow_id, by=who.user)
+            self._start_managers([w.workflow_id for w in rows], by=who.user)
             return [w.workflow_id for w in rows]
 
     def set_site_status(self, who: Identity, site: str, status: str) -> bool:
