@@ -18,8 +18,7 @@ from faults import Fault, actor_pid, audit, kill9, marker_workflow, wait_for
 from panray import Panray, Settings
 from panray.actors.manager_pool import ManagerHandle, find, host_of
 from panray.actors.names import NAMESPACE, manager_name, store_digest
-
-pytestmark = pytest.mark.slow
+from panray.actors.workflow_manager import _batches
 
 POOL = 2
 WORKFLOWS = 5
@@ -44,6 +43,7 @@ def _running_workflows(pr: Panray, wf_ids: list[int]) -> set[int]:
     return {w for w in wf_ids if pr.jobs(w, status=["running"])}
 
 
+@pytest.mark.slow
 def test_workflows_beyond_the_pool_run_at_once_and_a_killed_manager_s_all_finish(campaign_pr: Panray,
                                                                                   tmp_path: Path) -> None:
     pr = campaign_pr
@@ -76,6 +76,7 @@ def test_workflows_beyond_the_pool_run_at_once_and_a_killed_manager_s_all_finish
     assert all(pr.manager_alive(w) for w in wf_ids)
 
 
+@pytest.mark.slow
 def test_a_workflow_not_hosted_is_refused_by_name_and_unknown_to_lookup(campaign_pr: Panray, tmp_path: Path) -> None:
     pr = campaign_pr
     [wf_id] = pr.submit(marker_workflow("one", 1, tmp_path / "marks", 0.0))
@@ -86,3 +87,16 @@ def test_a_workflow_not_hosted_is_refused_by_name_and_unknown_to_lookup(campaign
         ray.get(host.progress.remote(wf_id + 1000))
     assert ray.get(host.report.remote(wf_id + 1000, [], [], "pilot", 1)) == 0, "a stray report is not acknowledged"
     assert ray.get(host.wait.remote(wf_id, None)) == "Finished"
+
+
+def test_the_pool_layout_is_bounded_and_the_shares_of_a_tick_are_cut_into_full_batches() -> None:
+    from panray.actors.manager_pool import host_name
+
+    url = "sqlite:///campaign.db"
+    assert {host_name(url, w, 3) for w in range(1, 200)} == {f"workflow-manager:{store_digest(url)}:pool-{k}"
+                                                             for k in range(3)}
+    assert host_name(url, 7, 0).endswith(":wf-7"), "manager_pool 0: an actor per workflow"
+    parts = [("a", list(range(7))), ("b", list(range(100, 105))), ("c", [])]
+    batches = list(_batches(parts, 4))  # type: ignore[arg-type]
+    assert [[(w, idxs) for w, idxs in b] for b in batches] == [
+        [("a", [0, 1, 2, 3])], [("a", [4, 5, 6]), ("b", [100])], [("b", [101, 102, 103, 104])]]
