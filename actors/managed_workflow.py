@@ -20,7 +20,7 @@ from array import array
 from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import ray
@@ -73,6 +73,12 @@ class Shared:
     brokerage: Any
     handles: Handles
     wake: threading.Event  #: set when a workflow has work for the pump
+    dirty: deque[ManagedWorkflow] = field(default_factory=deque)  #: workflows with new work since the last tick
+
+    def poke(self, wf: ManagedWorkflow) -> None:
+        """``wf`` has new work: the pump's next tick gives it its share."""
+        self.dirty.append(wf)
+        self.wake.set()
 
 
 class ManagedWorkflow:
@@ -104,6 +110,7 @@ class ManagedWorkflow:
         self._metrics: ManagerMetrics | None = None
         self._released = array("d")  #: when each job was last queued to a site
         self._prioritised = False
+        self.behind = False  #: ready jobs were left beyond the last tick's share
         self._last_flush = self._last_expire = 0.0
         self._stored_at = 0  #: the writer's sequence number of this workflow's last batch
         self._seen_flushed: dict[str, int] = {}  #: ``_seen`` when last handed to the acknowledgements
@@ -140,7 +147,7 @@ class ManagedWorkflow:
             return
         self._last_flush = self._last_expire = time.time()
         self.started = True
-        self.shared.wake.set()
+        self.shared.poke(self)
 
     def _collect(self) -> tuple[list[tuple[int, int, str]], list[Started], list[Outcome]]:
         """What every live pilot still runs for this workflow, and the reports it holds for it."""
@@ -171,7 +178,7 @@ class ManagedWorkflow:
 
     def _put(self, *msg: Any) -> None:
         self._inbox.append(msg)
-        self.shared.wake.set()
+        self.shared.poke(self)
 
     def report(self, started: list[Started], ended: list[Outcome], pilot: str | None, seq: int | None) -> int:
         if seq is not None:
@@ -258,6 +265,11 @@ class ManagedWorkflow:
     @property
     def has_ready(self) -> bool:
         return bool(self._ready)
+
+    @property
+    def has_work(self) -> bool:
+        """Messages or ready jobs left beyond this tick's share: the next tick goes on at once."""
+        return bool(self._inbox) or self.behind
 
     def flush(self, now: float) -> bool:
         """Hand the changes to the writer when due, acknowledge what is stored, and notice the
@@ -394,7 +406,8 @@ class ManagedWorkflow:
         rows = core.rows
         noops = [i for i in ready if not occupies_slot(rows[i].payload)]
         real = [i for i in ready if occupies_slot(rows[i].payload)] if noops else ready
-        return noops, real, bool(self._ready)
+        self.behind = bool(self._ready)
+        return noops, real, self.behind
 
     def requests(self, idxs: list[int]) -> list[tuple[Any, ...]]:
         """What brokerage needs to know of these jobs (see ``Brokerage.broker_explained``)."""

@@ -339,30 +339,41 @@ class WorkflowManager:
     # -- the pump ----------------------------------------------------------------------------
 
     def _pump_loop(self) -> None:
-        """Every tick, each workflow with work gets its share, in turn."""
-        wake, interval = self.shared.wake, self.shared.settings.flush_interval
-        turn = 0
+        """Each tick, every workflow with new work gets its share, in turn; once a flush interval
+        every workflow does (timeouts, flushes, acknowledgements), so a tick costs what the
+        workflows with work need, not what all hosted ones would."""
+        shared = self.shared
+        wake, interval = shared.wake, shared.settings.flush_interval
+        turn, last_round = 0, 0.0
+        carry: dict[int, ManagedWorkflow] = {}  #: had work left beyond their last share
         while True:
             wake.wait(interval)
             wake.clear()
             now = time.time()
-            due = [wf for wf in list(self.workflows.values()) if wf.due]
+            chosen = carry
+            while shared.dirty:
+                wf = shared.dirty.popleft()
+                chosen[id(wf)] = wf
+            if now - last_round >= interval:
+                chosen.update((id(wf), wf) for wf in list(self.workflows.values()))
+                last_round = now
+            due = [wf for wf in chosen.values() if wf.due]
             turn = (turn + 1) % max(len(due), 1)
             due = due[turn:] + due[:turn]  # who is brokered first changes every tick
             idle: list[frozenset[str]] = []
 
             def idle_sites() -> frozenset[str]:  # asked of brokerage at most once a tick
                 if not idle:
-                    idle.append(frozenset(ray.get(self.shared.brokerage.idle_sites.remote())))
+                    idle.append(frozenset(ray.get(shared.brokerage.idle_sites.remote())))
                 return idle[0]
 
-            more = False
             for wf in due:
-                more |= self._guarded(wf, lambda w: w.work(now, idle_sites))
-            more |= self._release([wf for wf in due if wf.has_ready], now)
+                self._guarded(wf, lambda w: w.work(now, idle_sites))
+            self._release([wf for wf in due if wf.has_ready], now)
             for wf in due:
-                more |= self._guarded(wf, lambda w: w.flush(now))
-            if more:
+                self._guarded(wf, lambda w: w.flush(now))
+            carry = {id(wf): wf for wf in due if wf.has_work}
+            if carry:
                 wake.set()
 
     @staticmethod
@@ -374,18 +385,16 @@ class WorkflowManager:
             log.exception("workflow %s: pump tick failed", wf.workflow_id)
             return False
 
-    def _release(self, ready: list[ManagedWorkflow], now: float) -> bool:
+    def _release(self, ready: list[ManagedWorkflow], now: float) -> None:
         """Broker these workflows' shares of ready jobs together, in batches, and put the
-        dispatches into their sites' queues, one call per site; True when jobs wait beyond a share."""
+        dispatches into their sites' queues, one call per site."""
         shares: dict[bool, list[tuple[ManagedWorkflow, list[int]]]] = {True: [], False: []}
-        more = False
         for wf in ready:
             try:
-                noops, real, behind = wf.take_ready()
+                noops, real, _behind = wf.take_ready()
             except Exception:
                 log.exception("workflow %s: could not take its ready jobs", wf.workflow_id)
                 continue
-            more |= behind
             shares[True] += [(wf, noops)] if noops else []
             shares[False] += [(wf, real)] if real else []
         size = self.shared.settings.release_batch
@@ -405,7 +414,6 @@ class WorkflowManager:
             q = self.shared.handles.get(queue_name(site))
             if q is not None:  # else the liveness check takes them back
                 q.put.remote(dispatches)
-        return more
 
     @staticmethod
     def _guarded_place(wf: ManagedWorkflow, idxs: list[int], sites: list[str | None], records: list[str],
