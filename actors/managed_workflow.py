@@ -94,7 +94,7 @@ class ManagedWorkflow:
         self.started = False  #: adopted and started: the pump ticks it
         self.failure: BaseException | None = None  #: why it could not be loaded
         self.store_error: BaseException | None = None  #: a batch of it the store rejected
-        self._retry, self._by = retry, by  #: by: who started it (cause of a retry or a stored cancel)
+        self._retry, self.started_by = retry, by  #: who started it (cause of a retry or a stored cancel)
         self._seen: dict[str, int] = {}  #: pilot incarnation -> last report handled
         self._acks: deque[tuple[int, dict[str, int]]] = deque()  #: (writer batches submitted, seen then)
         self._acked: dict[str, int] = {}  #: pilot incarnation -> last report whose effects are stored
@@ -138,7 +138,7 @@ class ManagedWorkflow:
             self._prioritised = len(set(self.core.priority)) > 1  #: broker higher priorities first
             self.loaded.set()
             self._ready.extend(self.core.adopt(*self._collect(), time.time()))
-            self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self._by))
+            self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self.started_by))
         except BaseException as exc:
             log.exception("workflow %s could not start", self.workflow_id)
             self.failure = exc

@@ -240,7 +240,7 @@ class WorkflowManager:
                    if w not in self.workflows]
             self.workflows.update((wf.workflow_id, wf) for wf in new)
             manager_pool.register(self.name, [wf.address for wf in new],
-                                  [(w.workflow_id, w._by) for w in self.workflows.values()])
+                                  [(w.workflow_id, w.started_by) for w in self.workflows.values()])
         for wf in new:
             self._starters.submit(wf.load)
         return [wf.workflow_id for wf in new]
