@@ -15,10 +15,19 @@ def manager_name(db_url: str, workflow_id: int) -> str:
     """The Ray actor name of a workflow's manager in the ``panray`` namespace.
 
     Ids are unique per state store only, so the name carries a short digest of the store URL:
-    one cluster may serve several stores (tests, staging and production catalogs).
+    one cluster may serve several stores (tests, staging and production catalogs). The name
+    is an address: the actor behind it hosts many workflows (:mod:`panray.actors.manager_pool`).
     """
-    digest = hashlib.sha1(db_url.encode()).hexdigest()[:8]
-    return f"workflow-manager:{digest}:{workflow_id}"
+    return f"{MANAGER_PREFIX}{store_digest(db_url)}:{workflow_id}"
+
+
+def store_digest(db_url: str) -> str:
+    """A short digest of a store URL, in the names of that store's managers."""
+    return hashlib.sha1(db_url.encode()).hexdigest()[:8]
+
+
+def _is_manager_address(name: str) -> bool:
+    return name.startswith(MANAGER_PREFIX) and name.rsplit(":", 1)[1].isdigit()
 
 
 def queue_name(site: str) -> str:
@@ -29,14 +38,23 @@ def pilot_name(site: str, n: int) -> str:
     return f"pilot:{site}:{n}"
 
 
+MANAGER_PREFIX = "workflow-manager:"
 BROKERAGE_NAME = "brokerage"
 SUPERVISOR_NAME = "supervisor"
 NAMESPACE = "panray"
 
 
 def actor(name: str) -> Any | None:
-    """The handle of the actor named ``name`` in the ``panray`` namespace now, or None; not cached."""
+    """The handle of the actor named ``name`` in the ``panray`` namespace now, or None; not cached.
+
+    A workflow manager's address gives the :class:`~panray.actors.manager_pool.ManagerHandle`
+    of the actor hosting it."""
     import ray
+
+    if _is_manager_address(name):
+        from panray.actors.manager_pool import resolve
+
+        return resolve(name)
 
     try:
         return ray.get_actor(name, namespace=NAMESPACE)

@@ -1,53 +1,58 @@
-"""The WorkflowManager actor: one per workflow, the thin Ray shell around :class:`WorkflowCore`.
+"""The WorkflowManager actor: hosts the managers of many workflows, the thin Ray shell around their cores.
 
-Pilots call :meth:`WorkflowManager.report` with batches; the calls only queue the batch and
-return. One pump thread applies them to the core, asks brokerage for sites in batches, puts
-jobs into site queues, and hands state changes to a writer thread that persists them in one
-transaction per flush. Nothing on this path is one call or one database round trip per job.
+A store's workflows are multiplexed onto a bounded pool of these actors (:mod:`manager_pool`
+places them and finds them); each keeps its own :class:`ManagedWorkflow`: its core, inbox,
+pilot acknowledgements, control and reports. Pilots call :meth:`WorkflowManager.report` with
+batches; the calls only queue the batch and return. One pump thread gives every workflow a fair
+share of work per tick (apply its messages to its core, ask brokerage for sites in batches, put
+jobs into site queues, hand its state changes to the writer thread, which persists what all
+workflows changed in one transaction per flush). Nothing on this path is one call or one
+database round trip per job, and no thread is per workflow: the actor runs a pump, a writer, a
+liveness watcher and two starters, whatever it hosts.
 
-Ray restarts a manager that dies (``max_restarts``) on the stored state. Its report calls
-answer with the last report of each pilot whose effects are stored, so pilots keep the rest and
-send it again; a manager starting up first asks every live pilot what it still holds for it
-(:meth:`WorkflowCore.adopt`) and only then re-releases what nobody holds.
+Ray restarts a manager that dies (``max_restarts``); it takes up the workflows it hosted from
+the stored state. Its report calls answer with the last report of each pilot whose effects are
+stored, so pilots keep the rest and send it again; a workflow starting up first asks every live
+pilot what it still holds for it (:meth:`WorkflowCore.adopt`) and only then re-releases what
+nobody holds.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
 import uuid
-from array import array
 from collections import defaultdict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
-from concurrent.futures import Future
 from typing import Any
 
 import ray
 
-from panray.config import Settings
-from panray.core.cluster_core import make_core
+from panray.actors import manager_pool
+from panray.actors.managed_workflow import ManagedWorkflow, Shared
 from panray.actors.metrics import ManagerMetrics
-from panray.actors.names import BROKERAGE_NAME, Handles, actor, manager_name, queue_name
-from panray.core.messages import Outcome, Started
-from panray.core.workflow_core import DEFINED, CoreSettings
-from panray.exceptions import StoreUnavailableError
-from panray.payload import occupies_slot
-from panray.statuses import JOB_CODES
+from panray.actors.names import BROKERAGE_NAME, Handles, queue_name
+from panray.config import Settings
+from panray.core.workflow_core import CoreSettings
+from panray.exceptions import NotFoundError, StoreUnavailableError
 from panray.store import open_store
-from panray.store.base import ChangeBatch, DecisionRow
+from panray.store.base import ChangeBatch
 
 log = logging.getLogger(__name__)
 
-COLLECT_TIMEOUT = 10.0
-"""Seconds a starting manager waits for live pilots to say what they hold for it."""
-_STATUS_NAMES = [s.value for s in JOB_CODES]
-
 LIVENESS_INTERVAL = 1.0
-"""Seconds between checks that the pilots and site queues holding this workflow's jobs are alive:
-a lost node is noticed within seconds instead of after the heartbeat timeout."""
+"""Seconds between checks that the pilots and site queues holding the hosted workflows' jobs are
+alive: a lost node is noticed within seconds instead of after the heartbeat timeout."""
 
+WAIT_SLICE = 2.0
+"""Seconds one ``wait`` call blocks at most (callers ask again): waits never hold the actor's
+threads for long, however many clients wait."""
+
+STARTERS = 2
+"""Threads that load and start newly hosted workflows, off the pump."""
 
 _STORE_RETRY_DELAYS = (0.1, 0.5, 1.0)
 """The manager's store gives up after about 2 s: its writer keeps the batch and tries again
@@ -62,14 +67,24 @@ MERGE_MAX = 32
 """At most this many waiting batches are merged into one transaction."""
 
 
-def _settle() -> None:
-    """Take the workflow's rows out of the garbage collector's sight: they live as long as the
-    core, and otherwise the pump's short-lived rows set off full collections that walk all of
-    them (at 50k jobs the core's CPU per job fell from 48 to 18 us). Rows of a core replaced by
-    a retry become collectable again first."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+def _batches(parts: list[tuple[ManagedWorkflow, list[int]]], size: int
+             ) -> Iterator[list[tuple[ManagedWorkflow, list[int]]]]:
+    """The workflows' job lists cut into batches of about ``size`` jobs (a workflow's list may
+    span batches; no batch is empty)."""
+    batch: list[tuple[ManagedWorkflow, list[int]]] = []
+    n = 0
+    for wf, idxs in parts:
+        k = 0
+        while k < len(idxs):
+            piece = idxs[k:k + size - n]
+            batch.append((wf, piece))
+            n += len(piece)
+            k += len(piece)
+            if n >= size:
+                yield batch
+                batch, n = [], 0
+    if batch:
+        yield batch
 
 
 class _Writer(threading.Thread):
@@ -79,7 +94,9 @@ class _Writer(threading.Thread):
     it and tries again, so an outage delays writes but loses none. Batches carry the writer's
     key and sequence number, so one that committed just before its connection broke is not
     stored twice. A batch the store rejects (a bug, not an outage) is dropped and surfaced by
-    ``wait()``. Batches that wait while one is written are merged into one transaction.
+    ``wait()``. Batches that wait while one is written are merged into one transaction; on a
+    manager that hosts many workflows that is the batches of all of them, and a rejected batch
+    fails only the workflow that sent it (its ``owner``).
     """
 
     def __init__(self, store: Any, name: str, metrics: ManagerMetrics | None = None):
@@ -88,6 +105,7 @@ class _Writer(threading.Thread):
         self.key = f"{name}#{uuid.uuid4().hex[:12]}"  #: one per manager incarnation
         self.metrics = metrics
         self.batches: deque[ChangeBatch] = deque()
+        self.owners: deque[Any] = deque()  #: who sent each batch: its ``store_error`` tells of a rejection
         self.cv = threading.Condition()
         self.written = 0
         self.submitted = 0
@@ -95,12 +113,15 @@ class _Writer(threading.Thread):
         self.outage_since: float | None = None
         self.outages = 0
 
-    def put(self, batch: ChangeBatch) -> None:
+    def put(self, batch: ChangeBatch, owner: Any = None) -> int:
+        """Queue the batch; returns its sequence number (stored once ``written`` reaches it)."""
         with self.cv:
             self.submitted += 1
             batch.writer, batch.seq = self.key, self.submitted
             self.batches.append(batch)
+            self.owners.append(owner)
             self.cv.notify_all()
+            return self.submitted
 
     def run(self) -> None:
         single = 0  #: batches to store one by one (after a merged batch was rejected)
@@ -112,8 +133,13 @@ class _Writer(threading.Thread):
             try:
                 t0 = time.perf_counter()
                 self.store.apply(batch)
+                took = time.perf_counter() - t0
                 if self.metrics is not None:
-                    self.metrics.stored(time.perf_counter() - t0)
+                    self.metrics.stored(took)
+                with self.cv:  # put() appends meanwhile
+                    owners = {id(o): o for o in islice(self.owners, k) if o is not None}
+                for owner in owners.values():
+                    owner.stored(took)
             except StoreUnavailableError as exc:  # tried again as it is: its commit may be in doubt
                 self._away(exc)
                 time.sleep(WRITE_RETRY_PAUSE)
@@ -123,12 +149,16 @@ class _Writer(threading.Thread):
                     single, pending = k, None
                     continue
                 log.exception("state store rejected a batch")  # surfaced by wait()
-                self.error = exc
+                if self.owners[0] is None:
+                    self.error = exc
+                else:
+                    self.owners[0].store_error = exc
             self._back()
             pending, single = None, max(0, single - 1)
             with self.cv:
                 for _ in range(k):
                     self.batches.popleft()
+                    self.owners.popleft()
                 self.written += k
                 self.cv.notify_all()
 
@@ -160,366 +190,263 @@ class _Writer(threading.Thread):
                 "store_away_s": None if since is None else time.time() - since}
 
     def wait_idle(self, timeout: float | None = None) -> bool:
+        return self.wait_stored(self.submitted, timeout)
+
+    def wait_stored(self, seq: int, timeout: float | None = None) -> bool:
+        """Block until the batch numbered ``seq`` (and all before it) is stored."""
         with self.cv:
-            return self.cv.wait_for(lambda: self.written >= self.submitted, timeout)
+            return self.cv.wait_for(lambda: self.written >= seq, timeout)
 
 
-@ray.remote(num_cpus=0, max_concurrency=16)
+
+@ray.remote(num_cpus=0, max_concurrency=32, concurrency_groups={"clients": 16})
 class WorkflowManager:
-    """Drives one workflow; see the module docstring. Named ``workflow-manager:<id>``."""
+    """Hosts workflows' managers; see the module docstring. Named ``workflow-manager:<digest>:pool-<k>``.
 
-    def __init__(self, workflow_id: int, settings: Settings, retry: bool = False, by: str = ""):
-        self.workflow_id = workflow_id
-        self.flush_interval = settings.flush_interval
-        self.release_batch = settings.release_batch
-        db_url = settings.resolved_db_url
-        self.store = open_store(db_url)
-        self.store.retry_delays = _STORE_RETRY_DELAYS
-        snap = self.store.load_workflow(workflow_id)
-        core_settings = CoreSettings.from_settings(settings)
-        self.core = make_core(snap, core_settings, manager=manager_name(db_url, workflow_id))
-        _settle()
-        self._retry = retry and not ray.get_runtime_context().was_current_actor_reconstructed
-        self._by = by  #: who started this manager (cause of a retry or a stored cancel)
-        self._seen: dict[str, int] = {}  #: pilot incarnation -> last report handled
-        self._acks: deque[tuple[int, dict[str, int]]] = deque()  #: (writer batches submitted, seen then)
-        self._acked: dict[str, int] = {}  #: pilot incarnation -> last report whose effects are stored
-        self.workflow_name = snap.workflow.name
-        labels = {t.task_id: t.label for t in snap.tasks}
-        self._metrics = (ManagerMetrics(workflow_id, self.core.manager.split(":")[1], [labels[t] for t in sorted(labels)])
-                         if settings.metrics else None)
-        self._released = array("d", bytes(8 * self.core.n))  #: when each job was last queued to a site
-        self._lag_max: float | None = None  #: largest heartbeat lag since the last flush
-        self._restarting = False
-        self._beat_lags: deque[float] = deque(maxlen=100_000)
-        self._beats = 0
-        self._expire_every = min(core_settings.heartbeat_timeout, core_settings.sent_timeout,
-                                 core_settings.activated_timeout) / 4
-        self._handles = Handles()
-        self.brokerage = self._handles.require(BROKERAGE_NAME)
-        self._inbox: deque[tuple[Any, ...]] = deque()
-        self._wake = threading.Event()
-        self._done = threading.Event()
-        self._writer = _Writer(self.store, manager_name(db_url, workflow_id), self._metrics)
-        self._writer.start()
-        self._ready: list[int] = []
-        self._parked: list[int] = []  #: ready jobs of a held workflow or task, brokered on release
-        self._prioritised = len(set(self.core.priority)) > 1  #: broker higher priorities first
-        self._unplaced: set[tuple[int, int]] = set()  #: attempts whose failed brokerage is recorded
-        self._pump = threading.Thread(target=self._pump_loop, name="pump", daemon=True)
-        self._pump.start()
+    Every per-workflow method takes the workflow's id first (a
+    :class:`~panray.actors.manager_pool.ManagerHandle` passes it); calls for a workflow not
+    hosted here are answered as a missing manager would be: nothing acknowledged, nothing admitted.
+    """
+
+    def __init__(self, name: str, settings: Settings):
+        self.name = name
+        store = open_store(settings.resolved_db_url)
+        store.retry_delays = _STORE_RETRY_DELAYS
+        writer = _Writer(store, name)
+        handles = Handles()
+        self.shared = Shared(settings, CoreSettings.from_settings(settings), store, writer,
+                             handles.require(BROKERAGE_NAME), handles, threading.Event())
+        self.workflows: dict[int, ManagedWorkflow] = {}
+        self._lock = threading.Lock()  #: guards ``workflows`` and the hosted list
+        self._starters = ThreadPoolExecutor(STARTERS, thread_name_prefix="starter")
+        writer.start()
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            for workflow_id, by in manager_pool.hosted(name):
+                self.host([workflow_id], False, by)  # from the stored state, as a restarted manager
+        threading.Thread(target=self._pump_loop, name="pump", daemon=True).start()
         threading.Thread(target=self._watch_loop, name="liveness", daemon=True).start()
 
     def __repr__(self) -> str:
-        """What the dashboard shows: ``WorkflowManager(7 ci_hsc: 1,023/2,000 ended)``."""
-        return f"WorkflowManager({self.workflow_id} {self.workflow_name}: {self.core.n_final:,}/{self.core.n:,} ended)"
+        """What the dashboard shows: ``WorkflowManager(pool-0: 37 workflows, 12 running)``."""
+        wfs = list(self.workflows.values())
+        return (f"WorkflowManager({self.name.rsplit(':', 1)[1]}: {len(wfs)} workflows, "
+                f"{sum(w.active for w in wfs)} running)")
 
-    # -- calls from pilots and clients (only enqueue) -----------------------------------------
+    def host(self, workflow_ids: list[int], retry: bool = False, by: str = "") -> list[int]:
+        """Manage these workflows here (each started from the store); returns those that were
+        not hosted yet."""
+        with self._lock:
+            new = [ManagedWorkflow(w, self.shared, retry, by) for w in dict.fromkeys(workflow_ids)
+                   if w not in self.workflows]
+            self.workflows.update((wf.workflow_id, wf) for wf in new)
+            manager_pool.register(self.name, [wf.address for wf in new],
+                                  [(w.workflow_id, w.started_by) for w in self.workflows.values()])
+        for wf in new:
+            self._starters.submit(wf.load)
+        return [wf.workflow_id for wf in new]
 
-    def report(self, started: list[Started], ended: list[Outcome], pilot: str | None = None,
+    def hosting(self) -> list[int]:
+        """The ids of the workflows hosted here."""
+        return sorted(self.workflows)
+
+    # -- calls from pilots and clients, for one workflow (only enqueue) ---------------------
+
+    def report(self, workflow_id: int, started: list[Any], ended: list[Any], pilot: str | None = None,
                seq: int | None = None) -> int:
         """A pilot's batch (``seq`` numbers it; None: only asking); returns the pilot's last
         report whose effects are stored, which it may forget."""
-        if seq is not None:
-            self._inbox.append(("report", started, ended, pilot, seq))
-            self._wake.set()
-        return self._acked.get(pilot or "", 0)
+        wf = self.workflows.get(workflow_id)
+        return 0 if wf is None else wf.report(started, ended, pilot, seq)
 
-    def claim(self, pilot: str, attempts: list[tuple[int, int]], sent_at: float) -> list[bool]:
+    def claim(self, workflow_id: int, pilot: str, attempts: list[tuple[int, int]], sent_at: float) -> list[bool]:
         """A pilot asks to start these (job_id, attempt_nr); returns which it may start."""
-        answer: Future[list[bool]] = Future()
-        self._inbox.append(("claim", pilot, attempts, sent_at, answer))
-        self._wake.set()
-        return answer.result()
+        wf = self.workflows.get(workflow_id)
+        return [False] * len(attempts) if wf is None else wf.claim(pilot, attempts, sent_at)
 
-    def rebroker(self, jobs: list[tuple[int, int]], lost_pilot: str | None = None) -> None:
+    def rebroker(self, workflow_id: int, jobs: list[tuple[int, int]], lost_pilot: str | None = None) -> None:
         """A site queue gave back these (job_id, attempt_nr): its site went offline, or (``lost_pilot``)
         the pilot that had taken them died. Broker them again."""
-        self._inbox.append(("rebroker", jobs, lost_pilot))
-        self._wake.set()
+        wf = self.workflows.get(workflow_id)
+        if wf is not None:
+            wf.rebroker(jobs, lost_pilot)
 
-    def heartbeat(self, beats: list[tuple[int, int]], sent_at: float | None = None) -> None:
+    def heartbeat(self, workflow_id: int, beats: list[tuple[int, int]], sent_at: float | None = None) -> None:
         """A pilot's batched heartbeat: (job_id, attempt_nr) of its running payloads."""
-        self._inbox.append(("heartbeat", beats, sent_at or time.time()))
-        self._wake.set()
+        wf = self.workflows.get(workflow_id)
+        if wf is not None:
+            wf.heartbeat(beats, sent_at)
 
-    def stats(self) -> dict[str, Any]:
-        """Operational figures: heartbeat processing lag (s, pilot send -> applied) and memory."""
+    def _workflow(self, workflow_id: int, loaded: bool = True) -> ManagedWorkflow:
+        wf = self.workflows.get(workflow_id)
+        if wf is None:
+            raise NotFoundError(f"workflow {workflow_id} is not managed by {self.name}")
+        if loaded and not wf.loaded.wait(300):
+            raise TimeoutError(f"workflow {workflow_id} still loading on {self.name}")
+        if loaded and wf.failure is not None:
+            raise wf.failure
+        return wf
+
+    @ray.method(concurrency_group="clients")
+    def stats(self, workflow_id: int) -> dict[str, Any]:
+        """Operational figures: heartbeat processing lag (s, pilot send -> applied), the host's
+        memory and store backlog, and how many workflows it hosts."""
         import psutil
 
-        lags = sorted(self._beat_lags)
-        pick = (lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]) if lags else (lambda q: None)
-        return {"heartbeats": len(lags), "beats": self._beats, "lag_p50": pick(0.5), "lag_p99": pick(0.99),
-                "lag_max": lags[-1] if lags else None, "rss_bytes": psutil.Process().memory_info().rss,
-                "pid": psutil.Process().pid, **self._writer.stats()}
+        proc = psutil.Process()
+        return {**self._workflow(workflow_id, loaded=False).stats(), "rss_bytes": proc.memory_info().rss,
+                "pid": proc.pid, "hosted": len(self.workflows), **self.shared.writer.stats()}
 
-    def cancel(self, task_id: int | None = None, job_ids: list[int] | None = None, by: str = "") -> None:
+    def cancel(self, workflow_id: int, task_id: int | None = None, job_ids: list[int] | None = None,
+               by: str = "") -> None:
         """Cancel the workflow, or (either given) only the jobs of a task and/or these jobs; ``by`` who."""
-        self._inbox.append(("cancel", task_id, job_ids, by))
-        self._wake.set()
+        self._workflow(workflow_id, loaded=False).cancel(task_id, job_ids, by)
 
-    def retry(self, by: str = "") -> None:
-        """Rerun failed, cancelled and pruned jobs in this same manager (pilots keep its name); ``by`` who."""
-        self._restarting = True
-        self._done.clear()
-        self._inbox.append(("retry", by))
-        self._wake.set()
+    def retry(self, workflow_id: int, by: str = "") -> None:
+        """Rerun failed, cancelled and pruned jobs here (pilots keep the address); ``by`` who."""
+        self._workflow(workflow_id, loaded=False).retry(by)
 
-    def rerun(self, task_id: int | None = None, job_ids: list[int] | None = None, memory: int | None = None,
-              by: str = "") -> int:
+    @ray.method(concurrency_group="clients")
+    def rerun(self, workflow_id: int, task_id: int | None = None, job_ids: list[int] | None = None,
+              memory: int | None = None, by: str = "") -> int:
         """Retry by hand the failed, cancelled and pruned jobs of a task and/or these jobs (neither:
         all of them) while the workflow runs, with ``memory`` MB if given; returns how many rerun."""
-        answer: Future[int] = Future()
-        self._restarting = True  # the workflow may have ended: it runs again
-        self._done.clear()
-        self._inbox.append(("rerun", task_id, job_ids, memory, by, answer))
-        self._wake.set()
-        return answer.result()
+        return self._workflow(workflow_id, loaded=False).rerun(task_id, job_ids, memory, by)
 
-    def hold(self, task_id: int | None = None, by: str = "") -> None:
+    def hold(self, workflow_id: int, task_id: int | None = None, by: str = "") -> None:
         """Broker nothing more of the workflow (or of a task) until :meth:`release`; running jobs go on."""
-        self._inbox.append(("hold", task_id, by))
-        self._wake.set()
+        self._workflow(workflow_id, loaded=False).hold(task_id, by)
 
-    def release(self, task_id: int | None = None) -> None:
+    def release(self, workflow_id: int, task_id: int | None = None) -> None:
         """Broker the held workflow (or task) again."""
-        self._inbox.append(("release", task_id))
-        self._wake.set()
+        self._workflow(workflow_id, loaded=False).release(task_id)
 
-    def set_priority(self, priority: int, task_id: int | None = None, job_ids: list[int] | None = None) -> None:
+    def set_priority(self, workflow_id: int, priority: int, task_id: int | None = None,
+                     job_ids: list[int] | None = None) -> None:
         """A new priority for the workflow's jobs (or a task's, or these): higher ones are brokered first."""
-        self._inbox.append(("priority", priority, task_id, job_ids))
-        self._wake.set()
+        self._workflow(workflow_id, loaded=False).set_priority(priority, task_id, job_ids)
 
-    def progress(self) -> dict[str, Any]:
-        c = self.core
-        return {"workflow_id": self.workflow_id, "status": c.workflow_status, "counts": c.counts(), "total": c.n,
-                "retries": c.n_retries}
+    @ray.method(concurrency_group="clients")
+    def progress(self, workflow_id: int) -> dict[str, Any]:
+        return self._workflow(workflow_id).progress()
 
-    def wait(self, timeout: float | None = None) -> str | None:
-        """Block until the workflow has ended and its state is persisted; returns its status."""
-        if not self._done.wait(timeout):
-            return None
-        if self._writer.error is not None:
-            raise self._writer.error
-        return self.core.workflow_status
+    @ray.method(concurrency_group="clients")
+    def wait(self, workflow_id: int, timeout: float | None = None) -> str | None:
+        """Until the workflow has ended and its state is persisted, its status; None if it has
+        not within ``timeout`` s or :data:`WAIT_SLICE` (ask again)."""
+        return self._workflow(workflow_id, loaded=False).wait(WAIT_SLICE if timeout is None else
+                                                              min(timeout, WAIT_SLICE))
 
     # -- the pump ----------------------------------------------------------------------------
 
     def _pump_loop(self) -> None:
+        """Each tick, every workflow with new work gets its share, in turn; once a flush interval
+        every workflow does (timeouts, flushes, acknowledgements), so a tick costs what the
+        workflows with work need, not what all hosted ones would."""
+        shared = self.shared
+        wake, interval = shared.wake, shared.settings.flush_interval
+        turn, last_round = 0, 0.0
+        carry: dict[int, ManagedWorkflow] = {}  #: had work left beyond their last share
+        while True:
+            wake.wait(interval)
+            wake.clear()
+            now = time.time()
+            chosen = carry
+            while shared.dirty:
+                wf = shared.dirty.popleft()
+                chosen[id(wf)] = wf
+            if now - last_round >= interval:
+                chosen.update((id(wf), wf) for wf in list(self.workflows.values()))
+                last_round = now
+            due = [wf for wf in chosen.values() if wf.due]
+            turn = (turn + 1) % max(len(due), 1)
+            due = due[turn:] + due[:turn]  # who is brokered first changes every tick
+            idle: list[frozenset[str]] = []
+
+            def idle_sites() -> frozenset[str]:  # asked of brokerage at most once a tick
+                if not idle:
+                    idle.append(frozenset(ray.get(shared.brokerage.idle_sites.remote())))
+                return idle[0]
+
+            for wf in due:
+                self._guarded(wf, lambda w: w.work(now, idle_sites))
+            self._release([wf for wf in due if wf.has_ready], now)
+            for wf in due:
+                self._guarded(wf, lambda w: w.flush(now))
+            carry = {id(wf): wf for wf in due if wf.has_work}
+            if carry:
+                wake.set()
+
+    @staticmethod
+    def _guarded(wf: ManagedWorkflow, step: Callable[[ManagedWorkflow], Any]) -> bool:
+        """``step(wf)``, truthy or not; one workflow's fault must not stop the others."""
         try:
-            self._ready.extend(self.core.adopt(*self._collect(), time.time()))
-            self._ready.extend(self.core.start(time.time(), retry=self._retry, by=self._by))
-            last_flush = last_expire = time.time()
-            while True:
-                self._wake.wait(self.flush_interval)
-                self._wake.clear()
-                now = time.time()
-                while self._inbox:
-                    msg = self._inbox.popleft()
-                    try:
-                        self._handle(msg, now)
-                    except Exception:  # one bad message must not stop the workflow's other jobs
-                        log.exception("workflow %s: could not handle %s", self.workflow_id, msg[0])
-                if now - last_expire >= self._expire_every:
-                    self._expire(now)
-                    last_expire = now
-                if self._ready:
-                    self._dispatch(now)
-                if now - last_flush >= self.flush_interval or self.core.done:
-                    batch = self.core.drain_changes(now)
-                    if batch:
-                        self._writer.put(batch)
-                    self._acks.append((self._writer.submitted, dict(self._seen)))
-                    if self._metrics is not None:
-                        self._metrics.flush(self.core.task_counts, _STATUS_NAMES, self._lag_max)
-                        self._lag_max = None
-                    last_flush = now
-                self._promote_acks()
-                if self.core.done and not self._inbox and not self._restarting and not self._done.is_set():
-                    self._writer.wait_idle()
-                    self._done.set()
-        except BaseException:
-            log.exception("workflow manager %s pump died", self.workflow_id)
-            raise
+            return bool(step(wf))
+        except Exception:
+            log.exception("workflow %s: pump tick failed", wf.workflow_id)
+            return False
 
-    def _handle(self, msg: tuple[Any, ...], now: float) -> None:
-        kind = msg[0]
-        if kind == "report":
-            for job, pilot in self.core.started(msg[1]):
-                self._kill_payloads([job], [pilot])
-            self._ready.extend(self.core.ended(msg[2]))
-            if self._metrics is not None and msg[2]:
-                self._metrics.ended(msg[2], self._released, self.core.first_id, self.core.attempt)
-            if msg[3] is not None:
-                self._seen[msg[3]] = max(msg[4], self._seen.get(msg[3], 0))
-        elif kind == "claim":
-            msg[4].set_result(self.core.claim(msg[1], msg[2], msg[3]))
-        elif kind == "heartbeat":
-            self.core.heartbeat(msg[1], now)
-            self._beats += len(msg[1])
-            lag = time.time() - msg[2]
-            self._beat_lags.append(lag)
-            self._lag_max = lag if self._lag_max is None else max(self._lag_max, lag)
-        elif kind == "rebroker":
-            self._ready.extend(self.core.requeue(msg[1], now, msg[2]))
-        elif kind == "lost":
-            self._ready.extend(self.core.lost(msg[1], msg[2], now))
-        elif kind == "retry":
-            batch = self.core.drain_changes(now)
-            if batch:
-                self._writer.put(batch)
-            self._writer.wait_idle()
-            snap = self.store.load_workflow(self.workflow_id)
-            self.core = make_core(snap, self.core.settings, manager=self.core.manager)
-            _settle()
-            self._ready = self.core.start(now, retry=True, by=msg[1])
-            self._parked = []  # the new core's start hands back every defined job, held ones too
-            self._restarting = False
-        elif kind == "cancel":
-            task_id, job_ids, by = msg[1], msg[2], msg[3]
-            whole = task_id is None and job_ids is None
-            held, ready = self.core.cancel(now, None if whole else self.core.select(task_id, job_ids or ()), by=by)
-            if whole:
-                self._ready.clear()
-                self._parked.clear()
-            self._ready.extend(ready)
-            self._kill([job for job, _pilot in held], whole=whole)
-
-        elif kind == "rerun":
-            self._rerun(msg[1], msg[2], msg[3], msg[4], msg[5], now)
-        elif kind == "hold":
-            back = self.core.hold(now, msg[1], by=msg[2])
-            self._parked.extend(back)
-            self._drop_queued([self.core.first_id + i for i in back])
-        elif kind == "release":
-            self.core.release_hold(msg[1])
-            parked, self._parked = self._parked, []
-            self._ready.extend(i for i in parked if self.core.status[i] == DEFINED)
-        elif kind == "priority":
-            whole = msg[2] is None and msg[3] is None
-            self.core.set_priority(range(self.core.n) if whole else self.core.select(msg[2], msg[3] or ()), msg[1])
-            self._prioritised = True
-
-    def _rerun(self, task_id: int | None, job_ids: list[int] | None, memory: int | None, by: str,
-               answer: Future[int], now: float) -> None:
-        try:
-            idxs = None if task_id is None and job_ids is None else self.core.select(task_id, job_ids or ())
-            again, ready = self.core.rerun(idxs, now, by=by, memory=memory)
-            self._ready.extend(ready)
-            answer.set_result(len(again))
-        except Exception as exc:  # the caller hears of it; the workflow goes on
-            answer.set_exception(exc)
-        finally:
-            self._restarting = False
-
-    def _promote_acks(self) -> None:
-        """Reports whose effects the writer has stored may be forgotten by their pilots."""
-        while self._acks and self._writer.written >= self._acks[0][0] and self._writer.error is None:
-            self._acked.update(self._acks.popleft()[1])
-
-    def _collect(self) -> tuple[list[tuple[int, int, str]], list[Started], list[Outcome]]:
-        """What every live pilot still runs for this workflow, and the reports it holds for it."""
-        names = ray.get(self.brokerage.pilot_names.remote())
-        refs = {}
-        for name in names:
-            pilot = actor(name)
-            if pilot is not None:
-                refs[pilot.holding.remote(self.core.manager)] = name
-        done, late = ray.wait(list(refs), num_returns=len(refs), timeout=COLLECT_TIMEOUT) if refs else ([], [])
-        if late:
-            log.warning("workflow %s: pilots %s did not say what they hold", self.workflow_id,
-                        sorted(refs[r] for r in late))
-        held: list[tuple[int, int, str]] = []
-        started: list[Started] = []
-        ended: list[Outcome] = []
-        for ref in done:
+    def _release(self, ready: list[ManagedWorkflow], now: float) -> None:
+        """Broker these workflows' shares of ready jobs together, in batches, and put the
+        dispatches into their sites' queues, one call per site."""
+        shares: dict[bool, list[tuple[ManagedWorkflow, list[int]]]] = {True: [], False: []}
+        for wf in ready:
             try:
-                keys, s, e = ray.get(ref)
-            except ray.exceptions.RayActorError:
+                noops, real, _behind = wf.take_ready()
+            except Exception:
+                log.exception("workflow %s: could not take its ready jobs", wf.workflow_id)
                 continue
-            held.extend((job_id, attempt, refs[ref]) for job_id, attempt in keys)
-            started.extend(s)
-            ended.extend(e)
-        return held, started, ended
+            shares[True] += [(wf, noops)] if noops else []
+            shares[False] += [(wf, real)] if real else []
+        size = self.shared.settings.release_batch
+        by_site: dict[str, list[Any]] = defaultdict(list)
+        for noop, parts in shares.items():
+            for batch in _batches(parts, size):
+                reqs = [r for wf, idxs in batch for r in wf.requests(idxs)]
+                sites, records = ray.get(self.shared.brokerage.broker_explained.remote(reqs, noop))
+                k = 0
+                for wf, idxs in batch:
+                    n = len(idxs)
+                    placed = self._guarded_place(wf, idxs, sites[k:k + n], records[k:k + n], now)
+                    for site, dispatches in placed.items():
+                        by_site[site] += dispatches
+                    k += n
+        for site, dispatches in by_site.items():
+            q = self.shared.handles.get(queue_name(site))
+            if q is not None:  # else the liveness check takes them back
+                q.put.remote(dispatches)
 
-    def _expire(self, now: float) -> None:
-        """Time out silent pilots, and take back jobs queued at sites that have no live pilot
-        (their old dispatches leave those queues, so returning pilots do not run them)."""
-        idle = frozenset(ray.get(self.brokerage.idle_sites.remote()))
-        ready = self.core.expire(now, idle)
-        if idle and ready:
-            ids = [self.core.first_id + i for i in ready]
-            for site in idle:
-                q = self._queue_or_none(site)
-                if q is not None:
-                    q.remove.remote(manager=self.core.manager, job_ids=ids)
-        self._ready.extend(ready)
-
-    def _dispatch(self, now: float) -> None:
-        """Broker ready jobs in batches and put them into their sites' queues."""
-        core = self.core
-        ready, self._ready = self._ready, []
-        if core.held_all or core.held_tasks:
-            self._parked.extend(i for i in ready if core.is_held(i))
-            ready = [i for i in ready if not core.is_held(i)]
-        if self._prioritised:
-            priority = core.priority
-            ready.sort(key=lambda i: -priority[i])
-        deferred: list[int] = []
-        rows = core.rows
-        noops = [i for i in ready if not occupies_slot(rows[i].payload)]
-        real = [i for i in ready if occupies_slot(rows[i].payload)] if noops else ready
-        batches = [(noops[k:k + self.release_batch], True) for k in range(0, len(noops), self.release_batch)]
-        batches += [(real[k:k + self.release_batch], False) for k in range(0, len(real), self.release_batch)]
-        first, attempt = core.first_id, core.attempt
-        for idxs, noop in batches:
-            reqs = [(core.memory[i], rows[i].request_cpus, rows[i].site_pin, core.input_sites(i), core.avoid.get(i))
-                    for i in idxs]
-            sites, records = ray.get(self.brokerage.broker_explained.remote(reqs, noop))
-            by_site: dict[str, list[int]] = defaultdict(list)
-            explained: list[DecisionRow] = []
-            for i, s, record in zip(idxs, sites, records):
-                key = (first + i, attempt[i])
-                if s is None:
-                    deferred.append(i)
-                    if key in self._unplaced:
-                        continue
-                    self._unplaced.add(key)
-                else:
-                    by_site[s].append(i)
-                explained.append(DecisionRow(key[0], key[1], record, now))
-            core.record_decisions(explained)
-            for site, group in by_site.items():
-                moved = core.queued(group, [site] * len(group), now)
-                if self._metrics is not None:
-                    for i in moved:
-                        self._released[i] = now
-                q = self._queue_or_none(site)
-                if moved and q is not None:  # else the liveness check takes them back
-                    q.put.remote([core.dispatch(i, site) for i in moved])
-        if deferred:  # throttled or no site can take them yet: try again on the next tick
-            self._ready.extend(deferred)
+    @staticmethod
+    def _guarded_place(wf: ManagedWorkflow, idxs: list[int], sites: list[str | None], records: list[str],
+                       now: float) -> dict[str, list[Any]]:
+        try:
+            return wf.place(idxs, sites, records, now)
+        except Exception:
+            log.exception("workflow %s: could not place its jobs", wf.workflow_id)
+            return {}
 
     def _watch_loop(self) -> None:
-        """Tell the pump which pilots and site queues holding this workflow's jobs have died."""
+        """Tell each workflow which pilots and site queues holding its jobs have died: one check
+        of the hosted workflows' placements together."""
+        handles = self.shared.handles
         while True:
             time.sleep(LIVENESS_INTERVAL)
-            if self._done.is_set():
-                continue
             try:
-                pilots, sites = self.core.placements()
-                dead_pilots = self._dead({p: self._handles.get(p) for p in pilots}, "ready")
-                dead_queues = self._dead({queue_name(s): self._queue_or_none(s) for s in sites}, "stats")
-                dead_sites = {s for s in sites if queue_name(s) in dead_queues}
+                placed = {wf.workflow_id: wf.core.placements() for wf in list(self.workflows.values()) if wf.active}
+                pilots = set().union(*(p for p, _ in placed.values()))
+                sites = set().union(*(s for _, s in placed.values()))
+                dead_pilots = self._dead({p: handles.get(p) for p in pilots}, "ready")
+                dead_queues = self._dead({queue_name(s): handles.get(queue_name(s)) for s in sites}, "stats")
             except Exception:  # the cluster is shutting down, or a name is not registered yet
                 log.debug("liveness check skipped", exc_info=True)
                 continue
-            if dead_pilots or dead_sites:
-                log.warning("workflow %s: lost pilots %s, lost site queues %s", self.workflow_id,
-                            sorted(dead_pilots), sorted(dead_sites))
-                self._inbox.append(("lost", dead_pilots, dead_sites))
-                self._wake.set()
+            dead_sites = {s for s in sites if queue_name(s) in dead_queues}
+            if not (dead_pilots or dead_sites):
+                continue
+            for workflow_id, (p, s) in placed.items():
+                if p & dead_pilots or s & dead_sites:
+                    log.warning("workflow %s: lost pilots %s, lost site queues %s", workflow_id,
+                                sorted(p & dead_pilots), sorted(s & dead_sites))
+                    self.workflows[workflow_id].lost(p & dead_pilots, s & dead_sites)
 
     def _dead(self, handles: dict[str, Any], method: str) -> set[str]:
         """Names whose actor answers ``method`` with an actor-died error; their handles are forgotten."""
@@ -532,38 +459,5 @@ class WorkflowManager:
             except ray.exceptions.RayActorError:
                 dead.add(refs[ref])
         for name in dead:
-            self._handles.forget(name)
+            self.shared.handles.forget(name)
         return dead
-
-    def _queue_or_none(self, site: str) -> Any:
-        """None when the site's node is gone."""
-        return self._handles.get(queue_name(site))
-
-    def _queue(self, site: str) -> Any:
-        return self._handles.require(queue_name(site))
-
-    def _kill(self, job_ids: list[int], *, whole: bool = True) -> None:
-        """Drop queued jobs (all of the workflow's, or only these) and kill these payloads on every pilot."""
-        if not whole and not job_ids:
-            return
-        self._drop_queued(None if whole else job_ids)
-        if job_ids:
-            self._kill_payloads(job_ids, ray.get(self.brokerage.pilot_names.remote()))
-
-    def _drop_queued(self, job_ids: list[int] | None) -> None:
-        """Take the workflow's queued jobs (None: all of them) out of every site queue."""
-        if job_ids is not None and not job_ids:
-            return
-        for site in ray.get(self.brokerage.site_names.remote()):
-            q = self._queue(site)
-            if job_ids is None:
-                q.remove.remote(manager=self.core.manager)
-            else:
-                q.remove.remote(manager=self.core.manager, job_ids=job_ids)
-
-    def _kill_payloads(self, job_ids: list[int], pilots: list[str]) -> None:
-        """Ask these pilots to kill the payloads; a pilot that is gone took its payloads with it."""
-        for name in pilots:  # looked up afresh: a pilot restarted under a cached name must be reached
-            pilot = actor(name)
-            if pilot is not None:
-                pilot.kill.remote(job_ids, self.core.manager)

@@ -36,11 +36,13 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
     "concurrent": ("concurrent", ["--jobs", "200000"], ["--jobs", "20000"]),
     "subprocess": ("subprocess_payloads", ["--jobs", "3000"], ["--jobs", "300"]),
     "recovery": ("recovery", [], ["--jobs", "100"]),
+    "campaign": ("campaign", ["--workflows", "200", "--jobs", "1000"], ["--workflows", "20", "--jobs", "1000"]),
 }
 #: The figures shown per benchmark (numeric fields of its result rows); others: every numeric field.
 FIGURES = {
     "dag_throughput": ("nodes_per_s", "vs_ray", "vs_parsl", "seconds", "peak_rss_mib"),
     "submit": ("total_s", "peak_rss_mib"),
+    "campaign": ("jobs_per_s", "vs_single", "managers", "control_rss_mib"),
 }
 _CASE_KEYS = ("system", "backend", "path", "jobs", "page", "fault", "name", "kind")
 

@@ -45,11 +45,12 @@ def _victims(pr: Any, wf_id: int, fault: str) -> tuple[list[str], frozenset[str]
     import ray
 
     from faults import wait_for  # type: ignore[import-not-found]
+    from panray.actors.manager_pool import host_of
     from panray.actors.names import manager_name
 
     if fault == "manager":
         wait_for(lambda: len(pr.jobs(wf_id, status=["finished"])) >= 20, timeout=120, what="20 jobs finished")
-        return [manager_name(pr.settings.resolved_db_url, wf_id)], frozenset()
+        return [str(host_of(manager_name(pr.settings.resolved_db_url, wf_id)))], frozenset()
     if fault == "site-pilots":
         wait_for(lambda: (r := next(x for x in ray.get(pr.runtime.brokerage.sites.remote()) if x["site"] == "UKDF"))
                  ["queued"] > 0 and r["running"] > 0, timeout=120, what="UKDF busy with a queue")

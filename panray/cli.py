@@ -188,6 +188,7 @@ BENCHMARKS = {
     "subprocess": ["--jobs", "3000"],
     "prompt_latency": [],
     "recovery": [],
+    "campaign": ["--workflows", "200", "--jobs", "1000"],
 }
 
 

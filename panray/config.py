@@ -60,6 +60,8 @@ class Settings(BoundaryModel):
                                     description="a payload is killed above request_memory x this")
     flush_interval: float = _seconds(0.2, 60.0)
     release_batch: int = Field(default=500, ge=1, le=1_000_000)
+    manager_pool: int = Field(default=2, ge=0, le=4096, description="manager actors (processes on the head) "
+                              "per store that host its workflows' managers; 0 = one actor per workflow")
     max_system_retries: int = Field(default=3, ge=0, le=1000)
     embedded_cpus_per_site: int = Field(default=8, ge=1, le=1024)
     nodes_per_site: bool = Field(default=False, description="embedded cluster: one raylet per site (to lose a "

@@ -182,35 +182,31 @@ class Service:
                                   placement=self.settings.placement)
             self._connect(start=True)  # an unreachable cluster fails here, before anything is stored
             ids = [w.workflow_id for w in self.store.submit(new).workflows]
-            for wf_id in ids:
-                self._start_manager(wf_id, by=who.user)
+            self._start_managers(ids, by=who.user)
             return ids
 
     def _start_manager(self, workflow_id: int, retry: bool = False, *, by: str) -> Any:
-        from panray.actors.names import NAMESPACE, manager_name
-        from panray.actors.workflow_manager import WorkflowManager
-        from panray.runtime import _HANDLES, control_plane
+        return self._start_managers([workflow_id], retry, by=by)[workflow_id]
+
+    def _start_managers(self, workflow_ids: list[int], retry: bool = False, *, by: str) -> dict[int, Any]:
+        from panray.actors import manager_pool
 
         rt = self._connect(start=True)
         # On a cluster this service does not own (``panray serve``, PANRAY_RAY_ADDRESS) the run
         # must outlive the submitting process; on its own embedded cluster it dies with it anyway.
         lifetime = "detached" if rt.cluster is None else None
-        handle = WorkflowManager.options(
-            name=manager_name(self.settings.resolved_db_url, workflow_id), namespace=NAMESPACE, get_if_exists=True,
-            lifetime=lifetime, scheduling_strategy=control_plane(), max_restarts=-1,  # Ray restarts a dead one
-        ).remote(workflow_id, self.settings, retry, by=by)
-        self._managers[workflow_id] = handle
-        _HANDLES.append(handle)
-        return handle
+        handles = manager_pool.start(self.settings, workflow_ids, retry=retry, by=by, lifetime=lifetime)
+        self._managers.update(handles)
+        return handles
 
     def _manager(self, workflow_id: int) -> Any:
-        from panray.actors.names import actor, manager_name
+        from panray.actors import manager_pool
 
         if workflow_id in self._managers:
             return self._managers[workflow_id]
         if self.running() is None:
             return None
-        return actor(manager_name(self.settings.resolved_db_url, workflow_id))
+        return manager_pool.find(self.settings.resolved_db_url, workflow_id)
 
     # -- read ----------------------------------------------------------------------------------
 
@@ -503,7 +499,7 @@ class Service:
         with self._action(who, "resume", " ".join(f"workflow {w.workflow_id}" for w in rows) or "nothing"):
             for w in rows:
                 authorize(who, "resume", owner=w.owner, target=f"workflow {w.workflow_id}")
-                self._start_manager(w.workflow_id, by=who.user)
+            self._start_managers([w.workflow_id for w in rows], by=who.user)
             return [w.workflow_id for w in rows]
 
     def set_site_status(self, who: Identity, site: str, status: str) -> bool:

@@ -86,12 +86,13 @@ def test_every_pilot_of_a_site_killed_while_its_queue_holds_jobs(fpr: Panray, tm
 
 
 def test_a_killed_workflow_manager_is_restarted_and_collects_what_pilots_hold(fpr: Panray, tmp_path: Path) -> None:
+    from panray.actors.manager_pool import host_of
     from panray.actors.names import manager_name
 
     marks = tmp_path / "marks"
     [wf_id] = fpr.submit(marker_workflow("kill-manager", 200, marks, 0.4))
     wait_for(lambda: len(fpr.jobs(wf_id, status=["finished"])) >= 40, what="a fifth of the workflow to finish")
-    name = manager_name(fpr.settings.resolved_db_url, wf_id)
+    name = host_of(manager_name(fpr.settings.resolved_db_url, wf_id))
     pid = actor_pid(name)
     fault = kill9([name])
     assert fpr.wait([wf_id], timeout=120) == {wf_id: "Finished"}, "no resume, no restart of the server"
