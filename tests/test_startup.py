@@ -24,3 +24,11 @@ def test_embedded_default_is_one_raylet_carrying_every_site(cluster: Panray) -> 
 def test_nodes_per_site_is_a_setting() -> None:
     assert Settings.load(env={"PANRAY_NODES_PER_SITE": "1"}).nodes_per_site is True
     assert Settings.load(env={}).nodes_per_site is False
+
+
+def test_a_one_shot_cluster_starts_no_log_monitor_and_no_autoscaler(cluster: Panray) -> None:
+    """Without the dashboard nobody reads them; each is a Python process of ~80 MiB and ~1 s of CPU to start."""
+    assert cluster.settings.dashboard is not True, "the session's cluster runs without the dashboard"
+    running = set(cluster.runtime.cluster.head_node.all_processes)
+    assert {"gcs_server", "raylet"} <= running, running
+    assert not {"log_monitor", "monitor"} & running, running
