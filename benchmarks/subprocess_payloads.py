@@ -3,7 +3,8 @@
 What is measured (each system in its own interpreter, its process tree's peak RSS sampled)
     * **bare**: ``subprocess.run(["true"])`` N times in one process: the fork/exec cost alone.
     * **raw Ray**: one ``@ray.remote`` task per job running ``subprocess.run(["true"])`` on a plain
-      ``ray.init(num_cpus=2)``, all submitted at once, timed to ``ray.get`` of every ref.
+      ``ray.init(address="local", num_cpus=2)`` (a cluster of its own, never another session's), all
+      submitted at once, timed to ``ray.get`` of every ref.
     * **panray**: one workflow of N independent jobs with ``command=["true"]`` on the embedded
       cluster: each payload gets its work directory, stdout/stderr files, the memory monitor,
       log shipping to the local sink, the upload of its files to the local bucket, and every
@@ -54,8 +55,8 @@ def run_ray(n: int) -> dict[str, Any]:
     from panray.sites.topology import loopback_env
 
     loopback_env()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-             log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # never another's
+             logging_level="WARNING", log_to_driver=False)
 
     @ray.remote
     def true() -> int:

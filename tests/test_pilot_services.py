@@ -103,12 +103,15 @@ def test_a_payload_finishes_off_its_slot_with_its_files_and_record(tmp_path: Pat
     assert {e["message"] for e in sink.query(job_id="7") if e.get("source") != "pilot"} == {"out", "err"}
 
 
+_IDS = "import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"
+
+
 def test_a_payload_leads_its_own_process_group_in_the_pilots_session(tmp_path: Path) -> None:
     """killpg reaches the payload's whole tree; no session of its own (a setsid per payload costs the
     kernel a scheduler autogroup, ~12 ms of wall time a start on a loaded node)."""
     services = RunnerServices(work_dir=tmp_path / "work")
     d = Dispatch(job_id=8, attempt_nr=1, manager="m:1", workflow_id=1, task_id=2, label="isr", site="UKDF",
-                 payload=encode_command([sys.executable, "-c", "import os; print(os.getpid(), os.getpgid(0), os.getsid(0))"]),
+                 payload=encode_command([sys.executable, "-c", _IDS]),
                  request_memory=100, request_cpus=1, environment="{}")
     proc = PayloadProcess(d, "pilot:UKDF:0", services)
     try:
