@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import ray
 
 from panray import Panray, Settings
@@ -32,3 +35,11 @@ def test_a_one_shot_cluster_starts_no_log_monitor_and_no_autoscaler(cluster: Pan
     running = set(cluster.runtime.cluster.head_node.all_processes)
     assert {"gcs_server", "raylet"} <= running, running
     assert not {"log_monitor", "monitor"} & running, running
+
+
+def test_a_site_queue_process_imports_no_pydantic() -> None:
+    """Every actor process pays its imports at start; the queue needs only names and dispatches."""
+    code = ("import sys, ray, panray.actors.site_queue; "
+            "print(sorted(set(sys.modules) & {'pydantic', 'fastapi', 'google.cloud'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.splitlines()[-1] == "[]", out.stdout
