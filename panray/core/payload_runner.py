@@ -77,13 +77,6 @@ class PayloadUser:
             raise ValueError(f"payload_user {name!r}: only a server running as root can run payloads as another user")
         return cls(name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
 
-    def make_dir(self, path: Path) -> None:
-        """Create an attempt's work directory; its workflow folder is made once per pilot."""
-        if path.parent not in self._made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._made.add(path.parent)
-        path.mkdir(exist_ok=True)
-
     def environment(self) -> dict[str, str]:
         return {"HOME": self.home, "USER": self.name, "LOGNAME": self.name}
 
