@@ -34,6 +34,7 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     print_header,
     run_isolated,
+    start_raw_ray,
     versions,
     write_json,
 )
@@ -88,14 +89,8 @@ def run_panray(idle: float) -> dict[str, Any]:
 
 
 def run_ray(idle: float) -> dict[str, Any]:
-    import panray  # noqa: F401  (loopback environment)
-    import ray
-    from panray.sites.topology import loopback_env
-
-    loopback_env()
     t0 = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # never another's
-             logging_level="WARNING", log_to_driver=False)
+    ray = start_raw_ray()
     ray.get(ray.remote(lambda: 1).remote())
     ready = time.perf_counter() - t0
     time.sleep(idle)

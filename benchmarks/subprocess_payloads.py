@@ -41,6 +41,7 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     print_header,
     run_isolated,
+    start_raw_ray,
     versions,
     write_json,
 )
@@ -90,13 +91,7 @@ def run_runner(n: int) -> dict[str, Any]:
 
 
 def run_ray(n: int) -> dict[str, Any]:
-    import panray  # noqa: F401  (loopback environment)
-    import ray
-    from panray.sites.topology import loopback_env
-
-    loopback_env()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",  # never another's
-             logging_level="WARNING", log_to_driver=False)
+    ray = start_raw_ray()
 
     @ray.remote
     def true() -> int:
