@@ -202,6 +202,21 @@ def tree_rss_mib(root_pid: int) -> float:
     return total
 
 
+# -- raw Ray ----------------------------------------------------------------------------------
+
+
+def start_raw_ray(num_cpus: int = 2) -> Any:
+    """A plain Ray cluster of this process' own on 127.0.0.1 (never another session's): the peer."""
+    import panray  # noqa: F401  (loopback environment)
+    import ray
+    from panray.sites.topology import loopback_env
+
+    loopback_env()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="WARNING", log_to_driver=False)
+    return ray
+
+
 # -- one measurement per interpreter -----------------------------------------------------------
 
 RESULT_TAG = "RESULT "

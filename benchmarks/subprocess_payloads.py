@@ -3,11 +3,16 @@
 What is measured (each system in its own interpreter, its process tree's peak RSS sampled)
     * **bare**: ``subprocess.run(["true"])`` N times in one process: the fork/exec cost alone.
     * **raw Ray**: one ``@ray.remote`` task per job running ``subprocess.run(["true"])`` on a plain
-      ``ray.init(num_cpus=2)``, all submitted at once, timed to ``ray.get`` of every ref.
+      ``ray.init(address="local", num_cpus=2)`` (a cluster of its own, never another session's), all
+      submitted at once, timed to ``ray.get`` of every ref.
     * **panray**: one workflow of N independent jobs with ``command=["true"]`` on the embedded
       cluster: each payload gets its work directory, stdout/stderr files, the memory monitor,
       log shipping to the local sink, the upload of its files to the local bucket, and every
       state change persisted. Timed from submit to the end of ``wait``.
+
+    * **pilot runner (no Ray)**: the pilot's part alone, one slot: each payload through
+      ``PayloadProcess`` from start to finish (work directory, files, memory monitor, log shipping,
+      uploads), CPU per job of the process and its payloads beside the bare loop's.
 
 Targets (issue 18): panray >= 0.80 x the bare loop, ahead of raw Ray, peak RSS no higher than raw Ray's.
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -35,27 +41,57 @@ from benchmarks.common import (  # noqa: E402
     machine_info,
     print_header,
     run_isolated,
+    start_raw_ray,
     versions,
     write_json,
 )
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process and of its waited-for children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_bare(n: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), _cpu_s()
     for _ in range(n):
         subprocess.run(["true"], check=True)
     s = time.perf_counter() - t0
-    return {"system": "bare fork/exec", "jobs": n, "seconds": s, "ok": True}
+    return {"system": "bare fork/exec", "jobs": n, "seconds": s, "cpu_ms_per_job": (_cpu_s() - c0) * 1e3 / n,
+            "ok": True}
+
+
+def run_runner(n: int) -> dict[str, Any]:
+    """The pilot's own part, without Ray: one slot running each payload to its end (start, wait,
+    last lines shipped, prmon files, uploads), as the pilot's slot and finisher threads do."""
+    from panray.config import Settings
+    from panray.core.messages import Dispatch
+    from panray.core.payload_runner import PayloadProcess, RunnerServices
+    from panray.logging_bridge import make_object_store, make_sink
+    from panray.payload import encode_command
+
+    settings = Settings(home=Path(tempfile.mkdtemp(prefix="panray-runner-")))
+    services = RunnerServices(work_dir=settings.work_dir, sink=make_sink(settings),
+                              object_store=make_object_store(settings))
+    payload = encode_command(["true"])
+
+    def one(job_id: int) -> int | None:
+        d = Dispatch(job_id, 1, 1, 1, "true", payload, "{}", 2000, 1, "USDF", "workflow-manager:bench:1")
+        proc = PayloadProcess(d, "pilot:USDF:0", services)
+        return proc.finish(proc.execute()).exit_code
+
+    warm = [one(n + k) for k in range(20)]  # imports and first files out of the figure
+    t0, c0 = time.perf_counter(), _cpu_s()
+    codes = [one(k) for k in range(n)]
+    s, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    services.close()
+    return {"system": "pilot runner (no Ray)", "jobs": n, "seconds": s, "cpu_ms_per_job": cpu * 1e3 / n,
+            "ok": codes + warm == [0] * (n + 20)}
 
 
 def run_ray(n: int) -> dict[str, Any]:
-    import panray  # noqa: F401  (loopback environment)
-    import ray
-    from panray.sites.topology import loopback_env
-
-    loopback_env()
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level="WARNING",
-             log_to_driver=False)
+    ray = start_raw_ray()
 
     @ray.remote
     def true() -> int:
@@ -96,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         spec = json.loads(args.child)
         run = {"bare": lambda: run_bare(spec["jobs"]), "ray": lambda: run_ray(spec["jobs"]),
+               "runner": lambda: run_runner(spec["jobs"]),
                "panray": lambda: run_panray(spec["jobs"], spec.get("db_url"))}[spec["system"]]
         print(RESULT_TAG + json.dumps(run()), flush=True)
         return 0
     info, vers = machine_info(), versions()
     print_header("subprocess: `true` payloads", info, vers)
     rows = []
-    for system in ("bare", "panray", "ray"):
+    for system in ("bare", "runner", "panray", "ray"):
         print(f"-- running {system} ...", file=sys.stderr, flush=True)
         r = run_isolated("benchmarks.subprocess_payloads", {"system": system, "jobs": args.jobs, "db_url": args.db},
                          timeout=300 + args.jobs / 10)
@@ -114,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         for base, name in (("bare fork/exec", "vs_bare"), ("raw Ray", "vs_ray")):
             r[name] = r["jobs_per_s"] / rate[base] if r.get("jobs_per_s") and rate.get(base) else None
-    print(format_table(rows, ["system", "jobs", "seconds", "jobs_per_s", "vs_bare", "vs_ray", "peak_rss_mib",
-                              "setup_s", "ok"]))
+    print(format_table(rows, ["system", "jobs", "seconds", "jobs_per_s", "vs_bare", "vs_ray", "cpu_ms_per_job",
+                              "peak_rss_mib", "setup_s", "ok"]))
     print("targets: panray >= 0.80 x bare, > 1.00 x raw Ray, peak RSS <= raw Ray's")
     path = write_json("subprocess", {"machine": info, "versions": vers, "results": rows})
     print(f"results: {path}")

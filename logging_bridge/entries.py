@@ -99,8 +99,11 @@ def make_entry(line: str, ids: Mapping[str, Any], stream: str) -> dict[str, Any]
             parsed = None
         if isinstance(parsed, dict):
             record = parsed
-    if record is None:
-        record = {"message": text}
+    return entry_of(record if record is not None else {"message": text}, ids, stream)
+
+
+def entry_of(record: Mapping[str, Any], ids: Mapping[str, Any], stream: str) -> dict[str, Any]:
+    """:func:`make_entry` of a record already parsed (the pilot's own events: no JSON round trip)."""
     plain_ids = {k: str(v) if k in STRING_IDS or not isinstance(v, _JSON_SCALARS) else v for k, v in ids.items()}
     entry = {**record, **plain_ids, "stream": stream, "severity": severity_of(record)}
     entry.setdefault(SOURCE_FIELD, "payload")

@@ -16,6 +16,7 @@ Examples:
 
 from __future__ import annotations
 
+import os
 import shutil
 from abc import ABC, abstractmethod
 from pathlib import Path, PurePosixPath
@@ -47,6 +48,13 @@ class ObjectStore(ABC):
     def put(self, local_path: Path, key: str) -> str:
         """Copy ``local_path`` to ``key``; returns the object's URL."""
 
+    def put_files(self, paths: list[Path], prefix: str) -> str | None:
+        """Store each of ``paths`` under ``prefix`` + its name; the URL of that folder (None: no paths)."""
+        url = None
+        for path in paths:
+            url = self.put(path, prefix + path.name)
+        return url.rsplit("/", 1)[0] + "/" if url else None
+
     @abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Keys starting with ``prefix``, sorted."""
@@ -68,6 +76,21 @@ class LocalObjectStore(ObjectStore):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local_path, target)
         return target.as_uri()
+
+    def put_files(self, paths: list[Path], prefix: str) -> str | None:
+        """One folder for all of an attempt's files, each hard-linked where the store shares the
+        work directory's file system (no copy: a payload's end is on the pilot's hot path), else copied."""
+        if not paths:
+            return None
+        folder = (self.root / _checked_key(prefix + paths[0].name)).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            target = self.root / _checked_key(prefix + path.name)
+            try:
+                os.link(path, target)
+            except OSError:  # another file system, or the key is taken (copied over, as put does)
+                shutil.copyfile(path, target)
+        return folder.as_uri() + "/"
 
     def list(self, prefix: str) -> list[str]:
         return sorted(key for path in self.root.rglob("*") if path.is_file()

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from panray.logging_bridge.entries import SOURCE_FIELD, make_entry
+from panray.logging_bridge.entries import SOURCE_FIELD, entry_of
 
 if TYPE_CHECKING:
     from panray.logging_bridge.sinks import LogSink
@@ -46,8 +46,7 @@ class PilotLog:
 
     def event(self, event: str, message: str, *, level: str = "INFO", **fields: Any) -> None:
         """One event: a short name (``started``), a sentence for people, and its figures."""
-        entry = make_entry(json.dumps({"event": event, "message": message, "levelName": level, **fields}),
-                           self._ids, "pilot")
+        entry = entry_of({"event": event, "message": message, "levelName": level, **fields}, self._ids, "pilot")
         if self._buffered:
             with self._lock:
                 self._pending.append(entry)

@@ -107,6 +107,7 @@ class LocalSink(LogSink):
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._delivered = 0
+        self._made: set[Path] = set()  #: folders known to exist: no mkdir per write
 
     def _path(self, values: dict[str, Any]) -> Path:
         def part(field: str) -> str:
@@ -122,7 +123,9 @@ class LocalSink(LogSink):
             by_file.setdefault(self._path(entry), []).append(json.dumps(entry) + "\n")
         with self._lock:
             for path, lines in by_file.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if path.parent not in self._made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._made.add(path.parent)
                 with path.open("a", encoding="utf-8") as out:
                     out.write("".join(lines))
             self._delivered += len(entries)

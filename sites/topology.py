@@ -57,6 +57,8 @@ def start_local_cluster(sites: Sequence[str], cpus_per_site: int = 8, dashboard:
             "node_ip_address": "127.0.0.1",
             "object_store_memory": 200 * 1024 * 1024,
         }
+        if not dashboard:  # what only the dashboard's views read: its log streams, the autoscaler's status
+            args.update(include_log_monitor=False, no_monitor=True)
         if head:  # Ray's default port moves on to the next free one when taken; others are strict
             port = None if dashboard_port == DEFAULT_DASHBOARD_PORT else dashboard_port
             args.update(include_dashboard=dashboard, dashboard_host="127.0.0.1", dashboard_port=port,

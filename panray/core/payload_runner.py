@@ -38,6 +38,8 @@ from panray.retry import CANCELLED, MEMORY, PAYLOAD
 
 OOM_EXIT = 137
 PILOT_LOG = "pilot.log"  #: the pilot's record of the attempt, uploaded with the payload's files
+UPLOADED = ("payload.stdout", "payload.stderr", "prmon.txt", "prmon.json", PILOT_LOG)
+"""The attempt's files stored at its end, those of them that exist."""
 
 
 #: ``setpriv --pdeathsig KILL`` makes a payload die with its pilot (as on a lost node) while
@@ -115,6 +117,7 @@ class RunnerServices:
     _tailer: Any = None
     _sampler: Any = None
     _env: dict[str, str] | None = None
+    _made: set[Path] = field(default_factory=set)  #: workflow folders of work_dir known to exist
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tailer(self) -> Any:
@@ -137,6 +140,13 @@ class RunnerServices:
 
                 self._sampler = MemorySampler(interval=self.memory_interval)
             return self._sampler
+
+    def make_dir(self, path: Path) -> None:
+        """Create an attempt's work directory; its workflow folder is made once per pilot."""
+        if path.parent not in self._made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(path.parent)
+        path.mkdir(exist_ok=True)
 
     def environment(self) -> dict[str, str]:
         """A copy of the pilot's environment without private variables (computed once)."""
@@ -170,6 +180,7 @@ class PayloadProcess:
         self._tailer: Any = None
         self._monitor: Any = None
         self._start = self._end = 0.0
+        self._cluster = False  #: a cluster job: its quanta's results are read at the end
 
     def ids(self) -> dict[str, Any]:
         """PanDA's ids for log entries: job, task and request ids and the pilot's id as strings."""
@@ -213,7 +224,7 @@ class PayloadProcess:
         """Start the payload and wait for it: its exit code, or the result of a start that failed."""
         argv = decode_command(self.d.payload)
         assert argv is not None, "no-op jobs are completed by the pilot, not run"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.services.make_dir(self.dir)
         user = self.services.user
         if user is not None:
             os.chown(self.dir, user.uid, user.gid)
@@ -224,7 +235,8 @@ class PayloadProcess:
                     f"workflow {self.d.workflow_id}); work dir {self.dir}", workDir=str(self.dir))
         self._event("command", f"command decoded: {argv[0]} with {len(argv) - 1} arguments",
                     executable=argv[0], nArguments=len(argv) - 1)
-        if argv[0] == CLUSTER_ARGV0:  # run by this interpreter, spec in a file (no argv limit)
+        self._cluster = argv[0] == CLUSTER_ARGV0
+        if self._cluster:  # run by this interpreter, spec in a file (no argv limit)
             (self.dir / SPEC_FILE).write_text(argv[1])
             argv = [sys.executable, "-I", cluster_runner.__file__, SPEC_FILE]
         out_path, err_path = self.dir / "payload.stdout", self.dir / "payload.stderr"
@@ -241,9 +253,9 @@ class PayloadProcess:
                         self._event("not_started", f"killed before start: {self._kill_reason}", level="WARNING")
                         return PayloadResult(self._start, time.time(), 130, self._kill_reason, "killed before start")
                     launch, preexec = _dying_with_pilot(argv, user)
-                    self._proc = subprocess.Popen(
+                    self._proc = subprocess.Popen(  # its own group (killpg), not its own session:
                         launch, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=self.dir, env=env,
-                        start_new_session=True, preexec_fn=preexec,
+                        process_group=0, preexec_fn=preexec,  # setsid costs a scheduler autogroup per payload
                     )
             except (OSError, ValueError) as exc:  # ValueError: a NUL or '=' the OS refuses in argv or env
                 self._event("start_failed", f"cannot start {argv[0][:200]!r}: {exc}", level="ERROR")
@@ -263,16 +275,16 @@ class PayloadProcess:
                 self.log.flush()
             return ended
         summary = self._monitor.stop() if self._monitor else None
-        self._finish_watchers()
         max_pss = int(summary["Max"]["pss"]) if summary and "pss" in summary["Max"] else None
         code, start, end = ended, self._start, self._end
         result = self._classify(code, start, end, max_pss)
         self._event("exited", f"payload exited with code {code} after {end - start:.1f} s: "
                     f"{result.diag or 'finished'}", level="INFO" if result.exit_code == 0 else "ERROR",
                     exitCode=result.exit_code, errorClass=result.error_class, maxPSS_kB=max_pss)
-        files = [self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / "prmon.txt",
-                 self.dir / "prmon.json", self.dir / PILOT_LOG]
+        self._finish_watchers()  # the last lines and the record so far, in one sink write
         self.log.flush()  # pilot.log is complete up to the upload
+        present = set(os.listdir(self.dir))
+        files = [self.dir / name for name in UPLOADED if name in present]
         try:
             result.log_url = self._upload(files)
         except Exception as exc:
@@ -280,10 +292,10 @@ class PayloadProcess:
             self.log.flush()
             raise
         if result.log_url:
-            self._event("uploaded", f"uploaded {sum(p.exists() for p in files)} files to {result.log_url}",
-                        url=result.log_url)
+            self._event("uploaded", f"uploaded {len(files)} files to {result.log_url}", url=result.log_url)
         self.log.flush()
-        result.quanta = read_results(self.dir)
+        if self._cluster:
+            result.quanta = read_results(self.dir)
         return result
 
     def _classify(self, code: int, start: float, end: float, max_pss: int | None) -> PayloadResult:
@@ -331,8 +343,4 @@ class PayloadProcess:
         from panray.logging_bridge import attempt_prefix
 
         prefix = attempt_prefix(self.d.workflow_id, self.d.task_id, self.d.job_id, self.d.attempt_nr)
-        url = None
-        for p in paths:
-            if p.exists():
-                url = store.put(p, prefix + p.name)
-        return url.rsplit("/", 1)[0] + "/" if url else None
+        return store.put_files(paths, prefix)
