@@ -256,11 +256,15 @@ def panray_env(cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return cluster
 
 
-def test_bps_default_final_job_is_clamped_to_the_home_site() -> None:
-    """bps asks 16 cores / 32768 MB for its final job by default: more cores than any shipped site has."""
-    from panray.sites import load_catalog
-    from panray.submission import build_campaign
+def test_bps_default_final_job_is_clamped_to_the_machine(caplog: pytest.LogCaptureFixture) -> None:
+    """bps asks 16 cores / 32768 MB for its final job by default: the shipped catalog's home site
+    (``max_cores: auto``, ``memory_max_mb: auto``) clamps it to this machine, a production catalog to its numbers."""
     from panray.models import Campaign
+    from panray.sites import load_catalog
+    from panray.sites.catalog import auto_memory_per_core
+    from panray.submission import build_campaign
+
+    from helpers import production_catalog
 
     gwf = GenericWorkflow("big-final")
     sh = GenericWorkflowExec("sh", "/bin/sh", False)
@@ -268,9 +272,15 @@ def test_bps_default_final_job_is_clamped_to_the_home_site() -> None:
     gwf.add_final(GenericWorkflowJob("finalJob", label="finalJob", executable=sh, arguments="-c true",
                                      request_cpus=16, request_memory=32768))
     catalog = load_catalog()
+    cores = min(16, os.cpu_count() or 1)
     wf = convert(gwf, sites=SITES, catalog=catalog)
-    assert wf.final_job is not None and (wf.final_job.request_cpus, wf.final_job.request_memory) == (8, 32768)
+    assert wf.final_job is not None
+    assert (wf.final_job.request_cpus, wf.final_job.request_memory) == (cores, min(32768, auto_memory_per_core() * cores))
+    if cores < 16:
+        assert "job 'finalJob' asks 32768 MB on 16 cores" in caplog.text and f"on {cores} cores" in caplog.text
     build_campaign(Campaign(name="c", workflows=[wf]), catalog)  # placeable with the default placement: refuse
+    production = convert(gwf, sites=SITES, catalog=production_catalog()).final_job
+    assert production is not None and (production.request_cpus, production.request_memory) == (8, 32768)
 
 
 def _shell_workflow(fail: str, once: Path) -> GenericWorkflow:
