@@ -525,7 +525,7 @@ class PanrayService(BaseWmsService):
             print(f"panray run {ref.run_id}: no panray server, running on an embedded cluster until it ends "
                   "(`panray serve` first makes bps submit return at once)", file=sys.stderr, flush=True)
             try:
-                pr.wait([wf_id], progress=sys.stderr.isatty())
+                pr.wait([wf_id], progress=True)  # a redrawn line on a terminal, else one every few seconds
             except KeyboardInterrupt:
                 print(f"\ninterrupted: run {ref.run_id} stopped with its embedded cluster; "
                       f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it",
@@ -610,18 +610,19 @@ class PanrayService(BaseWmsService):
             return WmsStates.UNKNOWN, str(exc)
 
     def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
-        """Kills running payloads through the workflow's manager; needs its cluster to be up."""
+        """Kills running payloads through the workflow's manager; a run nobody drives is cancelled in
+        the store alone, without looking for a cluster (which costs seconds of imports)."""
         try:
             ref = RunRef.parse(wms_id)
             with self._open_existing(ref) as pr:
                 if pr.is_final(ref.workflow_id):
                     return False, f"run {ref.run_id} has already ended"
-                if pr.cancel(ref.workflow_id):
-                    return True, ""
                 if ref.url is None and not driven(ref.settings):
                     n = cancel_orphan(pr.store, ref.workflow_id)
                     return True, (f"run {ref.run_id} had no panray driving it (its embedded submit ended); "
                                   f"{n} jobs marked cancelled")
+                if pr.cancel(ref.workflow_id):
+                    return True, ""
                 where = ref.settings.ray_address or f"the panray server of {ref.settings.home}"
                 return False, (f"run {ref.run_id} marked cancelled, but its manager did not answer on {where}; "
                                "it is cancelled when the manager runs again")
