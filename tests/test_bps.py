@@ -242,12 +242,26 @@ def test_read_only_commands_create_no_store(tmp_path: Path, monkeypatch: pytest.
 # -- on a real cluster --------------------------------------------------------------------------
 
 
+#: Two sites of one pilot each: the plugin needs no more, and an embedded cluster starts each
+#: pilot and queue as a process of its own (the shipped catalog: three sites, six pilots).
+SMALL_SITES = """\
+sites:
+  USDF: {drp_share: 0.5, memory_min_mb: 0, memory_max_mb: auto, max_cores: auto, pilots: 1, slots: 2,
+         storage_endpoint: "file:///unused"}
+  UKDF: {drp_share: 0.5, memory_min_mb: 0, memory_max_mb: 4000, max_cores: auto, pilots: 1, slots: 2,
+         storage_endpoint: "file:///unused"}
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded panray cluster for the module (its start is most of a round trip's time)."""
     home = tmp_path_factory.mktemp("panray")
+    sites = home.parent / f"{home.name}-sites.yaml"
+    sites.write_text(SMALL_SITES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PANRAY_HOME", str(home))
+        mp.setenv("PANRAY_SITES_FILE", str(sites))
         for var in ("PANRAY_DB", "PANRAY_RAY_ADDRESS", "PANRAY_CONFIG"):
             mp.delenv(var, raising=False)
         with Panray() as pr:
@@ -381,6 +395,34 @@ def test_submit_returns_at_once_and_cancel_kills(panray_env: str, tmp_path: Path
     assert PanrayService({}).list_submitted_jobs() == []
 
 
+@pytest.mark.slow
+def test_a_job_no_site_takes_now_waits_with_the_reason_then_runs(panray_env: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job pinned to an offline site could run later: bps report and bps status say why it waits,
+    and it runs once the site is back online."""
+    monkeypatch.setenv("PANRAY_RAY_ADDRESS", panray_env)
+    gwf = GenericWorkflow("waits")
+    gwf.add_job(GenericWorkflowJob("pinned", label="a", request_memory=100, compute_site="UKDF",
+                                   executable=GenericWorkflowExec("true", "/bin/true", False)))
+    with Panray() as pr:
+        pr.set_site_status("UKDF", "offline")
+    try:
+        svc = PanrayService({})
+        wms = svc.prepare({}, gwf, out_prefix=str(tmp_path / "submit"))
+        svc.submit(wms)
+        [run], message = wait_for(lambda: (r := PanrayService({}).report(wms.run_id))[1] and r, timeout=30,
+                                  what="a reason in bps report")
+        assert message == (f"run {wms.run_id}: job pinned waits for a site that can take it (USDF: job is pinned "
+                           "to UKDF; UKDF: status offline); ready jobs: 1")
+        assert run.state == WmsStates.RUNNING and run.job_state_counts[WmsStates.READY] == 1
+        assert PanrayService({}).get_status(wms.run_id) == (WmsStates.RUNNING, message)
+    finally:
+        with Panray() as pr:
+            pr.set_site_status("UKDF", "online")
+    wait_for(lambda: PanrayService({}).get_status(wms.run_id) == (WmsStates.SUCCEEDED, ""), timeout=30,
+             what="the job to run at UKDF once it is online")
+
+
 BPS_YAML = """\
 wmsServiceClass: panray.bps.PanrayService
 project: test
@@ -450,12 +492,14 @@ def test_interrupted_embedded_submit_is_held_then_cancelled(tmp_path: Path, monk
     """Ctrl-C on an embedded submit: the run id and a progress line come at once, the payload dies with
     the cluster, bps status says HELD (not RUNNING) and bps cancel ends the run in the store although
     no manager or cluster is left, saying so."""
-    home = tmp_path / "home"
+    home, sites = tmp_path / "home", tmp_path / "sites.yaml"
+    sites.write_text(SMALL_SITES)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
-    env["PANRAY_HOME"] = str(home)
+    env.update(PANRAY_HOME=str(home), PANRAY_SITES_FILE=str(sites))
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SUBMIT, str(tmp_path / "submit")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monkeypatch.setenv("PANRAY_HOME", str(home))
+    monkeypatch.setenv("PANRAY_SITES_FILE", str(sites))
     monkeypatch.delenv("PANRAY_RAY_ADDRESS", raising=False)
     run_id, err = f"1@{home}", []
     reader = _lines_into(proc.stderr, err)

@@ -41,6 +41,9 @@ from panray_server import running_server
 BPS = str(Path(sys.executable).parent / "bps")
 OUTPUT = "u/tester/mock"
 DETECTORS = (1, 2)
+#: Seconds a run may take: the runs here took 45-130 s on a 2-core machine at load 30-57, where
+#: one ``pipetask`` start took up to 50 s.
+RUN_DEADLINE = 300
 #: a -> dataset_auto1 -> b -> dataset_auto2, per detector
 OUTPUT_TYPES = ("dataset_auto1", "dataset_auto2")
 
@@ -118,7 +121,7 @@ def _submit_and_wait(tmp_path: Path, env: dict[str, str], fail_detector: int | N
     pr = Panray(Settings(home=Path(env["PANRAY_HOME"])))
     wf_id = RunRef.parse(run_id).workflow_id
     assert not pr.is_final(wf_id), "bps submit should return before the run ends"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + RUN_DEADLINE
     while not pr.is_final(wf_id):
         assert time.monotonic() < deadline, f"run {run_id} still {pr.status(wf_id)[0].status}"
         time.sleep(0.5)
