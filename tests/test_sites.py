@@ -11,7 +11,7 @@ import yaml
 
 from panray.exceptions import SiteConfigError, UnknownSiteError
 from panray.sites import SiteStatus, load_catalog
-from panray.sites.catalog import auto_slots
+from panray.sites.catalog import auto_memory_per_core, auto_slots
 
 GOOD = {
     "sites": {
@@ -59,6 +59,18 @@ def test_auto_limits_follow_the_machine_and_numbers_stay(tmp_path):
     assert (ukdf.max_cores, ukdf.memory_max_mb, ukdf.slots) == (cores, memory_mb // cores, auto_slots(0.25, 2))
     assert (cat.get("USDF").max_cores, cat.get("USDF").memory_max_mb) == (8, 8000)
     assert load_catalog(_write(tmp_path, _with("UKDF", max_cores="6"))).get("UKDF").max_cores == 6
+
+
+def test_auto_slots_follow_cores_and_memory():
+    """Issue 17: fixed counts gave 40 slots on a 2-core machine; auto gives 2 per pilot there (12 in
+    all for the shipped three sites of two pilots), more on a big node, and memory bounds them."""
+    shares = {"USDF": 0.35, "FrDF": 0.40, "UKDF": 0.25}
+    laptop = {n: auto_slots(s, pilots=2, cores=2, memory_mb=24000) for n, s in shares.items()}
+    assert laptop == {"USDF": 2, "FrDF": 2, "UKDF": 2} and 2 * sum(laptop.values()) == 12
+    node = {n: auto_slots(s, pilots=2, cores=32, memory_mb=256000) for n, s in shares.items()}
+    assert node == {"USDF": 11, "FrDF": 13, "UKDF": 8}  # 64 in all: 2 per core
+    assert auto_slots(0.40, pilots=2, cores=32, memory_mb=16000) == 2, "one per 2 GB: 7 in all"
+    assert auto_memory_per_core(cores=2, memory_mb=24000) == 12000
 
 
 def test_file_catalog_keeps_given_values(tmp_path):
