@@ -41,7 +41,7 @@ from panray_server import running_server
 BPS = str(Path(sys.executable).parent / "bps")
 OUTPUT = "u/tester/mock"
 DETECTORS = (1, 2)
-#: Seconds a run may take: the runs here took 45-130 s on a 2-core machine at load 30-57, where
+#: Seconds a run may take: the runs here took 35-110 s on a 2-core machine at load 30-57, where
 #: one ``pipetask`` start took up to 50 s.
 RUN_DEADLINE = 300
 #: a -> dataset_auto1 -> b -> dataset_auto2, per detector
