@@ -196,7 +196,7 @@ class Pilot:
         """Kill the payloads and close the log sink; True when every log line was delivered."""
         self._stop.set()
         for p in list(self._running.values()):
-            p.kill(CANCELLED)
+            p.kill(SYSTEM)  # a shutdown, not a cancel: the attempt is retried when the run resumes
         if self._log is not None:
             self._log.event("stop", f"pilot {self.pilot_id} stopping; {len(self._running)} payloads killed")
         deadline = time.monotonic() + STOP_GRACE

@@ -525,7 +525,7 @@ class PanrayService(BaseWmsService):
             print(f"panray run {ref.run_id}: no panray server, running on an embedded cluster until it ends "
                   "(`panray serve` first makes bps submit return at once)", file=sys.stderr, flush=True)
             try:
-                pr.wait([wf_id], progress=sys.stderr.isatty())
+                pr.wait([wf_id], progress=True)  # a redrawn line on a terminal, else one every few seconds
             except KeyboardInterrupt:
                 print(f"\ninterrupted: run {ref.run_id} stopped with its embedded cluster; "
                       f"`bps restart --id {ref.run_id}` runs it again, `bps cancel --id {ref.run_id}` cancels it",
@@ -586,8 +586,12 @@ class PanrayService(BaseWmsService):
                     rows = [w for w in pr.workflows() if w.workflow_id == ref.workflow_id]
                     if not rows:
                         return [], f"no panray run {ref.run_id}"
-                    message = _orphan_message(ref) if _orphan(pr, ref) else ""
-                    return [_run_report(pr, rows[0], ref, detailed=True, orphan=bool(message))], message
+                    orphan = _orphan(pr, ref)
+                    if orphan:
+                        message = _orphan_message(ref)
+                    else:
+                        message = "" if pr.is_final(ref.workflow_id) else _waiting_message(pr, ref)
+                    return [_run_report(pr, rows[0], ref, detailed=True, orphan=orphan)], message
             except (PanrayError, NotFoundError) as exc:
                 return [], str(exc)
         settings, url = Settings.load(), os.environ.get("PANRAY_URL") or None
@@ -605,23 +609,25 @@ class PanrayService(BaseWmsService):
             with self._open_existing(ref) as pr:
                 if _orphan(pr, ref):
                     return WmsStates.HELD, _orphan_message(ref)
-                return run_state(pr.status(ref.workflow_id)[0].status), ""
+                state = run_state(pr.status(ref.workflow_id)[0].status)
+                return state, _waiting_message(pr, ref) if state in (WmsStates.RUNNING, WmsStates.PENDING) else ""
         except (PanrayError, NotFoundError) as exc:
             return WmsStates.UNKNOWN, str(exc)
 
     def cancel(self, wms_id: str, pass_thru: str | None = None) -> tuple[bool, str]:
-        """Kills running payloads through the workflow's manager; needs its cluster to be up."""
+        """Kills running payloads through the workflow's manager; a run nobody drives is cancelled in
+        the store alone, without looking for a cluster (which costs seconds of imports)."""
         try:
             ref = RunRef.parse(wms_id)
             with self._open_existing(ref) as pr:
                 if pr.is_final(ref.workflow_id):
                     return False, f"run {ref.run_id} has already ended"
-                if pr.cancel(ref.workflow_id):
-                    return True, ""
                 if ref.url is None and not driven(ref.settings):
                     n = cancel_orphan(pr.store, ref.workflow_id)
                     return True, (f"run {ref.run_id} had no panray driving it (its embedded submit ended); "
                                   f"{n} jobs marked cancelled")
+                if pr.cancel(ref.workflow_id):
+                    return True, ""
                 where = ref.settings.ray_address or f"the panray server of {ref.settings.home}"
                 return False, (f"run {ref.run_id} marked cancelled, but its manager did not answer on {where}; "
                                "it is cancelled when the manager runs again")
@@ -656,6 +662,24 @@ class PanrayService(BaseWmsService):
         else:
             where = "embedded (no panray server in this home: submit waits for each run)"
         return 0, f"panray store {store}, {where}"
+
+
+#: ``bps report`` and ``bps status`` look at this many ready jobs at most for one that waits for a site.
+WAITING_LOOKED_AT = 20
+
+
+def _waiting_message(pr: Panray, ref: RunRef) -> str:
+    """Why a ready job waits: brokerage's last decision for it found no site that takes it now
+    (offline, no live pilots, ...), as ``panray explain`` shows; empty when none waits so."""
+    ready = pr.jobs(ref.workflow_id, status=[JobStatus.DEFINED.value])
+    for j in ready[:WAITING_LOOKED_AT]:
+        decisions = pr.explain(j.job_id)
+        last = decisions[-1] if decisions else None
+        if last is not None and last.site is None and last.filtered:
+            why = "; ".join(f"{site}: {reason}" for site, reason in last.filtered.items())
+            return (f"run {ref.run_id}: job {j.name} waits for a site that can take it ({why}); "
+                    f"ready jobs: {len(ready)}")
+    return ""
 
 
 def _orphan(pr: Panray, ref: RunRef) -> bool:

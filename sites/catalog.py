@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from panray.exceptions import SiteConfigError, UnknownSiteError
 
 SHARE_TOLERANCE = 0.01
+#: The value of ``slots``, ``max_cores`` and ``memory_max_mb`` that follows the machine panray runs on.
+AUTO = "auto"
 #: ``slots: auto`` gives every site pilots with, in all, this many payloads per core of the machine
 #: (payloads wait on I/O too), split by DRP share, and no more than one per ``AUTO_MB_PER_SLOT``
 #: of its memory; at least ``AUTO_MIN_SLOTS`` per pilot, so that a few long payloads never hold a
@@ -43,6 +45,28 @@ AUTO_MB_PER_SLOT = 2048
 AUTO_MIN_SLOTS = 2
 
 
+def machine_cores() -> int:
+    """The cores of this machine: what ``max_cores: auto`` means."""
+    return os.cpu_count() or 1
+
+
+def machine_memory_mb() -> int:
+    """The physical memory of this machine, MB."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+def auto_memory_per_core(cores: int | None = None, memory_mb: int | None = None) -> int:
+    """What ``memory_max_mb: auto`` means: the machine's memory per core, so that a job of
+    ``max_cores: auto`` cores at the largest memory per core asks no more than the machine has.
+
+    Examples:
+        >>> auto_memory_per_core(cores=2, memory_mb=24000)
+        12000
+    """
+    cores = cores or machine_cores()
+    return max(1, (machine_memory_mb() if memory_mb is None else memory_mb) // cores)
+
+
 def auto_slots(drp_share: float, pilots: int, cores: int | None = None, memory_mb: int | None = None) -> int:
     """Slots per pilot that ``slots: auto`` means on a machine of ``cores`` and ``memory_mb`` (default: this one).
 
@@ -50,9 +74,9 @@ def auto_slots(drp_share: float, pilots: int, cores: int | None = None, memory_m
         >>> auto_slots(0.40, pilots=2, cores=2, memory_mb=24000), auto_slots(0.40, pilots=2, cores=32, memory_mb=256000)
         (2, 13)
     """
-    cores = cores or os.cpu_count() or 1
+    cores = cores or machine_cores()
     if memory_mb is None:
-        memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+        memory_mb = machine_memory_mb()
     total = min(cores * AUTO_SLOTS_PER_CORE, max(1, memory_mb // AUTO_MB_PER_SLOT))
     return max(AUTO_MIN_SLOTS, round(total * drp_share / max(pilots, 1)))
 
@@ -78,8 +102,9 @@ class SiteConfig(BaseModel):
     status: SiteStatus = SiteStatus.ONLINE
     drp_share: float = Field(ge=0.0, le=1.0, description="fraction of data-release processing")
     memory_min_mb: int = Field(ge=0, description="lowest memory per core a job may ask, MB")
-    memory_max_mb: int = Field(gt=0, description="highest memory per core a job may ask, MB")
-    max_cores: int = Field(gt=0, description="most cores one job may ask")
+    memory_max_mb: int = Field(gt=0, description="highest memory per core a job may ask, MB; 'auto' in the file: "
+                                                 "see auto_memory_per_core")
+    max_cores: int = Field(gt=0, description="most cores one job may ask; 'auto' in the file: this machine's cores")
     pilots: int = Field(ge=0, description="batch pilots kept running")
     slots: int = Field(gt=0, description="concurrent payloads per pilot; 'auto' in the file: see auto_slots")
     prompt_pilots: int = Field(default=0, ge=0, description="semi-persistent prompt-processing pilots")
@@ -87,16 +112,22 @@ class SiteConfig(BaseModel):
     ray_resource: str = Field(default="", description="Ray custom resource marking its nodes")
     home_queue: str | None = None
 
-    @model_validator(mode="before")
+    @field_validator("memory_max_mb", "max_cores", "slots", mode="before")
     @classmethod
-    def _auto_slots(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("slots") == "auto":
-            try:
-                share, pilots = float(data.get("drp_share", 0)), int(data.get("pilots", 1))
-            except (TypeError, ValueError):
-                return data  # the field checks name the bad value
-            data = {**data, "slots": auto_slots(share, pilots)}
-        return data
+    def _auto(cls, value: Any, info: ValidationInfo) -> Any:
+        """``auto`` follows the machine; any other word (or a boolean, which YAML reads from yes/no) is refused."""
+        if not isinstance(value, bool) and (not isinstance(value, str) or value.strip().isdigit()):
+            return value  # the field's own checks apply
+        if value != AUTO:
+            raise ValueError(f"expected a positive integer or {AUTO!r}, got {value!r}")
+        if info.field_name == "max_cores":
+            return machine_cores()
+        if info.field_name == "memory_max_mb":
+            return auto_memory_per_core()
+        share, pilots = info.data.get("drp_share"), info.data.get("pilots")
+        if share is None or pilots is None:
+            return 1  # their own field errors name the bad value
+        return auto_slots(share, pilots)
 
     @model_validator(mode="after")
     def _check(self) -> SiteConfig:

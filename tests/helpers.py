@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import yaml
 
 from panray.core.cluster_core import make_core
 from panray.core.workflow_core import CoreSettings, WorkflowCore
 from panray.models import Campaign, Workflow
-from panray.sites import load_catalog
+from panray.sites import SiteCatalog, load_catalog, parse_catalog
 from panray.store import SubmittedWorkflow, WorkflowSnapshot, planned_snapshot
 from panray.submission import build_campaign
 
 T = TypeVar("T")
+
+#: Explicit limits where the shipped catalog says ``auto`` (which follows the machine), as a
+#: production catalog states them: tests of those limits read the same figures on every machine.
+PRODUCTION_LIMITS: dict[str, dict[str, Any]] = {
+    "USDF": {"memory_max_mb": 8000, "max_cores": 8}, "FrDF": {"max_cores": 8}, "UKDF": {"max_cores": 4},
+}
+
+
+def production_catalog() -> SiteCatalog:
+    """The shipped catalog with :data:`PRODUCTION_LIMITS` in place of its machine-sized limits."""
+    data = yaml.safe_load(importlib.resources.files("panray.configs").joinpath("sites.yaml").read_text())
+    for site, limits in PRODUCTION_LIMITS.items():
+        data["sites"][site].update(limits)
+    return parse_catalog(data, "production sites.yaml")
 
 
 def wait_for(cond: Callable[[], T], timeout: float = 60.0, what: str = "condition") -> T:

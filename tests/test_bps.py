@@ -11,10 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
+import psutil
 import pytest
 
 try:
@@ -36,6 +39,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from panray import Campaign, Panray
 from panray.bps import PanrayService, RunRef, convert, job_state, run_state
 from panray.statuses import JobStatus, WorkflowStatus
+
+from helpers import wait_for
 
 SITES = ["USDF", "FrDF", "UKDF"]
 
@@ -237,12 +242,26 @@ def test_read_only_commands_create_no_store(tmp_path: Path, monkeypatch: pytest.
 # -- on a real cluster --------------------------------------------------------------------------
 
 
+#: Two sites of one pilot each: the plugin needs no more, and an embedded cluster starts each
+#: pilot and queue as a process of its own (the shipped catalog: three sites, six pilots).
+SMALL_SITES = """\
+sites:
+  USDF: {drp_share: 0.5, memory_min_mb: 0, memory_max_mb: auto, max_cores: auto, pilots: 1, slots: 2,
+         storage_endpoint: "file:///unused"}
+  UKDF: {drp_share: 0.5, memory_min_mb: 0, memory_max_mb: 4000, max_cores: auto, pilots: 1, slots: 2,
+         storage_endpoint: "file:///unused"}
+"""
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One embedded panray cluster for the module (its start is most of a round trip's time)."""
     home = tmp_path_factory.mktemp("panray")
+    sites = home.parent / f"{home.name}-sites.yaml"
+    sites.write_text(SMALL_SITES)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PANRAY_HOME", str(home))
+        mp.setenv("PANRAY_SITES_FILE", str(sites))
         for var in ("PANRAY_DB", "PANRAY_RAY_ADDRESS", "PANRAY_CONFIG"):
             mp.delenv(var, raising=False)
         with Panray() as pr:
@@ -256,11 +275,15 @@ def panray_env(cluster: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return cluster
 
 
-def test_bps_default_final_job_is_clamped_to_the_home_site() -> None:
-    """bps asks 16 cores / 32768 MB for its final job by default: more cores than any shipped site has."""
-    from panray.sites import load_catalog
-    from panray.submission import build_campaign
+def test_bps_default_final_job_is_clamped_to_the_machine(caplog: pytest.LogCaptureFixture) -> None:
+    """bps asks 16 cores / 32768 MB for its final job by default: the shipped catalog's home site
+    (``max_cores: auto``, ``memory_max_mb: auto``) clamps it to this machine, a production catalog to its numbers."""
     from panray.models import Campaign
+    from panray.sites import load_catalog
+    from panray.sites.catalog import auto_memory_per_core
+    from panray.submission import build_campaign
+
+    from helpers import production_catalog
 
     gwf = GenericWorkflow("big-final")
     sh = GenericWorkflowExec("sh", "/bin/sh", False)
@@ -268,9 +291,15 @@ def test_bps_default_final_job_is_clamped_to_the_home_site() -> None:
     gwf.add_final(GenericWorkflowJob("finalJob", label="finalJob", executable=sh, arguments="-c true",
                                      request_cpus=16, request_memory=32768))
     catalog = load_catalog()
+    cores = min(16, os.cpu_count() or 1)
     wf = convert(gwf, sites=SITES, catalog=catalog)
-    assert wf.final_job is not None and (wf.final_job.request_cpus, wf.final_job.request_memory) == (8, 32768)
+    assert wf.final_job is not None
+    assert (wf.final_job.request_cpus, wf.final_job.request_memory) == (cores, min(32768, auto_memory_per_core() * cores))
+    if cores < 16:
+        assert "job 'finalJob' asks 32768 MB on 16 cores" in caplog.text and f"on {cores} cores" in caplog.text
     build_campaign(Campaign(name="c", workflows=[wf]), catalog)  # placeable with the default placement: refuse
+    production = convert(gwf, sites=SITES, catalog=production_catalog()).final_job
+    assert production is not None and (production.request_cpus, production.request_memory) == (8, 32768)
 
 
 def _shell_workflow(fail: str, once: Path) -> GenericWorkflow:
@@ -366,6 +395,34 @@ def test_submit_returns_at_once_and_cancel_kills(panray_env: str, tmp_path: Path
     assert PanrayService({}).list_submitted_jobs() == []
 
 
+@pytest.mark.slow
+def test_a_job_no_site_takes_now_waits_with_the_reason_then_runs(panray_env: str, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job pinned to an offline site could run later: bps report and bps status say why it waits,
+    and it runs once the site is back online."""
+    monkeypatch.setenv("PANRAY_RAY_ADDRESS", panray_env)
+    gwf = GenericWorkflow("waits")
+    gwf.add_job(GenericWorkflowJob("pinned", label="a", request_memory=100, compute_site="UKDF",
+                                   executable=GenericWorkflowExec("true", "/bin/true", False)))
+    with Panray() as pr:
+        pr.set_site_status("UKDF", "offline")
+    try:
+        svc = PanrayService({})
+        wms = svc.prepare({}, gwf, out_prefix=str(tmp_path / "submit"))
+        svc.submit(wms)
+        [run], message = wait_for(lambda: (r := PanrayService({}).report(wms.run_id))[1] and r, timeout=30,
+                                  what="a reason in bps report")
+        assert message == (f"run {wms.run_id}: job pinned waits for a site that can take it (USDF: job is pinned "
+                           "to UKDF; UKDF: status offline); ready jobs: 1")
+        assert run.state == WmsStates.RUNNING and run.job_state_counts[WmsStates.READY] == 1
+        assert PanrayService({}).get_status(wms.run_id) == (WmsStates.RUNNING, message)
+    finally:
+        with Panray() as pr:
+            pr.set_site_status("UKDF", "online")
+    wait_for(lambda: PanrayService({}).get_status(wms.run_id) == (WmsStates.SUCCEEDED, ""), timeout=30,
+             what="the job to run at UKDF once it is online")
+
+
 BPS_YAML = """\
 wmsServiceClass: panray.bps.PanrayService
 project: test
@@ -401,50 +458,76 @@ def test_bps_submitcmd_end_to_end(panray_env: str, tmp_path: Path) -> None:
     assert "SUCCEEDED" in rep.stdout
 
 
-INTERRUPTED_SUBMIT = """
+#: The first job's payload, told apart from any other process by its argument.
+LONG_SLEEP = "301.25"
+INTERRUPTED_SUBMIT = f"""
 import sys
 from lsst.ctrl.bps import GenericWorkflow, GenericWorkflowExec, GenericWorkflowJob
 from panray.bps import PanrayService
 gwf = GenericWorkflow("interrupted")
 sleep = GenericWorkflowExec("sleep", "/bin/sleep", False)
-gwf.add_job(GenericWorkflowJob("first", label="a", executable=sleep, arguments="300", request_memory=100))
+gwf.add_job(GenericWorkflowJob("first", label="a", executable=sleep, arguments="{LONG_SLEEP}", request_memory=100))
 gwf.add_job(GenericWorkflowJob("second", label="b", executable=sleep, arguments="1", request_memory=100),
             ["first"], None)
-svc = PanrayService({})
-svc.submit(svc.prepare({}, gwf, out_prefix=sys.argv[1]))
+svc = PanrayService({{}})
+svc.submit(svc.prepare({{}}, gwf, out_prefix=sys.argv[1]))
 """
+
+
+def _lines_into(stream: IO[str], lines: list[str]) -> threading.Thread:
+    """A thread that appends each line of ``stream`` to ``lines`` as it comes, until the stream ends."""
+    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
+    thread.start()
+    return thread
+
+
+def _long_sleeps() -> list[psutil.Process]:
+    """The first job's payload processes (``sleep``, or a shell running it), not the script naming it."""
+    return [p for p in psutil.process_iter(["cmdline"])
+            if (p.info["cmdline"] or [""])[-1].split(" ")[-1] == LONG_SLEEP and "\n" not in p.info["cmdline"][-1]]
 
 
 @pytest.mark.slow
 def test_interrupted_embedded_submit_is_held_then_cancelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C on an embedded submit: the run id was printed at once, bps status says HELD (not RUNNING),
-    and bps cancel ends the run in the store although no manager or cluster is left."""
-    home = tmp_path / "home"
+    """Ctrl-C on an embedded submit: the run id and a progress line come at once, the payload dies with
+    the cluster, bps status says HELD (not RUNNING) and bps cancel ends the run in the store although
+    no manager or cluster is left, saying so."""
+    home, sites = tmp_path / "home", tmp_path / "sites.yaml"
+    sites.write_text(SMALL_SITES)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PANRAY_")}
-    env["PANRAY_HOME"] = str(home)
+    env.update(PANRAY_HOME=str(home), PANRAY_SITES_FILE=str(sites))
     proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED_SUBMIT, str(tmp_path / "submit")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     monkeypatch.setenv("PANRAY_HOME", str(home))
+    monkeypatch.setenv("PANRAY_SITES_FILE", str(sites))
     monkeypatch.delenv("PANRAY_RAY_ADDRESS", raising=False)
-    run_id = f"1@{home}"
-    deadline = time.monotonic() + 120
+    run_id, err = f"1@{home}", []
+    reader = _lines_into(proc.stderr, err)
     try:
-        while not (home / "panray.db").exists() or not (runs := PanrayService({}).report(run_id)[0]) \
-                or runs[0].job_state_counts[WmsStates.RUNNING] == 0:  # stored, then started
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the first payload never started"
-            time.sleep(0.3)
+        wait_for(lambda: any(f"panray run {run_id}: no panray server" in line for line in err), timeout=120,
+                 what="the run id")
+        wait_for(lambda: any(line.startswith("workflow 1 [") for line in err), timeout=60,
+                 what="a progress line while the run goes on")
+        wait_for(_long_sleeps, timeout=60, what="the first payload")
         assert PanrayService({}).get_status(run_id)[0] == WmsStates.RUNNING  # driven by the submitting process
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert f"panray run {run_id}: no panray server" in err
-    assert f"interrupted: run {run_id} stopped with its embedded cluster" in err
-    # the pilots' stop took the payload down with a report, or the manager died first: either way
-    # no status says the run goes on
-    assert PanrayService({}).get_status(run_id)[0] in (WmsStates.HELD, WmsStates.FAILED, WmsStates.DELETED)
+    assert f"interrupted: run {run_id} stopped with its embedded cluster" in "".join(err)
+    wait_for(lambda: not _long_sleeps(), timeout=30, what="the payload to die with its pilot")
+    state, message = PanrayService({}).get_status(run_id)
+    assert state == WmsStates.HELD and "no panray drives it" in message, (state, message)
+    started = time.monotonic()
+    ok, message = PanrayService({}).cancel(run_id)
+    latency = time.monotonic() - started
+    assert ok and "had no panray driving it (its embedded submit ended)" in message, message
+    assert "PANRAY_RAY_ADDRESS" not in message, "the hint names the real cause"
+    assert PanrayService({}).get_status(run_id)[0] == WmsStates.DELETED
+    print(f"bps cancel of an interrupted embedded run: {latency:.2f} s")
+    assert latency < CANCEL_SECONDS
 
 
 def test_an_orphaned_run_is_held_and_bps_cancel_ends_it_without_a_cluster(tmp_path: Path,

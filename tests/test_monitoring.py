@@ -13,11 +13,11 @@ import pytest
 
 from panray import Campaign, Job, Panray, Workflow
 from panray.cli import main
-from panray.sites import load_catalog
 from panray.store import open_store
 from panray.store.base import AttemptRow, ChangeBatch
 from panray.submission import build_campaign
 
+from helpers import production_catalog
 from helpers import wait_for as _wait_for
 
 
@@ -31,7 +31,7 @@ def test_jobs_show_max_pss_of_the_latest_attempt_per_core(store_url: str, tmp_pa
             Job(name="waiting", label="isr")]
     store = open_store(store_url)
     [sub] = store.submit(build_campaign(Campaign(name="c", workflows=[Workflow(name="w", jobs=jobs)]),
-                                        load_catalog())).workflows
+                                        production_catalog())).workflows  # explicit limits: 4 cores fit
     quad, lost = sub.first_job_id, sub.first_job_id + 1
     store.apply(ChangeBatch(attempts=[
         _attempt(quad, 1, "failed", 3 * 2**20), _attempt(quad, 2, "finished", 2 * 2**20),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 
 from panray.exceptions import SiteConfigError, UnknownSiteError
 from panray.sites import SiteStatus, load_catalog
+from panray.sites.catalog import auto_memory_per_core, auto_slots
 
 GOOD = {
     "sites": {
@@ -45,6 +47,32 @@ def test_packaged_catalog_loads():
     assert all(s.pilots * s.slots == s.capacity > 0 for s in cat)
 
 
+def test_auto_limits_follow_the_machine_and_numbers_stay(tmp_path):
+    """The shipped catalog sizes jobs to the machine; a production catalog's numbers are kept as given."""
+    cores, memory_mb = os.cpu_count() or 1, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    shipped = load_catalog()
+    assert {s.name: s.max_cores for s in shipped} == dict.fromkeys(["USDF", "FrDF", "UKDF"], cores)
+    assert shipped.get("USDF").memory_max_mb == memory_mb // cores
+    assert shipped.get("UKDF").memory_max_mb == 4000
+    cat = load_catalog(_write(tmp_path, _with("UKDF", max_cores="auto", memory_max_mb="auto", slots="auto")))
+    ukdf = cat.get("UKDF")
+    assert (ukdf.max_cores, ukdf.memory_max_mb, ukdf.slots) == (cores, memory_mb // cores, auto_slots(0.25, 2))
+    assert (cat.get("USDF").max_cores, cat.get("USDF").memory_max_mb) == (8, 8000)
+    assert load_catalog(_write(tmp_path, _with("UKDF", max_cores="6"))).get("UKDF").max_cores == 6
+
+
+def test_auto_slots_follow_cores_and_memory():
+    """Issue 17: fixed counts gave 40 slots on a 2-core machine; auto gives 2 per pilot there (12 in
+    all for the shipped three sites of two pilots), more on a big node, and memory bounds them."""
+    shares = {"USDF": 0.35, "FrDF": 0.40, "UKDF": 0.25}
+    laptop = {n: auto_slots(s, pilots=2, cores=2, memory_mb=24000) for n, s in shares.items()}
+    assert laptop == {"USDF": 2, "FrDF": 2, "UKDF": 2} and 2 * sum(laptop.values()) == 12
+    node = {n: auto_slots(s, pilots=2, cores=32, memory_mb=256000) for n, s in shares.items()}
+    assert node == {"USDF": 11, "FrDF": 13, "UKDF": 8}  # 64 in all: 2 per core
+    assert auto_slots(0.40, pilots=2, cores=32, memory_mb=16000) == 2, "one per 2 GB: 7 in all"
+    assert auto_memory_per_core(cores=2, memory_mb=24000) == 12000
+
+
 def test_file_catalog_keeps_given_values(tmp_path):
     cat = load_catalog(_write(tmp_path, _with("UKDF", ray_resource="ukdf_nodes", home_queue="Q")))
     assert cat.get("UKDF").ray_resource == "ukdf_nodes"
@@ -62,6 +90,13 @@ def test_file_catalog_keeps_given_values(tmp_path):
         ({"storage_endpoint": "/no/scheme"}, "sites.FrDF.storage_endpoint: String should match"),
         ({"memory_min_mb": 9000}, "sites.FrDF: Value error, memory_min_mb 9000 is above"),
         ({"name": "Lyon"}, "sites.FrDF.name is 'Lyon', not its key 'FrDF'"),
+        ({"max_cores": "eight"}, "sites.FrDF.max_cores: Value error, expected a positive integer or 'auto', got 'eight'"),
+        ({"max_cores": "Auto"}, "sites.FrDF.max_cores: Value error, expected a positive integer or 'auto', got 'Auto'"),
+        ({"max_cores": True}, "sites.FrDF.max_cores: Value error, expected a positive integer or 'auto', got True"),
+        ({"max_cores": 0}, "sites.FrDF.max_cores: Input should be greater than 0"),
+        ({"max_cores": 2.5}, "sites.FrDF.max_cores: Input should be a valid integer"),
+        ({"memory_max_mb": "lots"}, "sites.FrDF.memory_max_mb: Value error, expected a positive integer or 'auto'"),
+        ({"slots": "many"}, "sites.FrDF.slots: Value error, expected a positive integer or 'auto', got 'many'"),
     ],
 )
 def test_bad_field_names_file_and_field(tmp_path, fields, where):

@@ -27,11 +27,12 @@ from panray.exceptions import ConfigError, CycleError, PanrayError, PlacementErr
 from panray.models import Campaign, Job, Workflow, load_campaign_file
 from panray.payload import encode_command
 from panray.retry import RetrySpec, decide
-from panray.sites import load_catalog
 from panray.store import StateStore, open_store
 from panray.submission import build_campaign
 
-CATALOG = load_catalog()
+from helpers import production_catalog
+
+CATALOG = production_catalog()  # limits named in messages, the same on every machine
 
 # -- strategies: mostly ordinary values, some from a pool of odd ones -------------------------
 

@@ -34,7 +34,7 @@ from panray.cluster_format import CLUSTER_ARGV0, SPEC_FILE, read_results
 from panray.core import cluster_runner
 from panray.core.messages import Dispatch
 from panray.payload import decode_command
-from panray.retry import CANCELLED, MEMORY, PAYLOAD
+from panray.retry import CANCELLED, MEMORY, PAYLOAD, SYSTEM
 
 OOM_EXIT = 137
 PILOT_LOG = "pilot.log"  #: the pilot's record of the attempt, uploaded with the payload's files
@@ -202,13 +202,14 @@ class PayloadProcess:
             self.log.flush()
 
     def kill(self, reason: str) -> None:
-        """Kill the payload's whole process group; ``reason`` is "cancelled" or "memory"."""
+        """Kill the payload's whole process group; ``reason`` is "cancelled", "memory" or "system" (its pilot stops)."""
         with self._lock:
             if self._kill_reason is None:
                 self._kill_reason = reason
             proc = self._proc
         if proc is not None and proc.poll() is None:
-            why = {"memory": "PSS above the memory request", "cancelled": "cancelled by the workflow manager"}
+            why = {"memory": "PSS above the memory request", "cancelled": "cancelled by the workflow manager",
+                   "system": "its pilot stops"}
             self._event("signal", f"sending SIGKILL to process group {proc.pid}: {why.get(reason, reason)}",
                         level="WARNING", pid=proc.pid, signal="SIGKILL", reason=reason)
             try:
@@ -307,6 +308,8 @@ class PayloadProcess:
             return PayloadResult(start, end, OOM_EXIT, MEMORY, diag, max_pss)
         if reason == CANCELLED:
             return PayloadResult(start, end, code, CANCELLED, "killed by cancel", max_pss)
+        if reason == SYSTEM:  # nobody cancelled it: the attempt is lost with its pilot and retried
+            return PayloadResult(start, end, code, SYSTEM, "killed: its pilot stopped", max_pss)
         if code == 0:
             return PayloadResult(start, end, 0, None, None, max_pss)
         return PayloadResult(start, end, code, PAYLOAD, f"payload exited with code {code}", max_pss)
