@@ -87,7 +87,8 @@ class FunctionRun(PayloadProcess):
         """Ship the call's output and upload its files; ``ended`` is how its task ended."""
         assert isinstance(ended, PayloadResult)
         self._finish_watchers()
-        ended.log_url = self._upload([self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / RESULT_FILE])
+        files = [self.dir / "payload.stdout", self.dir / "payload.stderr", self.dir / RESULT_FILE]
+        ended.log_url = self._upload([f for f in files if f.exists()])  # a raising call leaves no result file
         return ended
 
     def _wait(self, start: float) -> PayloadResult:

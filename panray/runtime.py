@@ -124,6 +124,7 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         _check_reachable(address)
         rt.owns_ray = True
         ctx = ray.init(address=address, namespace=NAMESPACE, logging_level=logging.WARNING, log_to_driver=False)
+        _cluster_messages_to_stderr()
         rt.dashboard_url = _url(ctx.dashboard_url)
     elif not start:
         raise RuntimeError("no panray cluster is running (start one with `panray serve` or run the workflow)")
@@ -136,10 +137,28 @@ def connect(settings: Settings, *, start: bool = True, detached: bool = False) -
         rt.owns_ray = True
         ctx = ray.init(address=rt.cluster.address, namespace=NAMESPACE, logging_level=logging.WARNING,
                        log_to_driver=False)
+        _cluster_messages_to_stderr()
         rt.dashboard_url = _url(ctx.dashboard_url)
         write_private(_cluster_file(settings), json.dumps({"address": rt.cluster.address, "pid": os.getpid()}))
     ensure_actors(rt, detached=detached)
     return rt
+
+
+def _cluster_messages_to_stderr() -> None:
+    """Ray's driver prints the raylet's warnings (e.g. "N PYTHON worker processes have been started")
+    on stdout, into the output of ``panray ... --json`` or a user's script; they are diagnostics, so
+    they go to stderr. Ray has no option for it: its printer is wrapped once, where it is looked up."""
+    from ray._private import worker
+
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "panray_stderr", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        printer({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.panray_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _check_payload_user(settings: Settings) -> None:

@@ -388,3 +388,14 @@ def test_serve_stop_names_running_work_and_stores_it_back(tmp_path: Path) -> Non
     assert [h.cause for h in store.history(a.job_id)][-2:] == ["control plane restarted", "retry rule"]
     assert a.error_class is None and store.attempts(a.job_id)[-1].diag.startswith("lost: the control plane restarted")
     store.close()
+
+
+def test_the_clusters_warnings_go_to_stderr_not_into_json_output(cluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """A driver prints the raylet's warnings where Ray's error listener prints them; stdout stays the output."""
+    from ray._private import worker
+
+    capsys.readouterr()
+    worker.print_to_stdstream({"lines": ["WARNING: 27 PYTHON worker processes (test)"], "pid": "raylet",
+                               "is_err": False}, ignore_prefix=False)
+    out, err = capsys.readouterr()
+    assert "PYTHON worker processes (test)" in err and "PYTHON worker" not in out
