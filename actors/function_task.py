@@ -67,7 +67,7 @@ class FunctionRun(PayloadProcess):
     def launch(self) -> float:
         """Submit the job's Ray task (unless it was killed first); returns the start time."""
         call = decode_function(self.d.payload)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.services.make_dir(self.dir)
         files = [(self.dir / "payload.stdout", "stdout"), (self.dir / "payload.stderr", "stderr")]
         for path, _ in files:
             path.touch()

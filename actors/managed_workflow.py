@@ -396,16 +396,20 @@ class ManagedWorkflow:
         core = self.core
         ready, self._ready = self._ready, []
         if core.held_all or core.held_tasks:
-            self._parked.extend(i for i in ready if core.is_held(i))
-            ready = [i for i in ready if not core.is_held(i)]
+            free: list[int] = []
+            for i in ready:
+                (self._parked if core.is_held(i) else free).append(i)
+            ready = free
         if self._prioritised:
             priority = core.priority
             ready.sort(key=lambda i: -priority[i])
         share = self.shared.settings.release_batch * BATCHES_PER_TICK
         ready, self._ready = ready[:share], ready[share:]
         rows = core.rows
-        noops = [i for i in ready if not occupies_slot(rows[i].payload)]
-        real = [i for i in ready if occupies_slot(rows[i].payload)] if noops else ready
+        noops: list[int] = []
+        real: list[int] = []
+        for i in ready:
+            (real if occupies_slot(rows[i].payload) else noops).append(i)
         self.behind = bool(self._ready)
         return noops, real, self.behind
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from panray.actors.names import NAMESPACE, manager_name, store_digest
+from panray.actors.names import MANAGER_PREFIX, NAMESPACE, manager_name, store_digest
 
 KV_NAMESPACE = NAMESPACE
 _HOSTED = "hosted:"  #: key prefix of a host's list of [workflow_id, started_by]
@@ -33,7 +33,7 @@ _HOSTED = "hosted:"  #: key prefix of a host's list of [workflow_id, started_by]
 def host_name(db_url: str, workflow_id: int, pool_size: int) -> str:
     """The actor that hosts a workflow's manager when the service starts it."""
     slot = f"pool-{workflow_id % pool_size}" if pool_size > 0 else f"wf-{workflow_id}"
-    return f"workflow-manager:{store_digest(db_url)}:{slot}"
+    return f"{MANAGER_PREFIX}{store_digest(db_url)}:{slot}"
 
 
 class ManagerHandle:
@@ -63,17 +63,24 @@ class _Bound:
 def start(settings: Any, workflow_ids: list[int], *, retry: bool = False, by: str = "",
           lifetime: str | None = None) -> dict[int, ManagerHandle]:
     """Host these workflows' managers on their pool actors (started if need be, on the control
-    plane), one call per actor; a workflow already hosted is left as it is. Returns once every
-    address is registered."""
+    plane), one call per actor; a workflow a live actor already hosts stays there, whatever pool
+    size the caller has. Returns once every address is registered."""
     import ray
 
+    from panray.actors.names import actor as named_actor
     from panray.actors.workflow_manager import WorkflowManager
     from panray.runtime import _HANDLES, control_plane
 
     db_url = settings.resolved_db_url
     by_host: dict[str, list[int]] = {}
+    live: dict[str, bool] = {}  #: registered hosts looked up so far: alive?
     for workflow_id in workflow_ids:
-        by_host.setdefault(host_name(db_url, workflow_id, settings.manager_pool), []).append(workflow_id)
+        name = host_of(manager_name(db_url, workflow_id))
+        if name is not None and name not in live:
+            live[name] = named_actor(name) is not None
+        if name is None or not live[name]:
+            name = host_name(db_url, workflow_id, settings.manager_pool)
+        by_host.setdefault(name, []).append(workflow_id)
     where = control_plane() if by_host else None
     handles: dict[int, ManagerHandle] = {}
     calls = []

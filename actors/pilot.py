@@ -124,7 +124,7 @@ class Pilot:
         self._sleeping = _Sleepers()
         self._free = threading.Semaphore(slots * PREFETCH)  #: jobs this pilot may still take
         self._pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="payload")
-        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish")  #: uploads, off the slots
+        self._finisher = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="finish")  #: uploads, off the slots
         self._functions = FunctionWaiter(slots, self._launch, self._function_ended)
         self._reports = Outbox()
         self._stop = threading.Event()

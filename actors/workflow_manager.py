@@ -33,7 +33,6 @@ import ray
 
 from panray.actors import manager_pool
 from panray.actors.managed_workflow import ManagedWorkflow, Shared
-from panray.actors.metrics import ManagerMetrics
 from panray.actors.names import BROKERAGE_NAME, Handles, queue_name
 from panray.config import Settings
 from panray.core.workflow_core import CoreSettings
@@ -99,11 +98,10 @@ class _Writer(threading.Thread):
     fails only the workflow that sent it (its ``owner``).
     """
 
-    def __init__(self, store: Any, name: str, metrics: ManagerMetrics | None = None):
+    def __init__(self, store: Any, name: str):
         super().__init__(name="writer", daemon=True)
         self.store = store
         self.key = f"{name}#{uuid.uuid4().hex[:12]}"  #: one per manager incarnation
-        self.metrics = metrics
         self.batches: deque[ChangeBatch] = deque()
         self.owners: deque[Any] = deque()  #: who sent each batch: its ``store_error`` tells of a rejection
         self.cv = threading.Condition()
@@ -134,8 +132,6 @@ class _Writer(threading.Thread):
                 t0 = time.perf_counter()
                 self.store.apply(batch)
                 took = time.perf_counter() - t0
-                if self.metrics is not None:
-                    self.metrics.stored(took)
                 with self.cv:  # put() appends meanwhile
                     owners = {id(o): o for o in islice(self.owners, k) if o is not None}
                 for owner in owners.values():
@@ -234,10 +230,10 @@ class WorkflowManager:
 
     def host(self, workflow_ids: list[int], retry: bool = False, by: str = "") -> list[int]:
         """Manage these workflows here (each started from the store); returns those that were
-        not hosted yet."""
+        not hosted yet, or whose load had failed (a store outage at start is retried so)."""
         with self._lock:
             new = [ManagedWorkflow(w, self.shared, retry, by) for w in dict.fromkeys(workflow_ids)
-                   if w not in self.workflows]
+                   if w not in self.workflows or self.workflows[w].failure is not None]
             self.workflows.update((wf.workflow_id, wf) for wf in new)
             manager_pool.register(self.name, [wf.address for wf in new],
                                   [(w.workflow_id, w.started_by) for w in self.workflows.values()])

@@ -671,14 +671,14 @@ WAITING_LOOKED_AT = 20
 def _waiting_message(pr: Panray, ref: RunRef) -> str:
     """Why a ready job waits: brokerage's last decision for it found no site that takes it now
     (offline, no live pilots, ...), as ``panray explain`` shows; empty when none waits so."""
-    ready = pr.jobs(ref.workflow_id, status=[JobStatus.DEFINED.value])
-    for j in ready[:WAITING_LOOKED_AT]:
+    ready = pr.jobs(ref.workflow_id, status=[JobStatus.DEFINED.value], limit=WAITING_LOOKED_AT)
+    for j in ready:
         decisions = pr.explain(j.job_id)
         last = decisions[-1] if decisions else None
         if last is not None and last.site is None and last.filtered:
             why = "; ".join(f"{site}: {reason}" for site, reason in last.filtered.items())
             return (f"run {ref.run_id}: job {j.name} waits for a site that can take it ({why}); "
-                    f"ready jobs: {len(ready)}")
+                    f"ready jobs: {pr.status(ref.workflow_id)[0].jobs.get(JobStatus.DEFINED.value, 0)}")
     return ""
 
 

@@ -126,6 +126,8 @@ class JobTable:
             cols["name"].append(str(node))
             cols["parents"].append([str(p) for p in graph.predecessors(node)])
             for key, value in row.items():
+                if key in ("name", "parents"):  # the node and its edges win, as in workflow_from_networkx
+                    continue
                 col = cols.get(key)
                 if col is None:
                     col = cols[key] = [_MISSING] * k

@@ -279,8 +279,8 @@ class Service:
             return False
         try:
             ray.get(mgr.progress.remote(), timeout=5)
-        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            return False
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ray.exceptions.RayTaskError):
+            return False  # gone, busy, or its host could not load it
         return True
 
     def job(self, job_id: int) -> JobRow:

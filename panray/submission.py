@@ -53,6 +53,12 @@ def _check_sites(jobs: Iterable[Job | TableJob], home_site: str, catalog: SiteCa
             raise UnknownSiteError(j.site, known)
 
 
+def _check_size(name: str, n: int, max_jobs: int) -> None:
+    if n > max_jobs:
+        raise WorkflowValidationError(f"workflow {show(name)} has {n:,} jobs, more than the maximum of "
+                                      f"{max_jobs:,} (setting max_workflow_jobs); split it into several workflows")
+
+
 def build_workflow(wf: Workflow | TableWorkflow, catalog: SiteCatalog, *, max_jobs: int = DEFAULT_MAX_WORKFLOW_JOBS,
                    placement: Mode = "refuse") -> NewWorkflow:
     """Validate one workflow and shape its rows; raises a WorkflowValidationError naming the problem.
@@ -63,9 +69,7 @@ def build_workflow(wf: Workflow | TableWorkflow, catalog: SiteCatalog, *, max_jo
     """
     jobs: list[Job] | list[TableJob]
     if isinstance(wf, TableWorkflow):
-        if wf.table.n > max_jobs:
-            raise WorkflowValidationError(f"workflow {show(wf.name)} has {wf.table.n:,} jobs, more than the maximum of "
-                                          f"{max_jobs:,} (setting max_workflow_jobs); split it into several workflows")
+        _check_size(wf.name, wf.table.n, max_jobs)  # before the table's jobs are built
         if wf.header.clustering:
             return build_workflow(wf.as_workflow(), catalog, max_jobs=max_jobs, placement=placement)
         jobs, wf = wf.table.jobs(), wf.header
@@ -73,9 +77,7 @@ def build_workflow(wf: Workflow | TableWorkflow, catalog: SiteCatalog, *, max_jo
         jobs = list(wf.jobs)
     if not jobs:
         raise WorkflowValidationError(f"workflow {show(wf.name)} has no jobs")
-    if len(jobs) > max_jobs:
-        raise WorkflowValidationError(f"workflow {show(wf.name)} has {len(jobs):,} jobs, more than the maximum of "
-                                      f"{max_jobs:,} (setting max_workflow_jobs); split it into several workflows")
+    _check_size(wf.name, len(jobs), max_jobs)
     clustered = cluster_jobs(wf) if wf.clustering else None
     if clustered is not None:
         jobs = list(clustered.jobs)

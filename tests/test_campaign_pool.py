@@ -16,7 +16,7 @@ import ray
 from conftest import FAST
 from faults import Fault, actor_pid, audit, kill9, marker_workflow, wait_for
 from panray import Panray, Settings
-from panray.actors.manager_pool import ManagerHandle, find, host_of
+from panray.actors.manager_pool import ManagerHandle, find, host_of, start
 from panray.actors.names import NAMESPACE, manager_name, store_digest
 from panray.actors.workflow_manager import _batches
 
@@ -87,6 +87,10 @@ def test_a_workflow_not_hosted_is_refused_by_name_and_unknown_to_lookup(campaign
         ray.get(host.progress.remote(wf_id + 1000))
     assert ray.get(host.report.remote(wf_id + 1000, [], [], "pilot", 1)) == 0, "a stray report is not acknowledged"
     assert ray.get(host.wait.remote(wf_id, None)) == "Finished"
+    before = _manager_actors(pr)
+    other = pr.settings.model_copy(update={"manager_pool": 0})  # another process's layout: an actor per workflow
+    [handle] = start(other, [wf_id]).values()
+    assert handle.host == pr._manager(wf_id).host and _manager_actors(pr) == before, "hosted once, where it was"
 
 
 def test_the_pool_layout_is_bounded_and_the_shares_of_a_tick_are_cut_into_full_batches() -> None:

@@ -83,6 +83,19 @@ def test_a_networkx_graph_gives_the_rows_its_job_models_give() -> None:
     assert len(table.jobs) == g.number_of_nodes() + 2 and table.jobs[-1].kind == "final"
 
 
+def test_a_nodes_name_and_parents_attributes_yield_to_the_node_and_its_edges() -> None:
+    g = nx.DiGraph()
+    g.add_node("a", label="isr", name="ignored", parents=["nowhere"])
+    g.add_node("b", label="isr")
+    g.add_edge("a", "b")
+    from panray.models import workflow_from_networkx
+
+    table = build_workflow(TableWorkflow.of(JobTable.from_graph(g), name="w"), CATALOG)
+    model = build_workflow(workflow_from_networkx(g, name="w"), CATALOG)
+    assert (table.jobs, table.edges) == (model.jobs, model.edges)
+    assert [j.name for j in table.jobs] == ["a", "b"]
+
+
 def test_a_table_errs_on_the_workflow_as_the_model_path_does() -> None:
     cols = {"name": ["a", "b"], "label": ["isr", "isr"], "parents": [["b"], ["a"]]}
     with pytest.raises(WorkflowValidationError, match="cycle in job graph"):

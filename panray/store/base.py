@@ -215,8 +215,7 @@ class ChangeBatch:
     seq: int = 0
 
     def __bool__(self) -> bool:
-        return bool(self.jobs or self.history or self.attempts or self.tasks or self.workflows
-                    or self.decisions or self.locations or self.transfers or self.quanta)
+        return any(getattr(self, name) for name in _ROW_LISTS)
 
     @classmethod
     def merged(cls, batches: Sequence[ChangeBatch]) -> ChangeBatch:
